@@ -1,0 +1,36 @@
+# make demo : set up .venv (torch + genaccel, editable) and run the quick benchmark
+# make test : same set-up, then the test suite
+# TORCH_SPEC picks the torch (default: the CUDA 13.0 build, so the CUDA kernels are compiled too);
+# e.g. make test TORCH_SPEC=torch==2.13.0 for the CPU-only wheel.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1
+PY := $(VENV)/bin/python
+DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm
+DEPS_STAMP := $(VENV)/.genaccel-deps
+
+.PHONY: setup demo test bench clean
+
+# Installs torch and the build/test tools once per TORCH_SPEC (the stamp records it), then
+# (re)builds genaccel in editable mode: a no-op rebuild takes a few seconds.
+setup:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ "$$(cat $(DEPS_STAMP) 2>/dev/null)" != "$(TORCH_SPEC) $(DEPS)" ]; then \
+	  echo "== installing $(TORCH_SPEC) and tools into $(VENV)"; \
+	  $(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(DEPS) && \
+	  rm -rf build && echo "$(TORCH_SPEC) $(DEPS)" > $(DEPS_STAMP); \
+	fi
+	@echo "== building genaccel (editable)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+
+demo: setup
+	$(VENV)/bin/genaccel bench --quick
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(VENV)/bin/genaccel bench
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,172 @@
+// genaccel attention ops: schemas, input checks, and the CPU registration.
+// CUDA registration: attention_cuda.cpp. Kernels: csrc/cpu/attention, csrc/cuda/attention.
+#include "ops/attention.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cpu/attention/block_sparse_fwd.h"
+#include "cpu/capability.h"
+
+namespace genaccel::ops {
+
+namespace {
+constexpr const char* kOp = "block_sparse_attn_fwd";
+
+void check_qkv(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, kOp, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sizes());
+  auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kOp, ": ", name,
+              " must be float32, float16 or bfloat16, got ", dt);
+}
+}  // namespace
+
+at::Tensor last_dim_contiguous(const at::Tensor& t) {
+  // Rows must also not overlap (a BLAS leading dimension >= the row length): an expanded tensor
+  // with row stride 0 is copied too.
+  const bool ok = (t.stride(-1) == 1 || t.size(-1) <= 1) && t.stride(-2) >= t.size(-1);
+  return ok ? t : t.contiguous();
+}
+
+void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k) {
+  check_qkv(q, "q");
+  check_qkv(k, "k");
+  check_qkv(v, "v");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+              ": q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), kOp,
+              ": q, k, v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B, kOp, ": batch of k ", k.size(0), " and v ", v.size(0),
+              " must equal batch of q ", B);
+  TORCH_CHECK(k.size(1) == v.size(1), kOp, ": k and v must have the same number of heads, got ",
+              k.size(1), " and ", v.size(1));
+  TORCH_CHECK(k.size(2) == v.size(2), kOp, ": k and v must have the same length, got ", k.size(2),
+              " and ", v.size(2));
+  TORCH_CHECK(k.size(3) == D && v.size(3) == D, kOp, ": head dim of k ", k.size(3), " and v ",
+              v.size(3), " must equal head dim of q ", D);
+  const int64_t Hkv = k.size(1);
+  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, kOp, ": query heads ", H,
+              " must be a multiple of key/value heads ", Hkv, " (GQA)");
+  TORCH_CHECK(D >= 1 && D <= 256, kOp, ": head dim must be in [1, 256], got ", D);
+  TORCH_CHECK(block_q >= 1 && block_k >= 1, kOp, ": block sizes must be positive, got (", block_q,
+              ", ", block_k, ")");
+  const int64_t Nk = k.size(2);
+  const int64_t Tq = (Nq + block_q - 1) / block_q, Tk = (Nk + block_k - 1) / block_k;
+
+  TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, kOp,
+              ": kv_indices and kv_counts must be int32, got ", kv_indices.scalar_type(), " and ",
+              kv_counts.scalar_type());
+  TORCH_CHECK(kv_indices.device() == q.device() && kv_counts.device() == q.device(), kOp,
+              ": kv_indices and kv_counts must be on the device of q (", q.device(), "), got ",
+              kv_indices.device(), " and ", kv_counts.device());
+  TORCH_CHECK(kv_indices.dim() == 4, kOp, ": kv_indices must be 4-D (B or 1, H or 1, Tq, max_kv), got shape ",
+              kv_indices.sizes());
+  TORCH_CHECK(kv_counts.dim() == 3, kOp, ": kv_counts must be 3-D (B or 1, H or 1, Tq), got shape ",
+              kv_counts.sizes());
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, kOp,
+              ": kv_indices must have shape (", B, " or 1, ", H, " or 1, ", Tq, ", max_kv) for Nq=", Nq,
+              " and block_q=", block_q, ", got ", kv_indices.sizes());
+  TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, kOp,
+              ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
+  const int64_t max_kv = kv_indices.size(3);
+  if (kv_counts.numel() == 0) return;
+  // Index ranges: every counted entry must name a key block; reads only the planned lists.
+  auto counts = kv_counts.to(at::kLong);
+  auto pos = at::arange(max_kv, counts.options()).view({1, 1, 1, max_kv});
+  auto used = pos < counts.unsqueeze(-1);
+  auto bad_index = used & ((kv_indices < 0) | (kv_indices >= Tk));
+  auto bad_count = (counts < 0) | (counts > max_kv);
+  if (at::cat({bad_index.flatten(), bad_count.flatten()}).any().item<bool>()) {
+    TORCH_CHECK(!bad_count.any().item<bool>(), kOp, ": kv_counts must lie in [0, ", max_kv,
+                "] (the last dim of kv_indices), got values in [", counts.min().item<int64_t>(), ", ",
+                counts.max().item<int64_t>(), "]");
+    auto bad_vals = kv_indices.masked_select(bad_index);
+    TORCH_CHECK(false, kOp, ": kv_indices must lie in [0, ", Tk, ") (key blocks of Nk=", Nk,
+                ", block_k=", block_k, ") for every counted entry; found ", bad_vals.numel(),
+                " out of range, e.g. ", bad_vals[0].item<int>());
+  }
+}
+
+attention::BlockSparseFwdParams make_block_sparse_fwd_params(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
+    int64_t block_k, double scale) {
+  attention::BlockSparseFwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr<float>();
+  p.kv_indices = kv_indices.const_data_ptr<int32_t>();
+  p.kv_counts = kv_counts.const_data_ptr<int32_t>();
+  p.idx_batch_stride = kv_indices.size(0) == 1 ? 0 : kv_indices.stride(0);
+  p.idx_head_stride = kv_indices.size(1) == 1 ? 0 : kv_indices.stride(1);
+  p.cnt_batch_stride = kv_counts.size(0) == 1 ? 0 : kv_counts.stride(0);
+  p.cnt_head_stride = kv_counts.size(1) == 1 ? 0 : kv_counts.stride(1);
+  p.max_kv_blocks = static_cast<int>(kv_indices.size(3));
+  p.q_batch_stride = q.stride(0), p.q_head_stride = q.stride(1), p.q_row_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_head_stride = k.stride(1), p.k_row_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0), p.v_head_stride = v.stride(1), p.v_row_stride = v.stride(2);
+  p.o_batch_stride = out.stride(0), p.o_head_stride = out.stride(1), p.o_row_stride = out.stride(2);
+  p.batch = static_cast<int>(q.size(0));
+  p.heads = static_cast<int>(q.size(1));
+  p.kv_heads = static_cast<int>(k.size(1));
+  p.seqlen_q = static_cast<int>(q.size(2));
+  p.seqlen_k = static_cast<int>(k.size(2));
+  p.head_dim = static_cast<int>(q.size(3));
+  p.block_q = static_cast<int>(block_q);
+  p.block_k = static_cast<int>(block_k);
+  p.num_q_blocks = static_cast<int>(kv_indices.size(2));
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
+    int64_t block_k, double scale) {
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
+  cpu::check_capability(kOp);
+  // The CPU kernel computes in float32 throughout (sgemm + fp32 softmax): half inputs are widened
+  // once here, an O(N*D) pass that is small against the O(N^2*D*density) attention.
+  auto widen = [](const at::Tensor& t) {
+    return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
+  };
+  auto q = widen(q_in), k = widen(k_in), v = widen(v_in);
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (out.numel() > 0) {
+    auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q,
+                                          block_k, scale);
+    cpu::block_sparse_fwd_f32(p);
+  } else {
+    lse.fill_(-std::numeric_limits<float>::infinity());
+  }
+  return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
+}
+
+}  // namespace
+}  // namespace genaccel::ops
+
+TORCH_LIBRARY_FRAGMENT(genaccel, m) {
+  m.def(
+      "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
+      "int block_q, int block_k, float scale) -> (Tensor out, Tensor lse)");
+}
+
+TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
+  m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
+}

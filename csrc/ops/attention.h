@@ -1,0 +1,25 @@
+// Input checks and parameter packing shared by the CPU and CUDA registrations of the attention ops.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include "genaccel/attention/block_sparse_params.h"
+
+namespace genaccel::ops {
+
+// Checks q/k/v/kv_indices/kv_counts of block_sparse_attn_fwd (ranks, shapes, dtypes, devices,
+// index ranges) and raises a c10::Error naming the argument on the first violation.
+void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k);
+
+// Fills the torch-free params from tensors whose last dim is contiguous; out/lse must be
+// contiguous (B, H, Nq, D) / (B, H, Nq).
+attention::BlockSparseFwdParams make_block_sparse_fwd_params(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
+    int64_t block_k, double scale);
+
+// Returns t itself when its last dim is contiguous and its rows do not overlap, else a contiguous copy.
+at::Tensor last_dim_contiguous(const at::Tensor& t);
+
+}  // namespace genaccel::ops

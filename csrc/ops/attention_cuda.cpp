@@ -1,0 +1,51 @@
+// CUDA registration of the attention ops: checks, allocation and stream handling around the
+// torch-free launchers in csrc/cuda/attention.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "cuda/attention/block_sparse_fwd.h"
+#include "ops/attention.h"
+
+namespace genaccel::ops {
+namespace {
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: return DType::kFloat32;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
+    int64_t block_k, double scale) {
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
+  c10::cuda::CUDAGuard guard(q_in.device());
+  auto q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse.fill_(-INFINITY)};
+  auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q, block_k,
+                                        scale);
+  const DType dtype = to_dtype(q.scalar_type());
+  const char* why = cuda::block_sparse_fwd_unsupported(p, dtype);
+  TORCH_CHECK(why == nullptr, "block_sparse_attn_fwd (CUDA): ", why ? why : "");
+  const int err = cuda::block_sparse_fwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, "block_sparse_attn_fwd (CUDA): kernel launch failed with cudaError ", err);
+  return {out, lse};
+}
+
+}  // namespace
+}  // namespace genaccel::ops
+
+TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
+  m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cuda);
+}

@@ -1,0 +1,41 @@
+// Torch-free description of one block-sparse attention forward call, shared by the CPU kernel, the
+// CUDA launcher and the C++ microbenchmark. All strides are in elements; the last dim is contiguous.
+#pragma once
+#include <cstdint>
+
+namespace genaccel {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+namespace attention {
+
+struct BlockSparseFwdParams {
+  const void* q;  // (B, H, Nq, D)
+  const void* k;  // (B, Hkv, Nk, D)
+  const void* v;  // (B, Hkv, Nk, D)
+  void* out;      // (B, H, Nq, D), contiguous, dtype of q
+  float* lse;     // (B, H, Nq), contiguous, natural log, -inf for a row with no selected key
+
+  // Planned index list: kv_indices (Bi, Hi, Tq, max_kv_blocks), kv_counts (Bi, Hi, Tq), both
+  // int32 and contiguous in the last two dims. Bi is B or 1, Hi is H or 1; a batch/head stride of 0
+  // broadcasts one plan over every batch/head.
+  const int32_t* kv_indices;
+  const int32_t* kv_counts;
+  int64_t idx_batch_stride, idx_head_stride;  // into kv_indices
+  int64_t cnt_batch_stride, cnt_head_stride;  // into kv_counts
+  int max_kv_blocks;
+
+  int64_t q_batch_stride, q_head_stride, q_row_stride;
+  int64_t k_batch_stride, k_head_stride, k_row_stride;
+  int64_t v_batch_stride, v_head_stride, v_row_stride;
+  int64_t o_batch_stride, o_head_stride, o_row_stride;
+
+  int batch, heads, kv_heads;  // heads % kv_heads == 0 (GQA: query head h reads kv head h / (heads / kv_heads))
+  int seqlen_q, seqlen_k, head_dim;
+  int block_q, block_k;  // token sizes of one mask block
+  int num_q_blocks;      // ceil(seqlen_q / block_q)
+  float scale;           // softmax scale applied to q·k
+};
+
+}  // namespace attention
+}  // namespace genaccel

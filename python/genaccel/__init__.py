@@ -1,0 +1,17 @@
+"""genaccel: C++/CUDA kernels for cheaper generative-AI inference, exposed as torch.ops.genaccel.*."""
+
+import torch  # noqa: F401  (loads libtorch before the extension that links against it)
+
+from . import _ops  # noqa: F401  (loads genaccel._C, which registers torch.ops.genaccel.*)
+from ._ops import build_info, has_cuda_kernels
+from .attention import block_mask_to_indices, block_sparse_attention
+
+__version__ = build_info()["version"]
+
+__all__ = [
+    "__version__",
+    "block_mask_to_indices",
+    "block_sparse_attention",
+    "build_info",
+    "has_cuda_kernels",
+]

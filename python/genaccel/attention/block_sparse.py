@@ -1,0 +1,121 @@
+"""Block-sparse attention: plan (block mask -> key-block index lists) and run.
+
+Each query block of `block_q` tokens attends, with one softmax, to the key blocks its mask row
+selects. Planning is split from running, as in FlashInfer: build the index lists once with
+`block_mask_to_indices`, then call `torch.ops.genaccel.block_sparse_attn_fwd` as often as needed.
+"""
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+
+BlockSize = Union[int, Tuple[int, int]]
+
+
+def _block_size(block_size: BlockSize) -> Tuple[int, int]:
+    if isinstance(block_size, int):
+        block_size = (block_size, block_size)
+    if len(block_size) != 2 or any(not isinstance(b, int) or b < 1 for b in block_size):
+        raise ValueError(f"block_size must be a positive int or a pair of them, got {block_size!r}")
+    return tuple(block_size)
+
+
+def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int] = None):
+    """Plans a block mask: returns (kv_indices, kv_counts).
+
+    block_mask: bool (Bm, Hm, Tq, Tk); True = compute that (query block, key block) pair.
+    kv_indices: int32 (Bm, Hm, Tq, max_kv_blocks), the selected key blocks of each query block in
+    ascending order, padded with -1; kv_counts: int32 (Bm, Hm, Tq). Bm/Hm stay as in the mask (1
+    broadcasts over batch/heads). max_kv_blocks defaults to the largest row count (one host sync);
+    under torch.compile it defaults to Tk, which needs no sync.
+    """
+    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
+    if block_mask.dim() != 4:
+        raise ValueError(f"block_mask must be 4-D (B or 1, H or 1, Tq, Tk), got shape {tuple(block_mask.shape)}")
+    tk = block_mask.shape[-1]
+    counts = block_mask.sum(dim=-1, dtype=torch.int32)
+    if max_kv_blocks is None:
+        if torch.compiler.is_compiling() or counts.numel() == 0:
+            max_kv_blocks = tk
+        else:
+            max_kv_blocks = int(counts.max())
+    if not 0 <= max_kv_blocks <= tk:
+        raise ValueError(f"max_kv_blocks must be in [0, {tk}], got {max_kv_blocks}")
+    # Selected block ids sort before the sentinel tk; a stable sort keeps them ascending.
+    ids = torch.arange(tk, device=block_mask.device, dtype=torch.int32)
+    keyed = torch.where(block_mask, ids, torch.full_like(ids, tk))
+    ordered = torch.sort(keyed, dim=-1, stable=True).values[..., :max_kv_blocks]
+    kv_indices = torch.where(ordered == tk, torch.full_like(ordered, -1), ordered).contiguous()
+    return kv_indices, counts.clamp_max(max_kv_blocks).contiguous()
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: BlockSize = (64, 64),
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+):
+    """Attention of each query block over the key blocks that `block_mask` selects.
+
+    q: (B, H, Nq, D); k, v: (B, Hkv, Nk, D) with H % Hkv == 0. block_mask: bool
+    (B or 1, H or 1, ceil(Nq/bq), ceil(Nk/bk)). Returns out (B, H, Nq, D) in the dtype of q, and with
+    return_lse also the float32 log-sum-exp (B, H, Nq) (-inf where a row selects no key block; such a
+    row's output is zero). scale defaults to 1/sqrt(D).
+    """
+    bq, bk = _block_size(block_size)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
+    B, H, nq, D = q.shape
+    nk = k.shape[2]
+    tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
+    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
+    if (
+        block_mask.dim() != 4
+        or block_mask.shape[0] not in (1, B)
+        or block_mask.shape[1] not in (1, H)
+        or tuple(block_mask.shape[2:]) != (tq, tk)
+    ):
+        raise ValueError(
+            f"block_mask must have shape ({B} or 1, {H} or 1, {tq}, {tk}) for Nq={nq}, Nk={nk}, "
+            f"block_size=({bq}, {bk}); got {tuple(block_mask.shape)}"
+        )
+    if block_mask.device != q.device:
+        raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    kv_indices, kv_counts = block_mask_to_indices(block_mask)
+    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, kv_indices, kv_counts, bq, bk, float(scale))
+    return (out, lse) if return_lse else out
+
+
+@torch.library.register_fake("genaccel::block_sparse_attn_fwd")
+def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale):
+    torch._check(q.dim() == 4, lambda: f"q must be 4-D, got {q.dim()}-D")
+    out = q.new_empty(q.shape, memory_format=torch.contiguous_format)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    return out, lse
+
+
+def _block_sparse_attn_setup_context(ctx, inputs, output):
+    pass
+
+
+def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
+    raise NotImplementedError(
+        "genaccel.block_sparse_attention has no backward yet: the fused backward kernel arrives with "
+        "SLA (sparse_linear_attention). Run it under torch.no_grad() or detach its inputs."
+    )
+
+
+torch.library.register_autograd(
+    "genaccel::block_sparse_attn_fwd",
+    _block_sparse_attn_backward,
+    setup_context=_block_sparse_attn_setup_context,
+)
