@@ -1,11 +1,15 @@
 // CPU block-sparse attention forward (FlashAttention-style, float32).
 //
-// Work unit: one (batch, head, query block). Its planned key blocks are walked in order; adjacent
-// blocks are merged into runs of up to kMaxRunKeys keys so that dense stretches of the mask become
-// large matrix products. Per run: S = scale * Q K^T (sgemm), online-softmax update of the running
-// row max / row sum (at::vec), O += P V (sgemm). Skipped blocks cost nothing: only planned blocks
-// are ever touched. Threads take work units from a shared counter, so rows with many blocks do not
-// leave a thread idle behind a static split.
+// Work unit: one (batch, head, query block); threads take units from a shared counter, so rows with
+// many key blocks do not leave a thread idle behind a static split. A unit walks its planned key
+// blocks in order, merging adjacent ones into runs of up to kMaxRunKeys keys, and keeps everything
+// transposed -- queries along the vector lanes:
+//   S^T (keys x queries)  = K (keys x D) . (scale*Q)^T      Q^T packed once per unit
+//   online softmax down the columns of S^T                  per-query max/sum are plain vector ops
+//   O^T (D x queries)    += V^T (D x keys) . P^T            V^T is V read with swapped strides
+// so K and V are read in place (no packing, no padding of partial key blocks: a run is just the
+// key range it covers) and the per-query rescale of O^T is one vector multiply per row.
+// Skipped blocks cost nothing: only planned blocks are touched.
 #include "cpu/attention/block_sparse_fwd.h"
 
 #include <ATen/Parallel.h>
@@ -17,118 +21,117 @@
 #include <limits>
 #include <vector>
 
-#include "genaccel/cpu/sgemm.h"
+#include "genaccel/cpu/microgemm.h"
 
 namespace genaccel::cpu {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int kMaxRunKeys = 512;
+using VecF = at::vec::Vectorized<float>;
+constexpr int kMaxRunKeys = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Online-softmax update of one score row s[0, n): turns s into exp(s - m_new) in place, and returns
-// the factor exp(m_old - m_new) by which earlier partial sums and outputs must be rescaled.
-float softmax_row_update(float* s, int n, float& row_max, float& row_sum) {
-  const int nv = n - n % Vec::size();
-  float mx = kNegInf;
-  if (nv > 0) {
-    Vec vmax(kNegInf);
-    for (int j = 0; j < nv; j += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
-    mx = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-  }
-  for (int j = nv; j < n; ++j) mx = std::max(mx, s[j]);
-  const float m_new = std::max(row_max, mx);
-  Vec vm(m_new), vsum(0.f);
-  for (int j = 0; j < nv; j += Vec::size()) {
-    Vec e = (Vec::loadu(s + j) - vm).exp_u20();
-    e.store(s + j);
-    vsum = vsum + e;
-  }
-  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (int j = nv; j < n; ++j) {
-    s[j] = std::exp(s[j] - m_new);
-    sum += s[j];
-  }
-  const float correction = row_max == kNegInf ? 0.f : std::exp(row_max - m_new);
-  row_sum = row_sum * correction + sum;
-  row_max = m_new;
-  return correction;
-}
+int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-void scale_row(float* x, int n, float a) {
-  const int nv = n - n % Vec::size();
-  Vec va(a);
-  for (int j = 0; j < nv; j += Vec::size()) (Vec::loadu(x + j) * va).store(x + j);
-  for (int j = nv; j < n; ++j) x[j] *= a;
-}
-
+// Per-thread scratch, allocated once per thread per call. Query columns are padded to kNR.
 struct Workspace {
-  std::vector<float> scores, acc, row_max, row_sum;
-  Workspace(int block_q, int run_keys, int head_dim)
-      : scores(static_cast<size_t>(block_q) * run_keys),
-        acc(static_cast<size_t>(block_q) * head_dim),
-        row_max(block_q),
-        row_sum(block_q) {}
+  int q_pad;
+  std::vector<float> qt, st, ot, row_max, row_sum, corr;
+  Workspace(int block_q, int head_dim, int run_keys)
+      : q_pad(round_up(block_q, kNR)),
+        qt(static_cast<size_t>(head_dim) * q_pad),
+        st(static_cast<size_t>(run_keys) * q_pad),
+        ot(static_cast<size_t>(head_dim) * q_pad),
+        row_max(q_pad),
+        row_sum(q_pad),
+        corr(q_pad) {}
 };
 
-void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int run_keys,
+// Online-softmax update over a run: st is (n x q_pad) scores, one query per column. Turns st into
+// exp(st - m_new) in place, updates the running max / sum per query and rescales ot (D x q_pad).
+void softmax_update(float* st, int n, int q_pad, Workspace& ws, float* ot, int D) {
+  constexpr int V = VecF::size();
+  float* mx = ws.row_max.data();
+  float* sum = ws.row_sum.data();
+  float* corr = ws.corr.data();
+  for (int c = 0; c < q_pad; c += V) {
+    VecF colmax = VecF::loadu(st + c);
+    for (int r = 1; r < n; ++r) colmax = at::vec::maximum(colmax, VecF::loadu(st + r * q_pad + c));
+    const VecF m_old = VecF::loadu(mx + c);
+    const VecF m_new = at::vec::maximum(m_old, colmax);
+    (m_old - m_new).exp_u20().store(corr + c);  // exp(-inf) = 0 on the first run
+    m_new.store(mx + c);
+  }
+  for (int c = 0; c < q_pad; c += V) (VecF::loadu(sum + c) * VecF::loadu(corr + c)).store(sum + c);
+  for (int r = 0; r < n; ++r) {
+    float* row = st + r * q_pad;
+    for (int c = 0; c < q_pad; c += V) {
+      const VecF e = (VecF::loadu(row + c) - VecF::loadu(mx + c)).exp_u20();
+      e.store(row + c);
+      (VecF::loadu(sum + c) + e).store(sum + c);
+    }
+  }
+  for (int d = 0; d < D; ++d) {
+    float* row = ot + d * q_pad;
+    for (int c = 0; c < q_pad; c += V) (VecF::loadu(row + c) * VecF::loadu(corr + c)).store(row + c);
+  }
+}
+
+void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int max_run_blocks,
                      Workspace& ws) {
   const int qb = static_cast<int>(task % p.num_q_blocks);
   const int h = static_cast<int>((task / p.num_q_blocks) % p.heads);
   const int b = static_cast<int>(task / (static_cast<int64_t>(p.num_q_blocks) * p.heads));
   const int kvh = h / (p.heads / p.kv_heads);
-  const int D = p.head_dim;
+  const int D = p.head_dim, q_pad = ws.q_pad;
   const int q0 = qb * p.block_q;
   const int m = std::min(p.block_q, p.seqlen_q - q0);
 
-  const float* q = static_cast<const float*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
-                   static_cast<int64_t>(q0) * p.q_row_stride;
-  const float* k = static_cast<const float*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
-  const float* v = static_cast<const float*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
   float* out = static_cast<float*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
                static_cast<int64_t>(q0) * p.o_row_stride;
   float* lse = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q + q0;
   const int32_t* blocks = p.kv_indices + b * p.idx_batch_stride + h * p.idx_head_stride +
                           static_cast<int64_t>(qb) * p.max_kv_blocks;
   const int count = p.kv_counts[b * p.cnt_batch_stride + h * p.cnt_head_stride + qb];
+  if (count == 0) {  // no selected key: zeros, lse = -inf
+    for (int i = 0; i < m; ++i) std::fill(out + i * p.o_row_stride, out + i * p.o_row_stride + D, 0.f);
+    std::fill(lse, lse + m, kNegInf);
+    return;
+  }
+  const float* k = static_cast<const float*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
+  const float* v = static_cast<const float*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
 
-  float* acc = ws.acc.data();
-  std::fill(acc, acc + static_cast<size_t>(m) * D, 0.f);
-  std::fill(ws.row_max.begin(), ws.row_max.begin() + m, kNegInf);
-  std::fill(ws.row_sum.begin(), ws.row_sum.begin() + m, 0.f);
+  // (scale*Q)^T, padding columns zero (their results are computed and never written out).
+  const float* q = static_cast<const float*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
+                   static_cast<int64_t>(q0) * p.q_row_stride;
+  float* qt = ws.qt.data();
+  for (int d = 0; d < D; ++d) {
+    float* row = qt + d * q_pad;
+    for (int i = 0; i < m; ++i) row[i] = q[i * p.q_row_stride + d] * p.scale;
+    std::fill(row + m, row + q_pad, 0.f);
+  }
+  float* ot = ws.ot.data();
+  std::fill(ot, ot + static_cast<size_t>(D) * q_pad, 0.f);
+  std::fill(ws.row_max.begin(), ws.row_max.end(), kNegInf);
+  std::fill(ws.row_sum.begin(), ws.row_sum.end(), 0.f);
 
   for (int j = 0; j < count;) {
-    // Merge the run of adjacent ascending blocks starting at j.
     const int first = blocks[j];
-    int last = first;
-    ++j;
-    while (j < count && blocks[j] == last + 1 && (last + 2 - first) * p.block_k <= run_keys) {
-      ++last;
-      ++j;
-    }
+    int nblocks = 1;
+    while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
+    j += nblocks;
     const int k0 = first * p.block_k;
-    const int n = std::min((last + 1) * p.block_k, p.seqlen_k) - k0;
-    float* s = ws.scores.data();
-    sgemm_abt(m, n, D, p.scale, q, p.q_row_stride, k + k0 * p.k_row_stride, p.k_row_stride, s, n);
-    for (int i = 0; i < m; ++i) {
-      const float c = softmax_row_update(s + static_cast<int64_t>(i) * n, n, ws.row_max[i], ws.row_sum[i]);
-      if (c != 1.f) scale_row(acc + static_cast<int64_t>(i) * D, D, c);
-    }
-    sgemm_ab_acc(m, D, n, s, n, v + k0 * p.v_row_stride, p.v_row_stride, acc, D);
+    const int n = std::min((first + nblocks) * p.block_k, p.seqlen_k) - k0;
+    float* st = ws.st.data();
+    micro_gemm<false>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad);
+    softmax_update(st, n, q_pad, ws, ot, D);
+    micro_gemm<true>(D, q_pad, n, v + k0 * p.v_row_stride, 1, p.v_row_stride, st, q_pad, ot, q_pad);
   }
 
   for (int i = 0; i < m; ++i) {
+    const float inv = 1.f / ws.row_sum[i];
     float* o = out + static_cast<int64_t>(i) * p.o_row_stride;
-    const float l = ws.row_sum[i];
-    if (l > 0.f) {
-      const float inv = 1.f / l;
-      const float* a = acc + static_cast<int64_t>(i) * D;
-      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
-      lse[i] = ws.row_max[i] + std::log(l);
-    } else {  // no selected key: zeros, lse = -inf
-      std::fill(o, o + D, 0.f);
-      lse[i] = kNegInf;
-    }
+    for (int d = 0; d < D; ++d) o[d] = ot[d * q_pad + i] * inv;
+    lse[i] = ws.row_max[i] + std::log(ws.row_sum[i]);
   }
 }
 
@@ -137,12 +140,13 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
 void block_sparse_fwd_f32(const attention::BlockSparseFwdParams& p) {
   const int64_t tasks = static_cast<int64_t>(p.batch) * p.heads * p.num_q_blocks;
   if (tasks == 0) return;
-  const int run_keys = std::max(kMaxRunKeys - kMaxRunKeys % p.block_k, p.block_k);
+  const int max_run_blocks = std::max(1, kMaxRunKeys / p.block_k);
+  const int run_keys = max_run_blocks * p.block_k;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    Workspace ws(p.block_q, run_keys, p.head_dim);
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) run_query_block(p, t, run_keys, ws);
+    Workspace ws(p.block_q, p.head_dim, run_keys);
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) run_query_block(p, t, max_run_blocks, ws);
   });
 }
 
