@@ -1,0 +1,120 @@
+"""Small CUDA block-sparse attention runs checked against the float64 reference.
+
+Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
+and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
+than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs. The float64
+reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
+
+Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
+kernels. Cases marked optional (configurations the CUDA kernel may not cover yet) may be refused
+with a clear error; a wrong answer fails them like any other.
+"""
+
+import math
+import sys
+import traceback
+
+import torch
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}
+
+# name, B, H, Hkv, Nq, Nk, D, dtype, (bq, bk), mask density, mask batch/head broadcast, layout, required
+CASES = [
+    ("full mask, one block", 1, 2, 2, 64, 64, 64, torch.bfloat16, (64, 64), 1.0, False, "bhnd", True),
+    ("partial blocks, Nq!=Nk", 2, 4, 4, 200, 333, 128, torch.bfloat16, (64, 64), 0.5, False, "bhnd", True),
+    ("GQA 4:1, empty rows", 1, 8, 2, 257, 257, 128, torch.bfloat16, (64, 64), 0.3, False, "bhnd", True),
+    ("N below one block", 1, 3, 3, 50, 50, 64, torch.float16, (64, 64), 1.0, False, "bhnd", True),
+    ("fp16 GQA 2:1, broadcast mask", 2, 4, 2, 320, 192, 64, torch.float16, (64, 64), 0.6, True, "bhnd", True),
+    ("non-contiguous (B, N, H, D) view", 1, 4, 4, 190, 190, 128, torch.bfloat16, (64, 64), 0.5, False, "bnhd", True),
+    ("longer sequence", 1, 2, 2, 1000, 1000, 128, torch.bfloat16, (64, 64), 0.2, False, "bhnd", True),
+    ("D=32", 1, 2, 2, 130, 130, 32, torch.bfloat16, (64, 64), 0.5, False, "bhnd", False),
+    ("float32", 1, 2, 2, 130, 130, 64, torch.float32, (64, 64), 0.5, False, "bhnd", False),
+    ("128x64 blocks", 1, 2, 2, 300, 300, 128, torch.bfloat16, (128, 64), 0.5, False, "bhnd", False),
+]
+
+
+def make_inputs(case, gen):
+    _, B, H, Hkv, nq, nk, D, dtype, (bq, bk), density, bcast, layout, _ = case
+
+    def rand(b, h, n):
+        if layout == "bnhd":  # (B, N, H, D) storage seen as (B, H, N, D): strided, like a fused QKV
+            return torch.randn(b, n, h, D, generator=gen).transpose(1, 2)
+        return torch.randn(b, h, n, D, generator=gen)
+
+    q, k, v = rand(B, H, nq), rand(B, Hkv, nk), rand(B, Hkv, nk)
+    tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
+    mshape = (1, 1, tq, tk) if bcast else (B, H, tq, tk)
+    mask = torch.rand(mshape, generator=gen) < density
+    if density < 1.0 and tq > 1:
+        mask[..., 1, :] = False  # an empty row: output zeros, lse -inf
+    return q, k, v, mask, dtype, (bq, bk)
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    denom = ref.norm()
+    return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
+
+
+def run_case(case, gen) -> str:
+    """'ok ...', 'unsupported ...' or raises/returns 'FAIL ...'."""
+    import genaccel
+    from genaccel.attention.reference import block_sparse_attention_reference
+
+    q, k, v, mask, dtype, bs = make_inputs(case, gen)
+    # Round to the tested dtype first so the reference sees exactly the kernel's inputs.
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    ref_out, ref_lse = block_sparse_attention_reference(q, k, v, mask, bs)
+    dq, dk, dv = (t.cuda() for t in (q, k, v))
+    if case[11] == "bnhd":
+        assert not dq.is_contiguous()
+    out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True)
+    torch.cuda.synchronize()
+    out, lse = out.cpu(), lse.cpu()
+    if out.dtype != dtype or out.shape != ref_out.shape or lse.shape != ref_lse.shape:
+        return f"FAIL shapes/dtype: out {tuple(out.shape)} {out.dtype}, lse {tuple(lse.shape)}"
+    if not torch.isfinite(out).all():
+        return "FAIL non-finite output"
+    err = rel_err(out, ref_out)
+    finite = torch.isfinite(ref_lse)
+    lse_ok = torch.equal(torch.isfinite(lse), finite)
+    lse_err = rel_err(lse[finite], ref_lse[finite]) if finite.any() else 0.0
+    tol = TOL[dtype]
+    if err > tol or lse_err > tol or not lse_ok:
+        return f"FAIL rel err out {err:.2e} lse {lse_err:.2e} (tol {tol:.0e}), lse -inf rows match: {lse_ok}"
+    return f"ok   rel err out {err:.2e} lse {lse_err:.2e}"
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
+        return 2
+    import genaccel
+
+    if not genaccel.has_cuda_kernels():
+        print(f"cuda_smoke: genaccel has no CUDA kernels in this build: {genaccel.build_info()}", file=sys.stderr)
+        return 2
+    print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
+    gen = torch.Generator().manual_seed(1234)
+    failed = passed = 0
+    for case in CASES:
+        name, required = case[0], case[-1]
+        try:
+            result = run_case(case, gen)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            if not required:
+                result = f"unsupported (optional case): {type(exc).__name__}: {first}"
+            else:
+                traceback.print_exc()
+                result = f"FAIL raised {type(exc).__name__}: {first}"
+        bad = result.startswith("FAIL")
+        failed += bad
+        passed += result.startswith("ok")
+        print(f"{'FAIL' if bad else 'pass'}  {name:<34} {result}", flush=True)
+    print(f"cuda_smoke: {passed} ok, {failed} failed, {len(CASES) - passed - failed} unsupported optional")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# One check of a GPU machine: build with CUDA, run the CUDA tests, memcheck a small run, benchmark.
+#
+#   bench/gpu_check.sh OUTDIR
+#
+# Leaves in OUTDIR (8 files at most, plain names): nvidia_smi.log, build.log (install + import
+# check), pytest_cuda.log, memcheck.log, bench.log, bench_attention.json, bench_attention.png,
+# summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
+# Exit code: 0 when every step passed, else 1.
+#
+# Made for the GPU machines of shared/DESIGN.md (Python 3.12, torch 2.11 + CUDA 13.0, nvcc, cmake,
+# ninja, scikit-build-core, pytest, numpy; no network). Extra wheels (nvidia-cutlass, hypothesis,
+# matplotlib, tqdm) may be unpacked somewhere on PYTHONPATH, e.g. /tmp/site; the script keeps
+# PYTHONPATH and works without any of them (no plot without matplotlib; hypothesis tests skip).
+#
+# Environment knobs: PYTHON (interpreter), GENACCEL_CUDA_ARCHS (default: this card's arch only, which
+# halves the compile), GENACCEL_CHECK_BUDGET_S (default 450 s: with the timeouts' kill grace the
+# whole run stays under 8 minutes),
+# GENACCEL_GIT_COMMIT (the commit being checked; the copy on a GPU machine usually has no .git),
+# GENACCEL_CHECK_SKIP_BUILD=1 (check the genaccel already importable instead of building).
+set -u -o pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 OUTDIR" >&2
+  exit 2
+fi
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+BUDGET=${GENACCEL_CHECK_BUDGET_S:-450}
+BENCH_RESERVE=150   # seconds kept back for the benchmark, the step whose numbers get committed
+START=$(date +%s)
+STEPS=$(mktemp)     # name<TAB>rc<TAB>seconds<TAB>timeout<TAB>log<TAB>note, outside OUTDIR
+trap 'rm -f "$STEPS"' EXIT
+
+if [ -z "${GENACCEL_GIT_COMMIT:-}" ] && git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+  GENACCEL_GIT_COMMIT=$(git -C "$ROOT" rev-parse HEAD)
+fi
+export GENACCEL_GIT_COMMIT=${GENACCEL_GIT_COMMIT:-}
+
+write_summary() {
+  "$PY" - "$STEPS" "$OUT/summary.json" "$START" "$BUDGET" <<'EOF'
+import json, os, sys, time
+steps_file, out, start, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+steps = []
+for line in open(steps_file):
+    name, rc, secs, limit, log, note = line.rstrip("\n").split("\t")
+    rc = int(rc)
+    status = ("ok" if rc == 0 else "skipped" if rc == -1 else
+              "timeout" if rc in (124, 137) else "failed")
+    steps.append({"name": name, "status": status, "rc": rc, "seconds": int(secs),
+                  "timeout_s": int(limit), "log": log, "note": note or None})
+summary = {
+    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+    "total_seconds": int(time.time()) - start,
+    "budget_s": budget,
+    "git_commit": os.environ.get("GENACCEL_GIT_COMMIT") or None,
+    "pythonpath": os.environ.get("PYTHONPATH") or None,
+    "ok": all(s["status"] == "ok" for s in steps),
+    "steps": steps,
+}
+with open(out, "w") as f:
+    json.dump(summary, f, indent=1)
+    f.write("\n")
+EOF
+}
+
+# step NAME CAP LOG [--last] CMD...: runs CMD with a timeout of CAP seconds, cut so that the budget
+# (minus the benchmark's reserve, except for the last step) is never exceeded; appends to OUT/LOG.
+step() {
+  local name=$1 cap=$2 log=$3 reserve=$BENCH_RESERVE
+  shift 3
+  if [ "$1" = "--last" ]; then reserve=0; shift; fi
+  local now left limit rc t0
+  now=$(date +%s)
+  left=$((BUDGET - (now - START) - reserve))
+  limit=$((cap < left ? cap : left))
+  {
+    echo "=== $name: $(date -u +%H:%M:%S) timeout ${limit}s"
+    echo "\$ $*"
+  } >>"$OUT/$log"
+  if [ "$limit" -lt 10 ]; then
+    echo "skipped: no time left in the ${BUDGET}s budget" >>"$OUT/$log"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" -1 0 "$limit" "$log" "no time left" >>"$STEPS"
+    write_summary
+    return 1
+  fi
+  t0=$(date +%s)
+  timeout --kill-after=15 "$limit" "$@" >>"$OUT/$log" 2>&1
+  rc=$?
+  echo "=== $name: exit $rc after $(($(date +%s) - t0))s" >>"$OUT/$log"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" "$log" "" >>"$STEPS"
+  write_summary
+  return $rc
+}
+
+# 1. The card and driver.
+step nvidia_smi 20 nvidia_smi.log \
+  bash -c 'nvidia-smi && nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv'
+
+# 2. Build and install. Only this card's architecture unless told otherwise (the default list
+# compiles every kernel twice). Installed into a fresh --target dir put first on PYTHONPATH: it
+# works whether or not site-packages is writable, and no older genaccel carried on PYTHONPATH (e.g.
+# in /tmp/site) can shadow the one just built. --no-deps/--no-index: torch and numpy are already
+# there and there is no network to ask.
+if [ -z "${GENACCEL_CUDA_ARCHS:-}" ]; then
+  CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')
+  case "$CAP" in
+    9.0) GENACCEL_CUDA_ARCHS="90a-real" ;;
+    8.*) GENACCEL_CUDA_ARCHS="80-real" ;;  # sm_80 code runs on every 8.x card
+  esac
+fi
+if [ "${GENACCEL_CHECK_SKIP_BUILD:-0}" = 1 ]; then
+  # Re-run the checks against the genaccel already importable (a machine built earlier).
+  step build 10 build.log bash -c 'echo "build skipped: GENACCEL_CHECK_SKIP_BUILD=1"'
+else
+  SITE="$ROOT/build/gpu_check_site"
+  rm -rf "$SITE"
+  step build 300 build.log env GENACCEL_CUDA=ON ${GENACCEL_CUDA_ARCHS:+GENACCEL_CUDA_ARCHS=$GENACCEL_CUDA_ARCHS} \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -v --target "$SITE" .
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# 3. The installed module loads and has its CUDA kernels.
+step import 60 build.log "$PY" -c '
+import genaccel, torch
+print("genaccel from", genaccel.__file__)
+print("build_info", genaccel.build_info())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
+assert genaccel.has_cuda_kernels(), "genaccel was built without its CUDA kernels"
+'
+
+# 4. The CUDA tests (tests needing hypothesis skip themselves when it is missing).
+step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests
+
+# 5. memcheck on a small block-sparse run. API errors are not reported: torch probes the driver
+# with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3.
+SAN=$(command -v compute-sanitizer || true)
+for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
+         "$(dirname "$(command -v nvcc 2>/dev/null || echo /nonexistent/nvcc)")/compute-sanitizer"; do
+  [ -z "$SAN" ] && [ -x "$c" ] && SAN=$c
+done
+if [ -n "$SAN" ]; then
+  step memcheck 150 memcheck.log "$SAN" --tool memcheck --report-api-errors no --error-exitcode 3 \
+    "$PY" bench/cuda_smoke.py
+else
+  step memcheck 150 memcheck.log bash -c 'echo "compute-sanitizer not found (PATH, /usr/local/cuda)"; exit 127'
+fi
+
+# 6. The benchmark whose JSON goes to bench/results/<device>/ (bench/results/README.md).
+step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
+  --json "$OUT/bench_attention.json" --plot "$OUT/bench_attention.png"
+
+write_summary
+"$PY" - "$OUT/summary.json" "$OUT" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for st in s["steps"]:
+    print(f"{st['name']:<12} {st['status']:<8} rc={st['rc']:<4} {st['seconds']:>4}s  {st['log']}")
+print(f"total {s['total_seconds']}s; results in {sys.argv[2]}")
+sys.exit(0 if s["ok"] else 1)
+EOF

@@ -1,0 +1,122 @@
+"""The `genaccel` command: `genaccel bench ...` (benchmarks), `genaccel info` (build and device).
+
+Subcommands keep room for more (e.g. SciML scoring) without changing how the existing ones parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _parse_sets(items: List[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _cmd_bench(args) -> int:
+    from .benchmarks import BenchError, run_bench
+
+    try:
+        overrides = _parse_sets(args.set)
+        return run_bench(
+            family=args.family,
+            device=args.device,
+            quick=args.quick,
+            json_path=args.json,
+            plot_path=args.plot,
+            overrides=overrides,
+            progress=False if args.no_progress else None,
+        )
+    except (BenchError, ValueError) as exc:
+        print(f"genaccel bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_info(args) -> int:
+    import json
+    import os
+    import platform
+
+    import torch
+
+    try:
+        import genaccel
+    except Exception as exc:  # the extension failed to load: say so instead of a traceback
+        print(f"genaccel failed to import: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    info = {
+        "genaccel": genaccel.build_info(),
+        "genaccel_has_cuda_kernels": genaccel.has_cuda_kernels(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_num_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [],
+    }
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["cuda_devices"].append(
+                {"name": p.name, "capability": f"{p.major}.{p.minor}",
+                 "memory_gib": round(p.total_memory / 2**30, 1), "sms": p.multi_processor_count}
+            )
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .benchmarks import FAMILIES
+
+    parser = argparse.ArgumentParser(prog="genaccel", description="genaccel kernels: benchmarks and build facts")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    bench = sub.add_parser(
+        "bench",
+        help="time genaccel against its baselines",
+        description="Times genaccel against the baselines a PyTorch user would use instead, interleaved in "
+        "one process (median of rounds after warm-up), and checks its error against the float64 reference. "
+        "Exit code: 0 ok, 1 genaccel raised or exceeded its error bound on some row, 2 could not run.",
+    )
+    bench.add_argument("--family", default="attention", choices=sorted(FAMILIES),
+                       help="which family to benchmark: " + "; ".join(f"{k}: {v[1]}" for k, v in FAMILIES.items()))
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--quick", action="store_true", help="small sizes, few repeats, no compiled baselines")
+    bench.add_argument("--json", metavar="FILE", help="write environment and all rows as JSON")
+    bench.add_argument("--plot", metavar="FILE", help="write a PNG of speedup vs density (needs matplotlib)")
+    bench.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                       help="override a config field for every configuration, e.g. --set N=8192 "
+                       "--set densities=0.1,1.0 (attention keys: B H Hkv N D dtype block_q block_k "
+                       "densities flex err_blocks seed warmup min_rounds max_rounds target_s)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    bench.set_defaults(func=_cmd_bench)
+
+    info = sub.add_parser("info", help="print how genaccel was built and what devices torch sees")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
