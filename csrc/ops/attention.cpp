@@ -56,9 +56,12 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, kOp, ": query heads ", H,
               " must be a multiple of key/value heads ", Hkv, " (GQA)");
   TORCH_CHECK(D >= 1 && D <= 256, kOp, ": head dim must be in [1, 256], got ", D);
-  TORCH_CHECK(block_q >= 1 && block_k >= 1, kOp, ": block sizes must be positive, got (", block_q,
-              ", ", block_k, ")");
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, kOp,
+              ": block sizes must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
   const int64_t Nk = k.size(2);
+  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, kOp, ": sequence lengths must be below 2^31, got Nq=", Nq,
+              ", Nk=", Nk);
   const int64_t Tq = (Nq + block_q - 1) / block_q, Tk = (Nk + block_k - 1) / block_k;
 
   TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, kOp,

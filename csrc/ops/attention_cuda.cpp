@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "cuda/attention/block_sparse_fwd.h"
 #include "ops/attention.h"
@@ -21,6 +22,15 @@ DType to_dtype(at::ScalarType t) {
   }
 }
 
+// The kernel loads rows in 16-byte pieces: pointers 16-byte aligned and batch/head/row strides
+// multiples of 8 elements. Views that are not (sliced, oddly strided) are copied once.
+at::Tensor vector_aligned(const at::Tensor& t) {
+  auto c = last_dim_contiguous(t);
+  const bool ok = reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 &&
+                  c.stride(0) % 8 == 0 && c.stride(1) % 8 == 0 && c.stride(2) % 8 == 0;
+  return ok ? c : c.clone(at::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
+}
+
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
@@ -28,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
   check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
   TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
   c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));

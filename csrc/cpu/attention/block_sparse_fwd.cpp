@@ -119,8 +119,8 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
     int nblocks = 1;
     while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
     j += nblocks;
-    const int k0 = first * p.block_k;
-    const int n = std::min((first + nblocks) * p.block_k, p.seqlen_k) - k0;
+    const int k0 = first * p.block_k;  // < seqlen_k, as first < num key blocks
+    const int n = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(first + nblocks) * p.block_k, p.seqlen_k) - k0);
     float* st = ws.st.data();
     micro_gemm<false>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad);
     softmax_update(st, n, q_pad, ws, ot, D);
@@ -141,11 +141,14 @@ void block_sparse_fwd_f32(const attention::BlockSparseFwdParams& p) {
   const int64_t tasks = static_cast<int64_t>(p.batch) * p.heads * p.num_q_blocks;
   if (tasks == 0) return;
   const int max_run_blocks = std::max(1, kMaxRunKeys / p.block_k);
-  const int run_keys = max_run_blocks * p.block_k;
+  // Scratch is sized by what a unit can actually hold: a block larger than its sequence is the
+  // whole sequence.
+  const int rows = std::min(p.block_q, p.seqlen_q);
+  const int run_keys = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(max_run_blocks) * p.block_k, 1, std::max(p.seqlen_k, 1)));
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    Workspace ws(p.block_q, p.head_dim, run_keys);
+    Workspace ws(rows, p.head_dim, run_keys);
     for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) run_query_block(p, t, max_run_blocks, ws);
   });
 }

@@ -16,7 +16,11 @@ BlockSize = Union[int, Tuple[int, int]]
 def _block_size(block_size: BlockSize) -> Tuple[int, int]:
     if isinstance(block_size, int):
         block_size = (block_size, block_size)
-    if len(block_size) != 2 or any(not isinstance(b, int) or b < 1 for b in block_size):
+    if (
+        not isinstance(block_size, (tuple, list))
+        or len(block_size) != 2
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block_size)
+    ):
         raise ValueError(f"block_size must be a positive int or a pair of them, got {block_size!r}")
     return tuple(block_size)
 
@@ -41,6 +45,11 @@ def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int]
             max_kv_blocks = tk
         else:
             max_kv_blocks = int(counts.max())
+    elif not torch.compiler.is_compiling() and counts.numel() > 0 and int(counts.max()) > max_kv_blocks:
+        raise ValueError(
+            f"max_kv_blocks={max_kv_blocks} is smaller than the {int(counts.max())} blocks a row of "
+            "block_mask selects; a plan must list every selected block"
+        )
     if not 0 <= max_kv_blocks <= tk:
         raise ValueError(f"max_kv_blocks must be in [0, {tk}], got {max_kv_blocks}")
     # Selected block ids sort before the sentinel tk; a stable sort keeps them ascending.
@@ -48,7 +57,7 @@ def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int]
     keyed = torch.where(block_mask, ids, torch.full_like(ids, tk))
     ordered = torch.sort(keyed, dim=-1, stable=True).values[..., :max_kv_blocks]
     kv_indices = torch.where(ordered == tk, torch.full_like(ordered, -1), ordered).contiguous()
-    return kv_indices, counts.clamp_max(max_kv_blocks).contiguous()
+    return kv_indices, counts.contiguous()
 
 
 def block_sparse_attention(
@@ -98,7 +107,7 @@ def block_sparse_attention(
 @torch.library.register_fake("genaccel::block_sparse_attn_fwd")
 def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale):
     torch._check(q.dim() == 4, lambda: f"q must be 4-D, got {q.dim()}-D")
-    out = q.new_empty(q.shape, memory_format=torch.contiguous_format)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     return out, lse
 
