@@ -47,32 +47,67 @@ struct Workspace {
 };
 
 // Online-softmax update over a run: st is (n x q_pad) scores, one query per column. Turns st into
-// exp(st - m_new) in place, updates the running max / sum per query and rescales ot (D x q_pad).
+// exp(st - m) in place and adds it to the running sum per query. The reference max m of a query is
+// raised only when a score exceeds it by more than kRescaleMargin (then the earlier sum and the
+// query's column of ot are rescaled); otherwise probabilities up to e^kRescaleMargin are
+// accumulated against the stale max, which float32 holds exactly as well. With sparse masks most
+// runs are a single 64-key block, and rescaling the D x q_pad output after every one of them cost
+// as much as its softmax. lse = m + log(sum) stays exact for any m.
+constexpr float kRescaleMargin = 8.f;
+
 void softmax_update(float* st, int n, int q_pad, Workspace& ws, float* ot, int D) {
   constexpr int V = VecF::size();
   float* mx = ws.row_max.data();
   float* sum = ws.row_sum.data();
   float* corr = ws.corr.data();
+  bool rescale = false;
   for (int c = 0; c < q_pad; c += V) {
     VecF colmax = VecF::loadu(st + c);
     for (int r = 1; r < n; ++r) colmax = at::vec::maximum(colmax, VecF::loadu(st + r * q_pad + c));
     const VecF m_old = VecF::loadu(mx + c);
-    const VecF m_new = at::vec::maximum(m_old, colmax);
-    (m_old - m_new).exp_u20().store(corr + c);  // exp(-inf) = 0 on the first run
+    const VecF raise = colmax > (m_old + VecF(kRescaleMargin));  // all -inf m_old on the first run
+    if (raise.zero_mask() == (1 << V) - 1) {  // no lane raises its max
+      VecF(1.f).store(corr + c);
+      continue;
+    }
+    rescale = true;
+    const VecF m_new = VecF::blendv(m_old, colmax, raise);
+    VecF::blendv(VecF(1.f), (m_old - m_new).exp_u20(), raise).store(corr + c);  // exp(-inf) = 0
     m_new.store(mx + c);
   }
-  for (int c = 0; c < q_pad; c += V) (VecF::loadu(sum + c) * VecF::loadu(corr + c)).store(sum + c);
-  for (int r = 0; r < n; ++r) {
-    float* row = st + r * q_pad;
-    for (int c = 0; c < q_pad; c += V) {
-      const VecF e = (VecF::loadu(row + c) - VecF::loadu(mx + c)).exp_u20();
-      e.store(row + c);
-      (VecF::loadu(sum + c) + e).store(sum + c);
+  if (rescale) {
+    for (int c = 0; c < q_pad; c += V) (VecF::loadu(sum + c) * VecF::loadu(corr + c)).store(sum + c);
+    for (int d = 0; d < D; ++d) {
+      float* row = ot + d * q_pad;
+      for (int c = 0; c < q_pad; c += V) (VecF::loadu(row + c) * VecF::loadu(corr + c)).store(row + c);
     }
   }
-  for (int d = 0; d < D; ++d) {
-    float* row = ot + d * q_pad;
-    for (int c = 0; c < q_pad; c += V) (VecF::loadu(row + c) * VecF::loadu(corr + c)).store(row + c);
+  for (int c = 0; c < q_pad; c += V) {
+    const VecF m = VecF::loadu(mx + c);
+    VecF acc = VecF::loadu(sum + c);
+    for (int r = 0; r < n; ++r) {
+      float* x = st + r * q_pad + c;
+      const VecF e = (VecF::loadu(x) - m).exp_u20();
+      e.store(x);
+      acc = acc + e;
+    }
+    acc.store(sum + c);
+  }
+}
+
+// Sparse masks visit key blocks in no order the hardware prefetcher can follow: ask for the next
+// block's K and V rows (into L2) while this run computes.
+void prefetch_block(const attention::BlockSparseFwdParams& p, const float* k, const float* v, int block) {
+  const int64_t k0 = static_cast<int64_t>(block) * p.block_k;
+  const int64_t rows = std::min<int64_t>(p.block_k, p.seqlen_k - k0);
+  const int64_t row_bytes = static_cast<int64_t>(p.head_dim) * sizeof(float);
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* kr = reinterpret_cast<const char*>(k + (k0 + r) * p.k_row_stride);
+    const char* vr = reinterpret_cast<const char*>(v + (k0 + r) * p.v_row_stride);
+    for (int64_t off = 0; off < row_bytes; off += 64) {
+      __builtin_prefetch(kr + off, 0, 2);
+      __builtin_prefetch(vr + off, 0, 2);
+    }
   }
 }
 
@@ -121,6 +156,7 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
     j += nblocks;
     const int k0 = first * p.block_k;  // < seqlen_k, as first < num key blocks
     const int n = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(first + nblocks) * p.block_k, p.seqlen_k) - k0);
+    if (j < count) prefetch_block(p, k, v, blocks[j]);
     float* st = ws.st.data();
     micro_gemm<false>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad);
     softmax_update(st, n, q_pad, ws, ot, D);
