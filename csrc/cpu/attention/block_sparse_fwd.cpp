@@ -6,6 +6,7 @@
 // transposed -- queries along the vector lanes:
 //   S^T (keys x queries)  = K (keys x D) . (scale*Q)^T      Q^T packed once per unit
 //   online softmax down the columns of S^T                  per-query max/sum are plain vector ops
+//                                                           (column max taken in the GEMM epilogue)
 //   O^T (D x queries)    += V^T (D x keys) . P^T            V^T is V read with swapped strides
 // so K and V are read in place (no packing, no padding of partial key blocks: a run is just the
 // key range it covers) and the per-query rescale of O^T is one vector multiply per row.
@@ -13,7 +14,6 @@
 #include "cpu/attention/block_sparse_fwd.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <atomic>
@@ -26,8 +26,9 @@
 namespace genaccel::cpu {
 namespace {
 
-using VecF = at::vec::Vectorized<float>;
 constexpr int kMaxRunKeys = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
@@ -35,63 +36,57 @@ int round_up(int x, int m) { return (x + m - 1) / m * m; }
 // Per-thread scratch, allocated once per thread per call. Query columns are padded to kNR.
 struct Workspace {
   int q_pad;
-  std::vector<float> qt, st, ot, row_max, row_sum, corr;
+  std::vector<float> qt, st, ot, colmax, row_max, row_sum, corr;
   Workspace(int block_q, int head_dim, int run_keys)
       : q_pad(round_up(block_q, kNR)),
         qt(static_cast<size_t>(head_dim) * q_pad),
         st(static_cast<size_t>(run_keys) * q_pad),
         ot(static_cast<size_t>(head_dim) * q_pad),
+        colmax(q_pad),
         row_max(q_pad),
         row_sum(q_pad),
         corr(q_pad) {}
 };
 
-// Online-softmax update over a run: st is (n x q_pad) scores, one query per column. Turns st into
-// exp(st - m) in place and adds it to the running sum per query. The reference max m of a query is
-// raised only when a score exceeds it by more than kRescaleMargin (then the earlier sum and the
-// query's column of ot are rescaled); otherwise probabilities up to e^kRescaleMargin are
-// accumulated against the stale max, which float32 holds exactly as well. With sparse masks most
-// runs are a single 64-key block, and rescaling the D x q_pad output after every one of them cost
-// as much as its softmax. lse = m + log(sum) stays exact for any m.
+// Online-softmax update over a run, in log2 units: st is (n x q_pad) scores (one query per column)
+// and colmax their per-column maximum. Turns st into 2^(st - m) in place and adds it to the running
+// sum per query. The reference max m of a query is raised only when a score exceeds it by more than
+// kRescaleMargin (then the earlier sum and the query's column of ot are rescaled); otherwise weights
+// up to 2^kRescaleMargin accumulate against the stale max, which float32 holds as well. With sparse
+// masks most runs are a single 64-key block, and rescaling the D x q_pad output after each of them
+// cost as much as its softmax. lse = (m + log2(sum)) * ln 2 stays exact for any m.
 constexpr float kRescaleMargin = 8.f;
 
-void softmax_update(float* st, int n, int q_pad, Workspace& ws, float* ot, int D) {
-  constexpr int V = VecF::size();
+void softmax_update(float* st, const float* colmax, int n, int q_pad, Workspace& ws, float* ot, int D) {
   float* mx = ws.row_max.data();
   float* sum = ws.row_sum.data();
   float* corr = ws.corr.data();
   bool rescale = false;
-  for (int c = 0; c < q_pad; c += V) {
-    VecF colmax = VecF::loadu(st + c);
-    for (int r = 1; r < n; ++r) colmax = at::vec::maximum(colmax, VecF::loadu(st + r * q_pad + c));
-    const VecF m_old = VecF::loadu(mx + c);
-    const VecF raise = colmax > (m_old + VecF(kRescaleMargin));  // all -inf m_old on the first run
-    if (raise.zero_mask() == (1 << V) - 1) {  // no lane raises its max
-      VecF(1.f).store(corr + c);
-      continue;
-    }
-    rescale = true;
-    const VecF m_new = VecF::blendv(m_old, colmax, raise);
-    VecF::blendv(VecF(1.f), (m_old - m_new).exp_u20(), raise).store(corr + c);  // exp(-inf) = 0
-    m_new.store(mx + c);
+  for (int c = 0; c < q_pad; c += 8) {
+    const f32x8 m_old = load8(mx + c), cm = load8(colmax + c);
+    const i32x8 raise = cm > m_old + kRescaleMargin;  // every lane on the first run (m_old = -inf)
+    const bool any = any8(raise);
+    rescale |= any;
+    store8(corr + c, any ? select8(raise, exp2_8(m_old - cm), splat8(1.f)) : splat8(1.f));
+    if (any) store8(mx + c, select8(raise, cm, m_old));
   }
   if (rescale) {
-    for (int c = 0; c < q_pad; c += V) (VecF::loadu(sum + c) * VecF::loadu(corr + c)).store(sum + c);
+    for (int c = 0; c < q_pad; c += 8) store8(sum + c, load8(sum + c) * load8(corr + c));
     for (int d = 0; d < D; ++d) {
       float* row = ot + d * q_pad;
-      for (int c = 0; c < q_pad; c += V) (VecF::loadu(row + c) * VecF::loadu(corr + c)).store(row + c);
+      for (int c = 0; c < q_pad; c += 8) store8(row + c, load8(row + c) * load8(corr + c));
     }
   }
-  for (int c = 0; c < q_pad; c += V) {
-    const VecF m = VecF::loadu(mx + c);
-    VecF acc = VecF::loadu(sum + c);
+  for (int c = 0; c < q_pad; c += 8) {
+    const f32x8 m = load8(mx + c);
+    f32x8 acc = load8(sum + c);
     for (int r = 0; r < n; ++r) {
       float* x = st + r * q_pad + c;
-      const VecF e = (VecF::loadu(x) - m).exp_u20();
-      e.store(x);
-      acc = acc + e;
+      const f32x8 e = exp2_8(load8(x) - m);
+      store8(x, e);
+      acc += e;
     }
-    acc.store(sum + c);
+    store8(sum + c, acc);
   }
 }
 
@@ -135,13 +130,15 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
   const float* k = static_cast<const float*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
   const float* v = static_cast<const float*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
 
-  // (scale*Q)^T, padding columns zero (their results are computed and never written out).
+  // (scale*log2(e)*Q)^T: scores in log2 units, so every exponential is one exp2. Padding columns
+  // are zero (their results are computed and never written out).
+  const float scale_log2 = p.scale * kLog2e;
   const float* q = static_cast<const float*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
                    static_cast<int64_t>(q0) * p.q_row_stride;
   float* qt = ws.qt.data();
   for (int d = 0; d < D; ++d) {
     float* row = qt + d * q_pad;
-    for (int i = 0; i < m; ++i) row[i] = q[i * p.q_row_stride + d] * p.scale;
+    for (int i = 0; i < m; ++i) row[i] = q[i * p.q_row_stride + d] * scale_log2;
     std::fill(row + m, row + q_pad, 0.f);
   }
   float* ot = ws.ot.data();
@@ -158,8 +155,8 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
     const int n = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(first + nblocks) * p.block_k, p.seqlen_k) - k0);
     if (j < count) prefetch_block(p, k, v, blocks[j]);
     float* st = ws.st.data();
-    micro_gemm<false>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad);
-    softmax_update(st, n, q_pad, ws, ot, D);
+    micro_gemm<false, true>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad, ws.colmax.data());
+    softmax_update(st, ws.colmax.data(), n, q_pad, ws, ot, D);
     micro_gemm<true>(D, q_pad, n, v + k0 * p.v_row_stride, 1, p.v_row_stride, st, q_pad, ot, q_pad);
   }
 
@@ -167,7 +164,7 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
     const float inv = 1.f / ws.row_sum[i];
     float* o = out + static_cast<int64_t>(i) * p.o_row_stride;
     for (int d = 0; d < D; ++d) o[d] = ot[d * q_pad + i] * inv;
-    lse[i] = ws.row_max[i] + std::log(ws.row_sum[i]);
+    lse[i] = (ws.row_max[i] + std::log2(ws.row_sum[i])) * kLn2;
   }
 }
 

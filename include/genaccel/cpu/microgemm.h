@@ -7,26 +7,18 @@
 #pragma once
 #include <cstdint>
 
+#include "genaccel/cpu/simd.h"
+
 namespace genaccel::cpu {
 
 constexpr int kNR = 16;  // columns of C per micro-tile: two 8-float vectors
 constexpr int kMR = 6;   // rows of C per micro-tile: 12 accumulators + 2 B + 1 A = 15 of 16 ymm
 
-// GCC/Clang vector-extension values rather than at::vec::Vectorized: arrays of Vectorized were
-// value-initialised through memory and spilled on every k step (seen in perf annotate), while
-// plain vector values stay in registers.
-using f32x8 = float __attribute__((vector_size(32)));
-
-inline f32x8 load8(const float* p) {
-  f32x8 x;
-  __builtin_memcpy(&x, p, sizeof(x));
-  return x;
-}
-inline void store8(float* p, f32x8 x) { __builtin_memcpy(p, &x, sizeof(x)); }
-
-template <int R, bool kAccumulate>
+// One R x kNR tile of C. With kColMax, also folds the tile's per-column maximum into colmax[0..1]
+// while the tile is still in registers (the softmax needs it next).
+template <int R, bool kAccumulate, bool kColMax>
 inline void micro_tile(int k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                       int64_t ldb, float* c, int64_t ldc) {
+                       int64_t ldb, float* c, int64_t ldc, f32x8* colmax) {
   f32x8 acc0[R], acc1[R];
   for (int r = 0; r < R; ++r) {
     acc0[r] = kAccumulate ? load8(c + r * ldc) : f32x8{};
@@ -44,31 +36,43 @@ inline void micro_tile(int k, const float* a, int64_t a_row, int64_t a_col, cons
   for (int r = 0; r < R; ++r) {
     store8(c + r * ldc, acc0[r]);
     store8(c + r * ldc + 8, acc1[r]);
+    if constexpr (kColMax) {
+      colmax[0] = max8(colmax[0], acc0[r]);
+      colmax[1] = max8(colmax[1], acc1[r]);
+    }
   }
 }
 
-template <bool kAccumulate>
+template <bool kAccumulate, bool kColMax>
 inline void micro_rows(int rows, int k, const float* a, int64_t a_row, int64_t a_col,
-                       const float* b, int64_t ldb, float* c, int64_t ldc) {
+                       const float* b, int64_t ldb, float* c, int64_t ldc, f32x8* colmax) {
   switch (rows) {
-    case 1: return micro_tile<1, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
-    case 2: return micro_tile<2, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
-    case 3: return micro_tile<3, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
-    case 4: return micro_tile<4, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
-    case 5: return micro_tile<5, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
-    default: return micro_tile<kMR, kAccumulate>(k, a, a_row, a_col, b, ldb, c, ldc);
+    case 1: return micro_tile<1, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
+    case 2: return micro_tile<2, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
+    case 3: return micro_tile<3, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
+    case 4: return micro_tile<4, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
+    case 5: return micro_tile<5, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
+    default: return micro_tile<kMR, kAccumulate, kColMax>(k, a, a_row, a_col, b, ldb, c, ldc, colmax);
   }
 }
 
 // C (m x n) (+)= A (m x k) * B (k x n); n % kNR == 0. Column tiles outermost so one k x kNR slice
-// of B stays in L1 while every row tile of A passes over it.
-template <bool kAccumulate>
+// of B stays in L1 while every row tile of A passes over it. With kColMax, also writes the maximum
+// of every column of C to col_max[0..n) (-inf for m == 0).
+template <bool kAccumulate, bool kColMax = false>
 inline void micro_gemm(int m, int n, int k, const float* a, int64_t a_row, int64_t a_col,
-                       const float* b, int64_t ldb, float* c, int64_t ldc) {
+                       const float* b, int64_t ldb, float* c, int64_t ldc,
+                       float* col_max = nullptr) {
   for (int j = 0; j < n; j += kNR) {
+    f32x8 colmax[2] = {splat8(-__builtin_inff()), splat8(-__builtin_inff())};
     for (int i = 0; i < m; i += kMR) {
       const int rows = m - i < kMR ? m - i : kMR;
-      micro_rows<kAccumulate>(rows, k, a + i * a_row, a_row, a_col, b + j, ldb, c + i * ldc + j, ldc);
+      micro_rows<kAccumulate, kColMax>(rows, k, a + i * a_row, a_row, a_col, b + j, ldb,
+                                       c + i * ldc + j, ldc, colmax);
+    }
+    if constexpr (kColMax) {
+      store8(col_max + j, colmax[0]);
+      store8(col_max + j + 8, colmax[1]);
     }
   }
 }
