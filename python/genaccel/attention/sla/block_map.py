@@ -1,0 +1,78 @@
+"""SLA block classification: which key blocks each query block attends to exactly (critical),
+through the linear branch (marginal), or not at all (negligible).
+
+Scores are mean-pooled q . mean-pooled (k - mean_tokens(k)) (the "smooth-K" shift changes no
+row's order but keeps the pooled values small), pooled over the valid tokens of each block in
+float32. Per row, the top floor(topk * Tk) blocks (at least one) are critical and the bottom
+floor(low_k * Tk) negligible; ties go to the lower block index.
+"""
+
+import math
+from typing import Tuple
+
+import torch
+
+from ..block_sparse import BlockSize, _block_size, block_mask_to_indices
+from .reference import CRITICAL, NEGLIGIBLE, block_counts
+
+
+def _check_fraction(name: str, x: float) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {x!r}")
+    return float(x)
+
+
+def check_sla_fractions(topk: float, low_k: float) -> Tuple[float, float]:
+    """Validated (topk, low_k): each in [0, 1] and topk + low_k <= 1."""
+    topk, low_k = _check_fraction("topk", topk), _check_fraction("low_k", low_k)
+    if topk + low_k > 1.0 + 1e-12:
+        raise ValueError(f"topk + low_k must be at most 1, got {topk} + {low_k}")
+    return topk, low_k
+
+
+def _pooled_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """float32 mean over the tokens of each block along dim -2; a partial last block divides by its
+    own size."""
+    n = x.shape[-2]
+    t = math.ceil(n / block)
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, t * block - n))
+    sums = padded.unflatten(-2, (t, block)).sum(dim=-2)
+    sizes = torch.full((t,), float(block), device=x.device)
+    sizes[-1] = n - (t - 1) * block
+    return sums / sizes[:, None]
+
+
+def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: float = 0.10,
+                  block_size: BlockSize = (64, 64)):
+    """Classifies the (query block, key block) pairs of q (B, H, Nq, D) and k (B, Hkv, Nk, D).
+
+    Returns (codes, kv_indices, kv_counts): codes int8 (B, H, Tq, Tk) with 1 critical, 0 marginal,
+    -1 negligible; kv_indices / kv_counts list the critical blocks in the format of
+    `genaccel.block_mask_to_indices`, ready for the sparse branch.
+    """
+    bq, bk = _block_size(block_size)
+    topk, low_k = check_sla_fractions(topk, low_k)
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head dim")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of key heads {k.shape[1]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"sla_block_map needs at least one query and one key, got Nq={q.shape[2]}, Nk={k.shape[2]}")
+    group = q.shape[1] // k.shape[1]
+    kf = k.float()
+    k_smooth = kf - kf.mean(dim=-2, keepdim=True)
+    pooled_q = _pooled_blocks(q, bq)                                        # (B, H, Tq, D)
+    pooled_k = _pooled_blocks(k_smooth, bk).repeat_interleave(group, dim=1)  # (B, H, Tk, D)
+    scores = pooled_q @ pooled_k.transpose(-1, -2)
+    tk = scores.shape[-1]
+    n_crit, n_neg = block_counts(tk, topk, low_k)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    codes = torch.zeros(scores.shape, dtype=torch.int8, device=q.device)
+    codes.scatter_(-1, order[..., :n_crit], CRITICAL)
+    if n_neg:
+        codes.scatter_(-1, order[..., tk - n_neg :], NEGLIGIBLE)
+    kv_indices, kv_counts = block_mask_to_indices(codes == CRITICAL, max_kv_blocks=n_crit)
+    return codes, kv_indices, kv_counts

@@ -1,0 +1,116 @@
+"""Readable float64 specification of SLA, sparse-linear attention (arXiv 2509.24006), in the
+paper's semantics; never used in the fast path.
+
+Per query block i, the key blocks j are classified by `sla_block_map_reference` into critical (1),
+marginal (0) and negligible (-1). Then
+
+    O   = O^s + Proj(O^l)
+    O^s = softmax attention over the tokens of the critical blocks only
+    O^l = phi(Q_i) H_i / (phi(Q_i) Z_i),  H_i = sum_{j marginal} phi(K_j)^T V_j,  Z_i = sum colsum phi(K_j)
+
+phi is applied per token over the feature dim (softmax, elu+1 or relu); Proj is an nn.Linear(D, D)
+shared by all heads. A row with no marginal key (or a zero denominator) gets O^l = 0.
+`linear_over_all_keys=True` is the original repository's main-branch variant: O^l is linear
+attention over every key (critical and negligible included) with 1e-5 added to the denominator.
+Everything is differentiable, so autograd on these functions is the gradient reference.
+"""
+
+import math
+
+import torch
+
+from ..reference import expand_block_mask
+
+CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
+FEATURE_MAPS = ("softmax", "elu", "relu")
+ALL_KEYS_EPS = 1e-5
+
+
+def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
+    """phi of SLA's linear branch, per token over the last (feature) dim."""
+    if name == "softmax":
+        return torch.softmax(x, dim=-1)
+    if name == "elu":
+        return torch.nn.functional.elu(x) + 1.0
+    if name == "relu":
+        return torch.relu(x)
+    raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {name!r}")
+
+
+def block_counts(n_blocks: int, topk: float, low_k: float):
+    """Critical and negligible blocks per row: floor(topk * Tk) but at least one critical block,
+    floor(low_k * Tk) negligible, never more than the blocks the critical ones leave."""
+    if n_blocks == 0:
+        return 0, 0
+    n_crit = min(n_blocks, max(1, math.floor(topk * n_blocks)))
+    n_neg = min(n_blocks - n_crit, math.floor(low_k * n_blocks))
+    return n_crit, n_neg
+
+
+def pooled_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean over the tokens of each block along dim -2 (a partial last block divides by its size)."""
+    n = x.shape[-2]
+    return torch.stack([x[..., s : s + block, :].mean(dim=-2) for s in range(0, n, block)], dim=-2)
+
+
+def sla_block_map_reference(q, k, topk=0.05, low_k=0.10, block_size=(64, 64)):
+    """int8 codes (B, H, Tq, Tk): 1 critical, 0 marginal, -1 negligible, from float64 scores
+    mean_pool(q) . mean_pool(k - mean_tokens(k)). Ties go to the lower block index."""
+    bq, bk = block_size
+    q, k = q.double(), k.double()
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    scores = pooled_blocks(q, bq) @ pooled_blocks(k - k.mean(dim=-2, keepdim=True), bk).transpose(-1, -2)
+    n_crit, n_neg = block_counts(scores.shape[-1], topk, low_k)
+    codes = torch.zeros(scores.shape, dtype=torch.int8)
+    order = torch.sort(-scores, dim=-1, stable=True).indices  # descending, lower index first on ties
+    codes.scatter_(-1, order[..., :n_crit], CRITICAL)
+    if n_neg:
+        codes.scatter_(-1, order[..., scores.shape[-1] - n_neg :], NEGLIGIBLE)
+    return codes
+
+
+def sparse_linear_attention_reference(
+    q,
+    k,
+    v,
+    codes,
+    proj_weight=None,
+    proj_bias=None,
+    block_size=(64, 64),
+    feature_map_name="softmax",
+    linear_over_all_keys=False,
+    scale=None,
+):
+    """Returns (out, out_sparse, out_linear) in float64, all (B, H, Nq, D); out includes Proj."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, nq, D = q.shape
+    nk = k.shape[2]
+    group = H // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    tokens = expand_block_mask(codes, nq, nk, block_size).expand(B, H, nq, nk)
+
+    critical = tokens == CRITICAL
+    logits = (q @ k.transpose(-1, -2) * scale).masked_fill(~critical, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    probs = torch.exp(logits - lse.clamp_min(torch.finfo(torch.float64).min)).masked_fill(~critical, 0.0)
+    out_sparse = probs @ v
+
+    fq, fk = feature_map(q, feature_map_name), feature_map(k, feature_map_name)
+    if linear_over_all_keys:
+        weights = fq @ fk.transpose(-1, -2)
+        out_linear = (weights @ v) / (weights.sum(dim=-1, keepdim=True) + ALL_KEYS_EPS)
+    else:
+        weights = (fq @ fk.transpose(-1, -2)).masked_fill(tokens != MARGINAL, 0.0)
+        denom = weights.sum(dim=-1, keepdim=True)
+        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+        out_linear = torch.where(denom > 0, (weights @ v) / safe, torch.zeros_like(out_sparse))
+
+    projected = out_linear
+    if proj_weight is not None:
+        projected = torch.nn.functional.linear(
+            out_linear, proj_weight.double(), None if proj_bias is None else proj_bias.double()
+        )
+    return out_sparse + projected, out_sparse, out_linear
