@@ -2,7 +2,9 @@
 
 Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
-than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs. The float64
+than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs, block_k of
+several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
+and a plan in descending order (a partly masked first tile). The float64
 reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
 
 Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
@@ -27,10 +29,30 @@ CASES = [
     ("fp16 GQA 2:1, broadcast mask", 2, 4, 2, 320, 192, 64, torch.float16, (64, 64), 0.6, True, "bhnd", True),
     ("non-contiguous (B, N, H, D) view", 1, 4, 4, 190, 190, 128, torch.bfloat16, (64, 64), 0.5, False, "bnhd", True),
     ("longer sequence", 1, 2, 2, 1000, 1000, 128, torch.bfloat16, (64, 64), 0.2, False, "bhnd", True),
+    # Every kernel instance (dtype x D 64/128 x block_q 64/128) and block_k > 64 (several 64-key
+    # tiles per block, the last block's tiles past Nk skipped), each with ragged tails.
+    ("128x64 blocks", 1, 2, 2, 300, 300, 128, torch.bfloat16, (128, 64), 0.5, False, "bhnd", True),
+    ("D=64 fp16 128x64 blocks, Nq<Nk", 1, 2, 2, 150, 300, 64, torch.float16, (128, 64), 0.5, False, "bhnd", True),
+    ("D=64 bf16 128x128 blocks, Nq>Nk", 1, 2, 2, 300, 150, 64, torch.bfloat16, (128, 128), 0.6, False, "bhnd", True),
+    ("D=128 bf16 64x128 blocks, GQA 2:1", 2, 4, 2, 190, 300, 128, torch.bfloat16, (64, 128), 0.5, False, "bhnd", True),
+    ("D=64 bf16 64x256 blocks, tail", 1, 2, 1, 130, 300, 64, torch.bfloat16, (64, 256), 0.7, False, "bhnd", True),
+    ("D=128 fp16 128x192 blocks, tail", 1, 2, 2, 260, 450, 128, torch.float16, (128, 192), 0.6, False, "bhnd", True),
+    # Key blocks in descending order (the raw op takes any order): the partial last key block is
+    # the first tile a row sees, so the online softmax starts from a partly masked tile.
+    ("descending plan, partial tile first", 1, 2, 2, 200, 333, 128, torch.bfloat16, (64, 64), 0.6, False, "bhnd", True),
     ("D=32", 1, 2, 2, 130, 130, 32, torch.bfloat16, (64, 64), 0.5, False, "bhnd", False),
     ("float32", 1, 2, 2, 130, 130, 64, torch.float32, (64, 64), 0.5, False, "bhnd", False),
-    ("128x64 blocks", 1, 2, 2, 300, 300, 128, torch.bfloat16, (128, 64), 0.5, False, "bhnd", False),
 ]
+DESCENDING_PLAN = {"descending plan, partial tile first"}
+
+
+def descending_plan(mask):
+    """kv_indices/kv_counts listing each row's key blocks in descending order (padding -1)."""
+    import genaccel
+
+    tk = mask.shape[-1]
+    idx, cnt = genaccel.block_mask_to_indices(mask.flip(-1))
+    return torch.where(idx >= 0, tk - 1 - idx, idx).to(torch.int32).contiguous(), cnt
 
 
 def make_inputs(case, gen):
@@ -45,8 +67,11 @@ def make_inputs(case, gen):
     tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
     mshape = (1, 1, tq, tk) if bcast else (B, H, tq, tk)
     mask = torch.rand(mshape, generator=gen) < density
-    if density < 1.0 and tq > 1:
+    if density < 1.0 and tq > 2:
         mask[..., 1, :] = False  # an empty row: output zeros, lse -inf
+    # The last (partial) query block always computes something with the last (partial) key block
+    # (with tq == 2, emptying row 1 would have emptied exactly the partial query block).
+    mask[..., -1, -1] = True
     return q, k, v, mask, dtype, (bq, bk)
 
 
@@ -68,7 +93,11 @@ def run_case(case, gen) -> str:
     dq, dk, dv = (t.cuda() for t in (q, k, v))
     if case[11] == "bnhd":
         assert not dq.is_contiguous()
-    out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True)
+    if case[0] in DESCENDING_PLAN:
+        idx, cnt = descending_plan(mask.cuda())
+        out, lse = torch.ops.genaccel.block_sparse_attn_fwd(dq, dk, dv, idx, cnt, bs[0], bs[1], 1.0 / math.sqrt(dq.shape[-1]))
+    else:
+        out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True)
     torch.cuda.synchronize()
     out, lse = out.cpu(), lse.cpu()
     if out.dtype != dtype or out.shape != ref_out.shape or lse.shape != ref_lse.shape:

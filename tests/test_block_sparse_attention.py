@@ -267,6 +267,9 @@ CUDA_CORE = [
     ("d128_b128x64_nq_lt_nk", 1, 2, 1, 100, 300, 128, (128, 64), "transposed", (False, True)),
     ("d64_b64x128_bcast", 2, 3, 3, 257, 129, 64, (64, 128), "narrow", (False, False)),
     ("d128_b64x256_lt_block", 1, 2, 2, 40, 50, 128, (64, 256), "sliced", (True, False)),
+    # the D=64, block_q=128 kernel instance (no other CUDA test reaches it); block_k 192 with a
+    # 2-key last tile and a skipped one
+    ("d64_b128x192_tail", 1, 2, 2, 300, 450, 64, (128, 192), "contig", (True, True)),
 ]
 
 
@@ -280,7 +283,14 @@ def test_cuda_core_configs(cfg, dtype, gen):
     _, B, H, Hkv, Nq, Nk, D, bs, layout, (mb, mh) = cfg
     q = make_input(gen, (B, H, Nq, D), dtype, "cuda", layout)
     k, v = (make_input(gen, (B, Hkv, Nk, D), dtype, "cuda", layout) for _ in range(2))
-    mask = make_mask(gen, (B if mb else 1, H if mh else 1, -(-Nq // bs[0]), -(-Nk // bs[1])), "empty_rows", 0.6)
+    Tq, Tk = -(-Nq // bs[0]), -(-Nk // bs[1])
+    # Not "empty_rows": it empties the first and last query blocks, i.e. every row when Tq == 1
+    # and always the partial last query block. Here the last (partial) query block always attends
+    # to the last (partial) key block, and with Tq >= 3 one query block selects nothing (count 0).
+    mask = make_mask(gen, (B if mb else 1, H if mh else 1, Tq, Tk), "random", 0.6)
+    mask[..., -1, -1] = True
+    if Tq >= 3:
+        mask[..., 1, :] = False
     out, lse = genaccel.block_sparse_attention(q, k, v, mask.cuda(), bs, return_lse=True)
     check_against_reference(out, lse, q, k, v, mask, bs, None, dtype)
 
