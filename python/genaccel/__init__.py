@@ -5,6 +5,7 @@ import torch  # noqa: F401  (loads libtorch before the extension that links agai
 from . import _ops  # noqa: F401  (loads genaccel._C, which registers torch.ops.genaccel.*)
 from ._ops import build_info, has_cuda_kernels
 from .attention import block_mask_to_indices, block_sparse_attention
+from .attention.sla import sla_block_map, sparse_linear_attention
 
 __version__ = build_info()["version"]
 
@@ -14,4 +15,6 @@ __all__ = [
     "block_sparse_attention",
     "build_info",
     "has_cuda_kernels",
+    "sla_block_map",
+    "sparse_linear_attention",
 ]
