@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/attention/block_sparse_bwd.h"
 #include "cpu/attention/block_sparse_fwd.h"
 #include "cpu/capability.h"
 
@@ -161,6 +162,43 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale) {
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TORCH_CHECK(dout_in.sizes() == q_in.sizes() && dout_in.device() == q_in.device(), op,
+              ": dout must match q in shape and device, got ", dout_in.sizes(), " on ", dout_in.device());
+  const auto rows = q_in.sizes().slice(0, 3);
+  for (const auto* t : {&delta_in, &lse_in})
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q_in.device(), op,
+                ": delta and lse must be float32 of shape ", rows, " on ", q_in.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  cpu::check_capability(op);
+  auto widen = [](const at::Tensor& t) {
+    return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
+  };
+  auto q = widen(q_in), k = widen(k_in), v = widen(v_in), dout = widen(dout_in);
+  auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  attention::BlockSparseBwdParams p{};
+  // The forward params' out/lse slots: lse is read (saved from the forward), out is unused.
+  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
+  p.dout = dout.const_data_ptr();
+  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
+  p.delta = delta.const_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  cpu::block_sparse_bwd_f32(p);
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+}
+
 }  // namespace
 }  // namespace genaccel::ops
 
@@ -168,8 +206,13 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   m.def(
       "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
       "int block_q, int block_k, float scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
+      "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) "
+      "-> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
+  m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cpu);
 }

@@ -39,3 +39,20 @@ struct BlockSparseFwdParams {
 
 }  // namespace attention
 }  // namespace genaccel
+
+namespace genaccel::attention {
+
+// Backward of block-sparse attention: `fwd` describes q/k/v, lse and the plan exactly as in the
+// forward (its `out` is unused); dout is laid out like q, and delta[b, h, i] =
+// rowsum(dout * out)[i] - dlse[i] (the softmax Jacobian term, with any gradient of lse folded in).
+struct BlockSparseBwdParams {
+  BlockSparseFwdParams fwd;
+  const void* dout;
+  int64_t do_batch_stride, do_head_stride, do_row_stride;
+  const float* delta;  // (B, H, Nq) contiguous
+  void* dq;            // (B, H, Nq, D) contiguous
+  void* dk;            // (B, Hkv, Nk, D) contiguous
+  void* dv;            // (B, Hkv, Nk, D) contiguous
+};
+
+}  // namespace genaccel::attention

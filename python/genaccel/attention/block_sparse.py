@@ -112,15 +112,35 @@ def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k
     return out, lse
 
 
+@torch.library.register_fake("genaccel::block_sparse_attn_bwd")
+def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _block_sparse_attn_setup_context(ctx, inputs, output):
-    pass
+    q, k, v, kv_indices, kv_counts, block_q, block_k, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts)
+    ctx.args = (block_q, block_k, scale)
+
+
+def attention_delta(dout: torch.Tensor, out: torch.Tensor, dlse: Optional[torch.Tensor]) -> torch.Tensor:
+    """rowsum(dout * out) - dlse in float32: the softmax-Jacobian term of the backward, with any
+    gradient that reached the lse output folded in (d lse / d logits = P)."""
+    delta = (dout.float() * out.float()).sum(dim=-1)
+    return delta if dlse is None else delta - dlse.float()
 
 
 def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
-    raise NotImplementedError(
-        "genaccel.block_sparse_attention has no backward yet: the fused backward kernel arrives with "
-        "SLA (sparse_linear_attention). Run it under torch.no_grad() or detach its inputs."
+    q, k, v, out, lse, kv_indices, kv_counts = ctx.saved_tensors
+    block_q, block_k, scale = ctx.args
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    delta = attention_delta(grad_out, out, grad_lse)
+    dq, dk, dv = torch.ops.genaccel.block_sparse_attn_bwd(
+        grad_out, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale
     )
+    return dq, dk, dv, None, None, None, None, None
 
 
 torch.library.register_autograd(
