@@ -113,20 +113,20 @@ def test_opcheck(gen):
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+def test_opcheck_with_grad(gen):
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32))
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
+    fq, fk = (torch.softmax(t.detach(), -1).requires_grad_() for t in (q, k))
+    args = (q, k, v, fq, fk, codes, idx, cnt, 32, 32, 0.25, False)
+    torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args)
+
+
 def test_compile_fullgraph(gen):
     q, k, v = inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32)
     w, b = proj(gen, 16)
     eager = genaccel.sparse_linear_attention(q, k, v, w, b, 0.25, 0.25, 32)
     compiled = torch.compile(genaccel.sparse_linear_attention, backend="aot_eager", fullgraph=True)
     assert rel_err(compiled(q, k, v, w, b, 0.25, 0.25, 32), eager) < 1e-6
-
-
-def test_backward_not_yet_available(gen):
-    q, k, v = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
-    q.requires_grad_()
-    out = genaccel.sparse_linear_attention(q, k, v, topk=0.5, block_size=32)
-    with pytest.raises(NotImplementedError, match="has no backward yet"):
-        out.sum().backward()
 
 
 @pytest.mark.parametrize(
@@ -161,3 +161,73 @@ def test_op_rejects_bad_codes_and_feature_maps(gen):
         op(q, k, v, fq.double(), fk, codes, idx, cnt, 32, 32, 0.25, False)
     with pytest.raises(RuntimeError, match="kv_indices must lie in"):
         op(q, k, v, fq, fk, codes, idx + 5, cnt, 32, 32, 0.25, False)
+
+
+# ---- gradients and the module ----------------------------------------------------------------
+
+GRAD_CASES = [
+    # B, H, Hkv, Nq, Nk, D, block, topk, low_k, fmap, all_keys
+    (1, 2, 2, 256, 256, 32, (64, 64), 0.05, 0.1, "softmax", False),
+    (2, 4, 2, 300, 260, 32, (64, 32), 0.2, 0.1, "elu", False),
+    (1, 2, 1, 130, 400, 16, (32, 64), 0.2, 0.0, "relu", False),
+    (1, 2, 2, 200, 200, 16, (64, 64), 1.0, 0.0, "softmax", False),
+    (1, 2, 2, 200, 330, 16, (64, 64), 0.2, 0.1, "softmax", True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[9]}-topk{c[7]}-lowk{c[8]}-all{int(c[10])}-D{c[5]}")
+def test_gradients_match_reference(case, dtype, gen):
+    B, H, Hkv, Nq, Nk, D, block, topk, low_k, fmap, all_keys = case
+    q, k, v = (t.requires_grad_() for t in inputs(gen, B, H, Hkv, Nq, Nk, D, dtype))
+    w, b = (t.requires_grad_() for t in proj(gen, D))
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, all_keys)
+    go = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad((out * go).float().sum(), (q, k, v, w, b))
+    codes = sla_block_map(q, k, topk, low_k, block)[0]
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, w, b)]
+    ref = sparse_linear_attention_reference(*ref_in[:3], codes, *ref_in[3:], block, fmap, all_keys)[0]
+    expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # the bounds for gradients
+    for name, g, e in zip(["q", "k", "v", "proj_weight", "proj_bias"], grads, expected):
+        if e.norm() == 0:
+            assert g.abs().max() == 0, name
+        else:
+            assert rel_err(g, e) <= tol, (name, rel_err(g, e))
+
+
+def test_module_starts_as_sparse_only_and_trains(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 256, 256, 32, torch.float32)
+    layer = genaccel.nn.SparseLinearAttention(32, topk=0.25, low_k=0.0, block_size=64)
+    assert layer.proj.weight.dtype == torch.float32 and layer.proj.weight.abs().max() == 0
+    codes = sla_block_map(q, k, 0.25, 0.0, 64)[0]
+    assert torch.equal(layer(q, k, v), genaccel.block_sparse_attention(q, k, v, codes == 1, 64))
+    target = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = (layer(q, k, v) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]  # the linear branch compensates part of the sparse error
+
+
+def test_module_under_bf16_autocast(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 16, torch.bfloat16)
+    layer = genaccel.nn.SparseLinearAttention(16, topk=0.5, low_k=0.0, block_size=32)
+    torch.nn.init.normal_(layer.proj.weight, std=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(q, k, v)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.proj.weight.grad is not None and layer.proj.weight.grad.dtype == torch.float32
+    assert torch.isfinite(layer.proj.weight.grad).all()
+
+
+def test_module_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="feature_map must be one of"):
+        genaccel.nn.SparseLinearAttention(16, feature_map="hedgehog")
+    with pytest.raises(ValueError, match="topk \\+ low_k"):
+        genaccel.nn.SparseLinearAttention(16, topk=0.7, low_k=0.5)

@@ -3,6 +3,7 @@
 import torch  # noqa: F401  (loads libtorch before the extension that links against it)
 
 from . import _ops  # noqa: F401  (loads genaccel._C, which registers torch.ops.genaccel.*)
+from . import nn  # noqa: F401
 from ._ops import build_info, has_cuda_kernels
 from .attention import block_mask_to_indices, block_sparse_attention
 from .attention.sla import sla_block_map, sparse_linear_attention

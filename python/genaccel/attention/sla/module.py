@@ -1,0 +1,43 @@
+"""nn.Module form of SLA, a drop-in for the attention call of a transformer block."""
+
+from typing import Tuple, Union
+
+import torch
+
+from ..block_sparse import _block_size
+from .block_map import check_sla_fractions
+from .reference import FEATURE_MAPS
+from .sparse_linear import sparse_linear_attention
+
+
+class SparseLinearAttention(torch.nn.Module):
+    """SLA over (B, H, N, D) q, k, v: exact attention on the top `topk` key blocks of each query
+    block, linear attention (feature map phi) on the marginal ones, projected by `proj`.
+
+    `proj` is Linear(head_dim, head_dim), shared by all heads and zero-initialised, so a fresh layer
+    computes exactly sparse-only attention and fine-tuning learns the compensation. Parameters stay
+    float32; under bf16 autocast the projection runs in bf16 like any nn.Linear.
+    """
+
+    def __init__(self, head_dim: int, topk: float = 0.05, low_k: float = 0.10,
+                 block_size: Union[int, Tuple[int, int]] = (64, 64), feature_map: str = "softmax",
+                 linear_over_all_keys: bool = False):
+        super().__init__()
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
+        self.topk, self.low_k = check_sla_fractions(topk, low_k)
+        self.block_size = _block_size(block_size)
+        self.feature_map = feature_map
+        self.linear_over_all_keys = linear_over_all_keys
+        self.proj = torch.nn.Linear(head_dim, head_dim)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False):
+        return sparse_linear_attention(q, k, v, self.proj.weight, self.proj.bias, self.topk, self.low_k,
+                                       self.block_size, self.feature_map, self.linear_over_all_keys,
+                                       return_sparsity)
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.proj.in_features}, topk={self.topk}, low_k={self.low_k}, "
+                f"block_size={self.block_size}, feature_map={self.feature_map!r}")
