@@ -100,6 +100,10 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
   }
 }
 
+at::Tensor cpu_float32(const at::Tensor& t) {
+  return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
+}
+
 attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
@@ -143,12 +147,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
-  // The CPU kernel computes in float32 throughout (sgemm + fp32 softmax): half inputs are widened
-  // once here, an O(N*D) pass that is small against the O(N^2*D*density) attention.
-  auto widen = [](const at::Tensor& t) {
-    return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
-  };
-  auto q = widen(q_in), k = widen(k_in), v = widen(v_in);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
@@ -177,10 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
                 ": delta and lse must be float32 of shape ", rows, " on ", q_in.device(), ", got ",
                 t->scalar_type(), " ", t->sizes(), " on ", t->device());
   cpu::check_capability(op);
-  auto widen = [](const at::Tensor& t) {
-    return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
-  };
-  auto q = widen(q_in), k = widen(k_in), v = widen(v_in), dout = widen(dout_in);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), dout = cpu_float32(dout_in);
   auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto dq = at::empty(q.sizes(), q.options());

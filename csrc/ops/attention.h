@@ -19,6 +19,10 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
     int64_t block_k, double scale);
 
+// The CPU kernels compute in float32 throughout: half inputs are widened once (an O(N*D) pass, small
+// against the attention itself), and the result is laid out as last_dim_contiguous.
+at::Tensor cpu_float32(const at::Tensor& t);
+
 // Returns t itself when its last dim is contiguous and its rows do not overlap, else a contiguous copy.
 at::Tensor last_dim_contiguous(const at::Tensor& t);
 

@@ -53,10 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
                        block_q, block_k);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
-  auto widen = [](const at::Tensor& t) {
-    return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
-  };
-  auto q = widen(q_in), k = widen(k_in), v = widen(v_in), phi_q = widen(phi_q_in), phi_k = widen(phi_k_in);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), phi_q = cpu_float32(phi_q_in), phi_k = cpu_float32(phi_k_in);
   auto codes = codes_in.contiguous();
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);

@@ -21,9 +21,6 @@ namespace genaccel::cpu {
 namespace {
 
 constexpr int kMaxRunKeys = 256;
-constexpr float kLog2e = 1.4426950408889634f;
-
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 struct Workspace {
   int q_pad, d_pad;

@@ -27,11 +27,7 @@ namespace genaccel::cpu {
 namespace {
 
 constexpr int kMaxRunKeys = 256;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // Per-thread scratch, allocated once per thread per call. Query columns are padded to kNR.
 struct Workspace {

@@ -21,8 +21,6 @@
 namespace genaccel::cpu {
 namespace {
 
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
-
 struct KvHeadSums {
   int D, d_pad, num_k_blocks;
   std::unique_ptr<float[]> h, z, h_total, z_total;  // (Tk, D, d_pad), (Tk, D), (D, d_pad), (D)

@@ -10,6 +10,12 @@
 
 namespace genaccel::cpu {
 
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// x rounded up to a multiple of m (padding of rows/columns to the vector or micro-tile width).
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
 using f32x8 = float __attribute__((vector_size(32)));
 using i32x8 = int32_t __attribute__((vector_size(32)));
 
