@@ -18,6 +18,9 @@ import torch
 # name -> (module, one-line description). SLA, XQuant, ... add their entry here.
 FAMILIES = {
     "attention": ("genaccel.benchmarks.attention", "block-sparse attention vs dense SDPA and FlexAttention"),
+    "sla": ("genaccel.benchmarks.sla", "sparse-linear attention (SLA) vs dense SDPA, forward and forward+backward"),
+    "sla-finetune": ("genaccel.benchmarks.sla_finetune",
+                     "SLA student vs dense teacher on a frozen attention stack: error before/after training"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import common
 from .timing import Progress, TimingPlan, time_interleaved, time_median
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,15 +83,7 @@ def default_configs(device: str, quick: bool) -> List[AttnConfig]:
 
 def apply_overrides(configs: List[AttnConfig], overrides: Optional[dict]) -> List[AttnConfig]:
     """Replaces fields of every config; values may be strings (from `--set KEY=VALUE`)."""
-    if not overrides:
-        return configs
-    fields = {f.name: f for f in dataclasses.fields(AttnConfig)}
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown attention config key {key!r}; known: {', '.join(sorted(fields))}")
-        changes[key] = _coerce(key, value, configs[0] if configs else None)
-    return [dataclasses.replace(c, **changes) for c in configs]
+    return common.apply_overrides(configs, overrides, "attention", _coerce, cls=AttnConfig)
 
 
 def _coerce(key: str, value, sample: Optional[AttnConfig]):
@@ -139,19 +132,8 @@ def kept_flops(mask: torch.Tensor, cfg: AttnConfig, B: int, H: int) -> float:
     return 4.0 * cfg.D * per_head * scale
 
 
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    diff = (out - ref).norm()
-    return (diff / denom).item() if denom > 0 else diff.item()
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    """First line of an exception (inductor puts whole compiler logs into its messages)."""
-    text = str(exc).strip().splitlines()
-    first = next((line.strip() for line in text if line.strip()), "")
-    msg = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+_rel_err = common.rel_err
+_short = common.short_error
 
 
 # ---- candidates -------------------------------------------------------------------------------
@@ -413,20 +395,15 @@ _COLUMNS = [
 ]
 
 
-def _f(x, spec: str, suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
+_f = common.fmt
 
 
 def format_header() -> str:
-    return "  ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w, _) in enumerate(_COLUMNS))
+    return common.format_header(_COLUMNS)
 
 
 def format_row(row: dict) -> str:
-    cells = []
-    for i, (_, w, fmt) in enumerate(_COLUMNS):
-        text = fmt(row)
-        cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
-    line = "  ".join(cells)
+    line = common.format_cells(_COLUMNS, row)
     if row.get("error"):
         line += f"  genaccel error: {row['error']}"
     return line

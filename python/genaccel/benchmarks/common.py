@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmark families: config overrides, error metric, table formatting.
+
+They live here rather than in one family so that every family prints, coerces and measures the same
+way (a `--set` value or a relative error means one thing across `genaccel bench` families).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+# (header, width, formatter of a row): one table column. The first column is left-aligned.
+Column = Tuple[str, int, Callable[[dict], str]]
+
+
+def apply_overrides(configs: list, overrides: Optional[dict], family: str,
+                    coerce: Optional[Callable[[str, object, object], object]] = None, cls=None) -> list:
+    """Replaces fields of every (dataclass) config; values may be strings (from `--set KEY=VALUE`).
+
+    `coerce(key, value, sample_config)` turns a string into the field's value; by default
+    `coerce_from_type` reads the field's annotation. `cls` (the config dataclass) is needed only
+    when `configs` may be empty; it defaults to the type of the first config. Unknown keys raise
+    ValueError naming the known ones, so a typo on the command line is refused, not ignored.
+    """
+    if not overrides:
+        return configs
+    cls = cls if cls is not None else type(configs[0])
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    coerce = coerce or (lambda key, value, sample: coerce_from_type(cls, key, value))
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown {family} config key {key!r}; known: {', '.join(sorted(fields))}")
+        changes[key] = coerce(key, value, configs[0] if configs else None)
+    return [dataclasses.replace(c, **changes) for c in configs]
+
+
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def coerce_from_type(cls, key: str, value):
+    """Converts a `--set` string to the type annotated on dataclass field `key` of `cls`: int,
+    float, bool, str, List[int|float|str] (comma separated) and Optional[...] ("none" = None).
+    Non-strings (overrides given from Python) pass through unchanged."""
+    if not isinstance(value, str):
+        return value
+    hint = typing.get_type_hints(cls)[key]
+    return _coerce_hint(hint, value, key)
+
+
+def _coerce_hint(hint, value: str, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if type(None) in args and value.lower() == "none":
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce_hint(inner[0], value, key)
+    if origin in (list, List):
+        item = args[0] if args else str
+        return [_coerce_hint(item, x.strip(), key) for x in value.split(",") if x.strip()]
+    if hint is bool:
+        return _parse_bool(value)
+    if hint in (int, float, str):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ValueError(f"{key} expects {hint.__name__}, got {value!r}") from None
+    raise ValueError(f"cannot set {key} from the command line (type {hint})")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (the absolute norm when ref is zero)."""
+    out, ref = out.double(), ref.double()
+    denom = ref.norm()
+    diff = (out - ref).norm()
+    return (diff / denom).item() if denom > 0 else diff.item()
+
+
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """First line of an exception (inductor puts whole compiler logs into its messages)."""
+    text = str(exc).strip().splitlines()
+    first = next((line.strip() for line in text if line.strip()), "")
+    msg = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def fmt(x, spec: str, suffix: str = "") -> str:
+    """A table cell: '-' for a missing value."""
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def format_header(columns: Sequence[Column]) -> str:
+    return "  ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w, _) in enumerate(columns))
+
+
+def format_cells(columns: Sequence[Column], row: dict) -> str:
+    cells = []
+    for i, (_, w, f) in enumerate(columns):
+        text = f(row)
+        cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
+    return "  ".join(cells)

@@ -1,0 +1,124 @@
+"""The SLA benchmark families end to end on tiny sizes: rows, JSON keys, exit codes.
+
+No timing assertions (timing belongs in benchmarks). The fine-tuning claim (trained SLA beats
+sparse-only) is not asserted here: at a few steps on tiny inputs the gain is within the noise of
+the first minibatches, so only its plumbing and the exact "untrained = sparse-only" identity are.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from genaccel.benchmarks import run_bench
+from genaccel.benchmarks import sla as sla_bench
+from genaccel.benchmarks import sla_finetune
+
+TINY_SLA = {
+    "N": "384", "H": "2", "D": "32",  # 6 blocks of 64
+    "topks": "0.2,0.5", "warmup": "1", "min_rounds": "1", "max_rounds": "1", "target_s": "0",
+}
+TINY_FT = {
+    "frames": "4", "height": "8", "width": "8",  # 256 tokens = 4 cubes of 4x4x4
+    "layers": "2", "heads": "2", "head_dim": "16", "topk": "0.25", "low_k": "0.25",
+    "n_eval": "1", "batch": "1", "steps": "3", "eval_every": "2",
+}
+
+
+def _table_rows(text: str, label: str):
+    return [line for line in text.splitlines() if line.startswith(label)]
+
+
+def test_sla_family_tiny_writes_table_and_json(tmp_path, capsys):
+    path = tmp_path / "sla.json"
+    rc = run_bench("sla", quick=True, json_path=str(path), overrides=TINY_SLA, progress=False)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    data = json.loads(path.read_text())
+    assert data["family"] == "sla" and data["quick"] is True
+    (cfg,) = data["configs"]
+    assert (cfg["N"], cfg["H"], cfg["D"], cfg["topks"]) == (384, 2, 32, [0.2, 0.5])
+    rows = data["rows"]
+    assert [(r["topk"], r["mode"]) for r in rows] == [(t, m) for t in (0.2, 0.5) for m in ("fwd", "fwd+bwd")]
+    for r in rows:
+        assert "error" not in r, r["error"]
+        for key in ("sdpa_ms", "genaccel_ms", "speedup_vs_sdpa", "target_speedup", "critical_fraction",
+                    "marginal_fraction", "negligible_fraction", "ideal_speedup", "rel_err", "timings"):
+            assert r[key] is not None, key
+        assert set(r["timings"]) == {"sdpa", "genaccel"}
+        # floor(topk * 6) critical blocks in every row (at least one).
+        assert r["critical_fraction"] == pytest.approx(max(1, math.floor(r["topk"] * 6)) / 6)
+        assert r["rel_err"] <= r["rel_err_tol"]
+    assert len(_table_rows(out, cfg["label"])) == len(rows)
+
+
+def test_sla_family_refuses_unknown_key():
+    with pytest.raises(ValueError, match="no_such_key"):
+        run_bench("sla", quick=True, overrides={"no_such_key": "1"}, progress=False)
+
+
+def test_sla_family_skips_devices_without_kernel(capsys):
+    """Where genaccel::sla_fwd has no kernel the family says so and returns no rows (exit 0)."""
+    class Fake:
+        type = "cuda"
+
+    if sla_bench.has_kernel(Fake()):
+        pytest.skip("this build has a CUDA SLA kernel")
+    configs, rows, notes = sla_bench.run(Fake(), True, None, None, out=__import__("sys").stdout)
+    assert rows == [] and any("no CUDA kernel" in n for n in notes)
+    assert "no CUDA kernel" in capsys.readouterr().out
+
+
+def test_sla_finetune_main_tiny(tmp_path, capsys):
+    path = tmp_path / "ft.json"
+    argv = ["--json", str(path), "--no-progress", "--seed", "1"]
+    for k, v in TINY_FT.items():
+        argv += ["--set", f"{k}={v}"]
+    rc = sla_finetune.main(argv)
+    out = capsys.readouterr().out
+    assert rc in (0, 1), out  # 1 only if the 3-step student did not beat sparse-only (not asserted)
+    data = json.loads(path.read_text())
+    assert data["family"] == "sla-finetune"
+    (cfg,) = data["configs"]
+    assert cfg["tokens"] == 256 and cfg["steps"] == 3 and cfg["seed"] == 1
+    rows = data["rows"]
+    curves = [r["curve"] for r in rows]
+    assert curves[:3] == ["sparse-only", "sla-untrained", "sla"] and curves[-1] == "summary"
+    assert [r["step"] for r in rows if r["curve"] == "sla"] == [0, 2, 3]
+    for r in rows[:-1]:
+        assert math.isfinite(r["rel_err"]) and math.isfinite(r["rel_err_output"])
+    summary = rows[-1]
+    for key in ("sparse_only_rel_err", "sla_untrained_rel_err", "sla_trained_rel_err", "trained_beats_sparse_only",
+                "teacher_critical_mass", "critical_fraction"):
+        assert summary[key] is not None, key
+    # A zero-initialised projection computes exactly sparse-only attention.
+    assert summary["untrained_matches_sparse_only"]
+    assert summary["sla_untrained_rel_err"] == pytest.approx(summary["sparse_only_rel_err"], rel=1e-5)
+    if rc == 1:
+        assert "does not beat sparse-only" in out
+
+
+def test_sla_finetune_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "ft.png"
+    overrides = dict(TINY_FT, steps="2")
+    rc = run_bench("sla-finetune", plot_path=str(png), overrides=overrides, progress=False)
+    assert rc in (0, 1), capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sla_bench_script_exists():
+    """bench/sla_finetune.py is a thin wrapper over sla_finetune.main."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "sla_finetune.py"
+    assert "sla_finetune" in script.read_text() and "main" in script.read_text()
+
+
+def test_finetune_inputs_are_tiled_cubes():
+    """With tile 4 the first 64 tokens form one 4x4x4 space-time cube."""
+    cfg = sla_finetune.FinetuneConfig(frames=8, height=8, width=8)
+    grid = sla_finetune._grid(cfg)[:64] * torch.tensor([8.0, 8.0, 8.0], dtype=torch.float64)
+    for axis in range(3):
+        assert sorted(set(grid[:, axis].round().long().tolist())) == [0, 1, 2, 3]
