@@ -12,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-from ..block_sparse import BlockSize, _block_size, block_mask_to_indices
+from ..block_sparse import BlockSize, _block_size
 from .reference import CRITICAL, NEGLIGIBLE, block_counts
 
 
@@ -32,14 +32,14 @@ def check_sla_fractions(topk: float, low_k: float) -> Tuple[float, float]:
 
 def _pooled_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """float32 mean over the tokens of each block along dim -2; a partial last block divides by its
-    own size."""
+    own size. Whole blocks are summed through a view (no padded copy of x)."""
     n = x.shape[-2]
-    t = math.ceil(n / block)
-    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, t * block - n))
-    sums = padded.unflatten(-2, (t, block)).sum(dim=-2)
-    sizes = torch.full((t,), float(block), device=x.device)
-    sizes[-1] = n - (t - 1) * block
-    return sums / sizes[:, None]
+    full = n // block
+    x = x.float()
+    parts = [x[..., : full * block, :].unflatten(-2, (full, block)).mean(dim=-2)] if full else []
+    if n > full * block:
+        parts.append(x[..., full * block :, :].mean(dim=-2, keepdim=True))
+    return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: float = 0.10,
@@ -62,11 +62,10 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError(f"sla_block_map needs at least one query and one key, got Nq={q.shape[2]}, Nk={k.shape[2]}")
     group = q.shape[1] // k.shape[1]
-    kf = k.float()
-    k_smooth = kf - kf.mean(dim=-2, keepdim=True)
-    pooled_q = _pooled_blocks(q, bq)                                        # (B, H, Tq, D)
-    pooled_k = _pooled_blocks(k_smooth, bk).repeat_interleave(group, dim=1)  # (B, H, Tk, D)
-    scores = pooled_q @ pooled_k.transpose(-1, -2)
+    pooled_q = _pooled_blocks(q, bq)                                                  # (B, H, Tq, D)
+    # Smooth-K: pooling is linear, so pool(k - mean_tokens(k)) = pool(k) - mean_tokens(k).
+    pooled_k = _pooled_blocks(k, bk) - k.float().mean(dim=-2, keepdim=True)
+    scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     tk = scores.shape[-1]
     n_crit, n_neg = block_counts(tk, topk, low_k)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
@@ -74,5 +73,8 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     codes.scatter_(-1, order[..., :n_crit], CRITICAL)
     if n_neg:
         codes.scatter_(-1, order[..., tk - n_neg :], NEGLIGIBLE)
-    kv_indices, kv_counts = block_mask_to_indices(codes == CRITICAL, max_kv_blocks=n_crit)
+    # Every row has exactly n_crit critical blocks: the plan is their ids in ascending order, the
+    # format of block_mask_to_indices without its padding.
+    kv_indices = torch.sort(order[..., :n_crit], dim=-1).values.to(torch.int32).contiguous()
+    kv_counts = torch.full(scores.shape[:-1], n_crit, dtype=torch.int32, device=q.device)
     return codes, kv_indices, kv_counts
