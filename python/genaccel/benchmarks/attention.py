@@ -280,14 +280,8 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
     flex = _Flex(cfg, device) if (cfg.flex and not quick) else None
     dense_flops = 4.0 * B * H * N * N * D
 
-    # Query blocks checked against float64: the first, the last (partial when N % bq) and random
-    # ones between; whole blocks, in ascending order, so the sliced mask rows line up with them.
-    n_err = max(1, min(cfg.err_blocks, tq))
-    picks = {0, tq - 1}
-    while len(picks) < n_err:
-        picks.add(int(torch.randint(0, tq, (1,), generator=mask_gen)))
-    err_blocks = sorted(picks)
-    err_rows = torch.cat([torch.arange(b * bq, min((b + 1) * bq, N)) for b in err_blocks]).to(device)
+    err_blocks, err_rows = common.reference_query_blocks(tq, bq, N, cfg.err_blocks, mask_gen)
+    err_rows = err_rows.to(device)
 
     rows = []
     for density in cfg.densities:
@@ -403,22 +397,15 @@ def format_header() -> str:
 
 
 def format_row(row: dict) -> str:
-    line = common.format_cells(_COLUMNS, row)
-    if row.get("error"):
-        line += f"  genaccel error: {row['error']}"
-    return line
+    return common.format_row(_COLUMNS, row)
 
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     """Speedup over dense SDPA against density, log-log, with the ideal 1/density line. Returns a
     note instead of raising when matplotlib is missing (GPU machines may not have it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot written"
+    plt = common.pyplot()
+    if plt is None:
+        return common.NO_MATPLOTLIB
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     configs = list(dict.fromkeys(r["config"] for r in rows))

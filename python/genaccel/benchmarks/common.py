@@ -103,3 +103,39 @@ def format_cells(columns: Sequence[Column], row: dict) -> str:
         text = f(row)
         cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
     return "  ".join(cells)
+
+
+def format_row(columns: Sequence[Column], row: dict) -> str:
+    """One table line; a row on which genaccel raised carries the error after its cells."""
+    line = format_cells(columns, row)
+    if row.get("error"):
+        line += f"  genaccel error: {row['error']}"
+    return line
+
+
+NO_MATPLOTLIB = "matplotlib is not installed: no plot written"
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None where matplotlib is missing (GPU
+    machines may not have it; a plot is then skipped with NO_MATPLOTLIB as the note)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def reference_query_blocks(tq: int, bq: int, n: int, count: int, gen: torch.Generator):
+    """Query blocks checked against the float64 reference (the full reference at N=16k-32k would
+    need tens of GB): the first, the last (partial when n % bq) and random ones between, ascending,
+    so rows sliced from a block mask or block codes line up with them. Returns (blocks, token rows)."""
+    count = max(1, min(count, tq))
+    picks = {0, tq - 1}
+    while len(picks) < count:
+        picks.add(int(torch.randint(0, tq, (1,), generator=gen)))
+    blocks = sorted(picks)
+    return blocks, torch.cat([torch.arange(b * bq, min((b + 1) * bq, n)) for b in blocks])

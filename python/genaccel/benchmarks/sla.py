@@ -127,15 +127,9 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
     proj_b = torch.randn(D, device=device, generator=gen) * cfg.proj_std
     dense_flops = 4.0 * B * H * N * N * D
 
-    # Query blocks checked against float64: the first, the last (partial when N % bq) and random
-    # ones between, ascending, so the sliced rows of the codes line up with the sliced queries.
     pick_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    n_err = max(1, min(cfg.err_blocks, tq))
-    picks = {0, tq - 1}
-    while len(picks) < n_err:
-        picks.add(int(torch.randint(0, tq, (1,), generator=pick_gen)))
-    err_blocks = sorted(picks)
-    err_rows = torch.cat([torch.arange(b * bq, min((b + 1) * bq, N)) for b in err_blocks]).to(device)
+    err_blocks, err_rows = common.reference_query_blocks(tq, bq, N, cfg.err_blocks, pick_gen)
+    err_rows = err_rows.to(device)
 
     rows = []
     for topk in cfg.topks:
@@ -252,22 +246,15 @@ def format_header() -> str:
 
 
 def format_row(row: dict) -> str:
-    line = common.format_cells(_COLUMNS, row)
-    if row.get("error"):
-        line += f"  genaccel error: {row['error']}"
-    return line
+    return common.format_row(_COLUMNS, row)
 
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     """Speedup over dense SDPA against the critical fraction, forward and forward+backward, with the
     FLOP-floor line and the issue's targets."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot written"
+    plt = common.pyplot()
+    if plt is None:
+        return common.NO_MATPLOTLIB
     if not rows:
         return "no rows: no plot written"
     fig, ax = plt.subplots(figsize=(7.5, 5.2))

@@ -327,13 +327,9 @@ def format_row(row: dict) -> str:
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     """Held-out error against training step for SLA, with sparse-only as a horizontal line."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot written"
+    plt = common.pyplot()
+    if plt is None:
+        return common.NO_MATPLOTLIB
     curve = [(r["step"], r["rel_err"]) for r in rows if r["curve"] == "sla" and r.get("rel_err") is not None]
     sparse = [r["rel_err"] for r in rows if r["curve"] == "sparse-only"]
     if not curve:

@@ -11,7 +11,8 @@ import torch
 
 from ..block_sparse import BlockSize, _block_size, attention_delta
 from .block_map import sla_block_map
-from .reference import FEATURE_MAPS, feature_map
+from .reference import FEATURE_MAPS
+from .reference import feature_map as apply_feature_map
 
 
 def sparse_linear_attention(
@@ -62,7 +63,7 @@ def sparse_linear_attention(
 
 
 def _phi(x: torch.Tensor, name: str) -> torch.Tensor:
-    return feature_map(x.float(), name)
+    return apply_feature_map(x.float(), name)
 
 
 @torch.library.register_fake("genaccel::sla_fwd")
