@@ -53,10 +53,18 @@ def sparse_linear_attention(
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
         q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, scale, linear_over_all_keys
     )
-    if proj_weight is not None:
-        # In the parameters' dtype (float32 for the module; under autocast nn.Linear rules apply).
-        out_linear = torch.nn.functional.linear(out_linear.to(proj_weight.dtype), proj_weight, proj_bias)
-    out = (out_sparse + out_linear).to(q.dtype)
+    if proj_weight is None:
+        out = out_sparse + out_linear
+    elif out_sparse.dtype == proj_weight.dtype:
+        # out_sparse + out_linear W^T (+ b) as one addmm: one fewer (B, H, N, D) temporary and pass.
+        out = torch.addmm(out_sparse.reshape(-1, out_sparse.shape[-1]), out_linear.reshape(-1, out_linear.shape[-1]),
+                          proj_weight.t()).view(out_sparse.shape)
+        if proj_bias is not None:
+            out = out.add_(proj_bias)  # addmm does not keep its output for backward
+    else:
+        # Projection in the parameters' dtype (float32 for the module; autocast applies its rules).
+        out = out_sparse + torch.nn.functional.linear(out_linear.to(proj_weight.dtype), proj_weight, proj_bias)
+    out = out.to(q.dtype)
     if return_sparsity:
         return out, kv_indices.shape[-1] / max(codes.shape[-1], 1)
     return out
