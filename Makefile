@@ -1,4 +1,4 @@
-# make demo : set up .venv (torch + genaccel, editable) and run the quick benchmark
+# make demo : set up .venv (torch + genaccel, editable) and run the quick benchmarks and demos
 # make test : same set-up, then the test suite
 # TORCH_SPEC picks the torch (default: the CUDA 13.0 build, so the CUDA kernels are compiled too);
 # e.g. make test TORCH_SPEC=torch==2.13.0 for the CPU-only wheel.
@@ -23,8 +23,11 @@ setup:
 	@echo "== building genaccel (editable)"
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
+# The main job (block-sparse attention vs SDPA), then the SLA benchmark and fine-tuning demos.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
+	$(VENV)/bin/genaccel bench --family sla --quick
+	$(PY) bench/sla_finetune.py --quick
 
 test: setup
 	$(PY) -m pytest -q
