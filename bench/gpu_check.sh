@@ -3,9 +3,11 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Leaves in OUTDIR (8 files at most, plain names): nvidia_smi.log, build.log (install + import
-# check), pytest_cuda.log, memcheck.log, bench.log, bench_attention.json, bench_attention.png,
-# summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
+# Leaves in OUTDIR (8 files at most, plain names): build.log (nvidia-smi, install, import check),
+# pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone under cuda-gdb so that a host crash
+# leaves a backtrace), memcheck.log, bench.log (benchmarks and the SLA stage profile),
+# bench_attention.json, bench_attention.png, bench_sla.json, summary.json (exit code, seconds and
+# log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
 #
 # Made for the GPU machines of shared/DESIGN.md (Python 3.12, torch 2.11 + CUDA 13.0, nvcc, cmake,
@@ -98,7 +100,7 @@ step() {
 }
 
 # 1. The card and driver.
-step nvidia_smi 20 nvidia_smi.log \
+step nvidia_smi 20 build.log \
   bash -c 'nvidia-smi && nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv'
 
 # 2. Build and install. Only this card's architecture unless told otherwise (the default list
@@ -134,8 +136,14 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cu
 assert genaccel.has_cuda_kernels(), "genaccel was built without its CUDA kernels"
 '
 
-# 4. The CUDA tests (tests needing hypothesis skip themselves when it is missing).
-step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests
+# 4. The CUDA tests (tests needing hypothesis skip themselves when it is missing); the fuzz on its
+# own, printing each case, under cuda-gdb when there is one (a host segfault then shows its stack).
+step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
+  --ignore=tests/test_block_sparse_fuzz.py tests
+GDB=$(command -v cuda-gdb || true)
+[ -z "$GDB" ] && [ -x /usr/local/cuda/bin/cuda-gdb ] && GDB=/usr/local/cuda/bin/cuda-gdb
+step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 ${GDB:+"$GDB" -batch -ex run -ex bt --args} \
+  "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/test_block_sparse_fuzz.py
 
 # 5. memcheck on a small block-sparse run. API errors are not reported: torch probes the driver
 # with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3.
@@ -151,9 +159,13 @@ else
   step memcheck 150 memcheck.log bash -c 'echo "compute-sanitizer not found (PATH, /usr/local/cuda)"; exit 127'
 fi
 
-# 6. The benchmark whose JSON goes to bench/results/<device>/ (bench/results/README.md).
-step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
+# 6. The benchmarks whose JSON goes to bench/results/<device>/ (bench/results/README.md), and
+# where SLA's forward spends its time.
+step bench 300 bench.log "$PY" -m genaccel bench --device cuda --no-progress \
   --json "$OUT/bench_attention.json" --plot "$OUT/bench_attention.png"
+step bench_sla 200 bench.log "$PY" -m genaccel bench --family sla --device cuda --no-progress \
+  --json "$OUT/bench_sla.json"
+step sla_profile 100 bench.log --last "$PY" bench/sla_cuda_profile.py
 
 write_summary
 "$PY" - "$OUT/summary.json" "$OUT" <<'EOF'

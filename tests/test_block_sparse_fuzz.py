@@ -2,6 +2,8 @@
 either match the float64 reference or raise a clean RuntimeError / ValueError -- never crash.
 Skipped where hypothesis is not installed (GPU machines)."""
 
+import os
+
 import pytest
 import torch
 
@@ -44,6 +46,8 @@ def fuzz_configs(draw):
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=fuzz_configs())
 def test_fuzz_matches_reference_or_refuses_cleanly(device, c):
+    if os.environ.get("GENACCEL_FUZZ_VERBOSE") == "1":
+        print(device, c, flush=True)  # the last line names the case, should the process die
     gen = torch.Generator().manual_seed(c["seed"])
     bq, bk = (c["bq"], c["bq"]) if c["int_block"] else (c["bq"], c["bk"])
     bs = c["bq"] if c["int_block"] else (bq, bk)

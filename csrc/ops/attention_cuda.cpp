@@ -10,6 +10,7 @@
 
 #include "cuda/attention/block_sparse_fwd.h"
 #include "ops/attention.h"
+#include "ops/attention_cuda.h"
 
 namespace genaccel::ops {
 namespace {
@@ -31,12 +32,12 @@ at::Tensor vector_aligned(const at::Tensor& t) {
   return ok ? c : c.clone(at::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
 }
 
-std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
-    int64_t block_k, double scale) {
-  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
-  TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
+    int64_t block_k, double scale, const char* op) {
   c10::cuda::CUDAGuard guard(q_in.device());
   auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
@@ -47,10 +48,21 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
                                         scale);
   const DType dtype = to_dtype(q.scalar_type());
   const char* why = cuda::block_sparse_fwd_unsupported(p, dtype);
-  TORCH_CHECK(why == nullptr, "block_sparse_attn_fwd (CUDA): ", why ? why : "");
+  TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
   const int err = cuda::block_sparse_fwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == 0, "block_sparse_attn_fwd (CUDA): kernel launch failed with cudaError ", err);
+  TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
   return {out, lse};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
+  return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
+                                   "block_sparse_attn_fwd");
 }
 
 }  // namespace

@@ -12,12 +12,12 @@
 #include "cpu/capability.h"
 #include "genaccel/cpu/microgemm.h"
 #include "ops/attention.h"
+#include "ops/sla.h"
 
 namespace genaccel::ops {
 namespace {
-
 constexpr const char* kOp = "sla_fwd";
-constexpr float kAllKeysEps = 1e-5f;  // the original repository's main-branch denominator epsilon
+}  // namespace
 
 void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& codes,
@@ -43,6 +43,8 @@ void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
               kOp, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& phi_q_in,
@@ -91,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
     p.num_q_blocks = static_cast<int>(kv_indices.size(2));
     p.num_k_blocks = static_cast<int>(codes.size(3));
     p.all_keys = linear_over_all_keys;
-    p.eps = kAllKeysEps;
+    p.eps = kSlaAllKeysEps;
     cpu::sla_linear_fwd_f32(p);
   } else {
     lse.fill_(-std::numeric_limits<float>::infinity());

@@ -1,0 +1,69 @@
+"""Where SLA's CUDA forward spends its time: each stage timed with CUDA events (medians), then the
+GPU kernels of one forward from torch.profiler. Diagnostic output only (not a result file).
+
+    python bench/sla_cuda_profile.py [--n 32760] [--heads 12] [--topk 0.05]
+"""
+
+import argparse
+import math
+import statistics
+
+import torch
+
+import genaccel
+from genaccel.attention.sla.reference import feature_map
+
+
+def cuda_ms(fn, reps=20):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=32760)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--topk", type=float, default=0.05)
+    ap.add_argument("--low-k", type=float, default=0.10)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    B, H, N, D, bq, bk = 1, args.heads, args.n, args.dim, 64, 64
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    w, b = torch.randn(D, D, device="cuda") / math.sqrt(D), torch.zeros(D, device="cuda")
+    scale = D ** -0.5
+    codes, kv_indices, kv_counts = genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk))
+    phi_q, phi_k = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
+    op_args = (q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, scale, False)
+    stages = {
+        "sdpa (flash) forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        "sparse_linear_attention (all)": lambda: genaccel.sparse_linear_attention(
+            q, k, v, w, b, args.topk, args.low_k, (bq, bk)),
+        "  sla_block_map": lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk)),
+        "  feature maps (q and k)": lambda: (feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")),
+        "  sla_fwd op": lambda: torch.ops.genaccel.sla_fwd(*op_args),
+        "    block-sparse kernel alone": lambda: torch.ops.genaccel.block_sparse_attn_fwd(
+            q, k, v, kv_indices, kv_counts, bq, bk, scale),
+    }
+    with torch.no_grad():
+        print(f"SLA CUDA forward, B{B} H{H} N{N} D{D} bf16, topk {args.topk}, low_k {args.low_k}, "
+              f"{torch.cuda.get_device_name()}, critical blocks/row {kv_indices.shape[-1]}")
+        for name, fn in stages.items():
+            print(f"{name:<34} {cuda_ms(fn):8.3f} ms")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            torch.ops.genaccel.sla_fwd(*op_args)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

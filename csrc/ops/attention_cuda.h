@@ -1,0 +1,16 @@
+// The CUDA block-sparse attention forward as a tensor function, for the ops built on it (SLA).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace genaccel::ops {
+
+// out, lse of block_sparse_attn_fwd on CUDA tensors whose inputs were already checked
+// (check_block_sparse_fwd_inputs); `op` names the calling op in errors. Copies misaligned views
+// once; raises when the kernel does not support the dtype, head dim or block sizes.
+std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op);
+
+}  // namespace genaccel::ops

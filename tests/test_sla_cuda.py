@@ -1,0 +1,81 @@
+"""sla_fwd on CUDA (block-sparse kernel + tensor-core linear branch) against the float64 reference
+and against the CPU op. Skipped without a GPU and genaccel's CUDA kernels."""
+
+import pytest
+import torch
+
+import genaccel
+from conftest import CUDA, RTOL, rel_err
+from genaccel.attention.sla import sla_block_map
+from genaccel.attention.sla.reference import FEATURE_MAPS, feature_map, sparse_linear_attention_reference
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")]
+
+CASES = [
+    # B, H, Hkv, Nq, Nk, D, block
+    (1, 2, 2, 256, 256, 64, (64, 64)),
+    (2, 4, 2, 300, 260, 64, (64, 64)),     # GQA, partial blocks, Nq != Nk
+    (1, 2, 1, 130, 400, 128, (128, 64)),   # D=128, block_q 128, Nk > Nq
+    (1, 3, 3, 40, 50, 128, (64, 128)),     # N below one block
+]
+
+
+def inputs(gen, B, H, Hkv, Nq, Nk, D, dtype):
+    def r(*s):
+        return torch.randn(*s, generator=gen).to(dtype).cuda()
+
+    return r(B, H, Nq, D), r(B, Hkv, Nk, D), r(B, Hkv, Nk, D)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+@pytest.mark.parametrize("topk,low_k,all_keys", [(0.05, 0.1, False), (0.2, 0.0, False), (1.0, 0.0, False), (0.2, 0.1, True)])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])))
+def test_forward_matches_reference(case, topk, low_k, all_keys, fmap, dtype, gen):
+    B, H, Hkv, Nq, Nk, D, block = case
+    q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, dtype)
+    w = (0.2 * torch.randn(D, D, generator=gen)).cuda()
+    b = (0.2 * torch.randn(D, generator=gen)).cuda()
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, linear_over_all_keys=all_keys)
+    assert out.dtype == dtype and out.shape == q.shape and out.is_cuda
+    codes = sla_block_map(q, k, topk, low_k, block)[0]
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), b.cpu(), block, fmap,
+                                            linear_over_all_keys=all_keys)[0]
+    assert rel_err(out.cpu(), ref) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_linear_branch_matches_cpu_float32(fmap, gen):
+    """The linear branch's own outputs (before the bf16 cast of O^l, via the denominator) agree with
+    the CPU op's float32 computation to float32-level error: the bf16 part splits lose nothing."""
+    B, H, Hkv, N, D, bq, bk = 1, 4, 2, 1000, 128, 64, 64
+    q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16)
+    codes, kv_indices, kv_counts = sla_block_map(q, k, 0.05, 0.1, (bq, bk))
+    phi_q, phi_k = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
+    args = (phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, D ** -0.5, False)
+    got = torch.ops.genaccel.sla_fwd(q, k, v, *args)
+    want = torch.ops.genaccel.sla_fwd(q.cpu(), k.cpu(), v.cpu(), *(a.cpu() if torch.is_tensor(a) else a for a in args))
+    assert rel_err(got[3].cpu(), want[3]) <= 1e-5          # denominators, float32
+    assert rel_err(got[1].cpu(), want[1]) <= 1e-5          # lse of the sparse branch
+    assert rel_err(got[2].cpu().float(), want[2].float()) <= 1e-2  # O^l, both rounded to bf16
+
+
+def test_rows_without_marginal_blocks_are_zero_not_nan(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 256, 256, 64, torch.bfloat16)
+    out = genaccel.sparse_linear_attention(q, k, v, torch.eye(64).cuda(), topk=1.0, low_k=0.0)
+    assert torch.isfinite(out).all()
+
+
+def test_float32_is_refused_clearly(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 64, torch.float32)
+    with pytest.raises(RuntimeError, match="bfloat16 and float16"):
+        genaccel.sparse_linear_attention(q, k, v)
+
+
+def test_opcheck(gen):
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
+    codes, kv_indices, kv_counts = sla_block_map(q, k, 0.2, 0.1, 64)
+    phi_q, phi_k = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
+    torch.library.opcheck(torch.ops.genaccel.sla_fwd,
+                          (q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, 64, 64, 0.125, False),
+                          test_utils=("test_schema", "test_faketensor"))
