@@ -3,11 +3,18 @@ op contract (opcheck, torch.compile) and bad input."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import genaccel
 from conftest import RTOL, rel_err
+from genaccel.attention.block_sparse import attention_delta
 from genaccel.attention.sla import sla_block_map
-from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference
+from genaccel.attention.sla.reference import (
+    FEATURE_MAPS,
+    feature_map,
+    linear_branch_backward_reference,
+    sparse_linear_attention_reference,
+)
 
 
 def inputs(gen, B, H, Hkv, Nq, Nk, D, dtype, device="cpu"):
@@ -172,6 +179,7 @@ GRAD_CASES = [
     (1, 2, 1, 130, 400, 16, (32, 64), 0.2, 0.0, "relu", False),
     (1, 2, 2, 200, 200, 16, (64, 64), 1.0, 0.0, "softmax", False),
     (1, 2, 2, 200, 330, 16, (64, 64), 0.2, 0.1, "softmax", True),
+    (1, 4, 2, 260, 300, 24, (32, 32), 0.6, 0.0, "elu", False),  # few marginal blocks: direct sums
 ]
 
 
@@ -231,3 +239,152 @@ def test_module_rejects_bad_configuration():
         genaccel.nn.SparseLinearAttention(16, feature_map="hedgehog")
     with pytest.raises(ValueError, match="topk \\+ low_k"):
         genaccel.nn.SparseLinearAttention(16, topk=0.7, low_k=0.5)
+
+
+def test_autograd_runs_the_fused_backward_op(gen):
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32))
+    out = genaccel.sparse_linear_attention(q, k, v, torch.eye(16), None, 0.25, 0.25, 32)
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    called = set()
+    with Record():
+        out.sum().backward()
+    assert "genaccel::sla_bwd" in called and "genaccel::block_sparse_attn_bwd" not in called
+
+
+# ---- sla_bwd, the fused backward op, against the linear branch's formula ----------------------
+
+
+def sla_fwd_bwd(gen, q, k, v, codes, kv_indices, kv_counts, block, fmap, all_keys):
+    """Runs sla_fwd, then sla_bwd on random output gradients. Returns the five gradients, the
+    block-sparse backward's (dq, dk, dv) and the linear branch's reference (d_phi_q, d_phi_k, dv)
+    on the same inputs and forward outputs."""
+    bq, bk = block
+    fq, fk = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
+    scale = q.shape[-1] ** -0.5
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, fq, fk, codes, kv_indices, kv_counts, bq, bk,
+                                                          scale, all_keys)
+    g_s, g_l = (torch.randn(out_s.shape, generator=gen).to(q.dtype) for _ in range(2))
+    delta = attention_delta(g_s, out_s, None)
+    grads = torch.ops.genaccel.sla_bwd(g_s, g_l, q, k, v, fq, fk, codes, kv_indices, kv_counts, out_s, lse, delta,
+                                       out_l, denom, bq, bk, scale, all_keys)
+    sparse = torch.ops.genaccel.block_sparse_attn_bwd(g_s, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale)
+    linear = linear_branch_backward_reference(g_l, fq, fk, v, codes, out_l, denom, block, all_keys)
+    return grads, sparse, linear
+
+
+def check_sla_bwd(grads, sparse, linear, dtype, inputs_):
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    dq, dk, dv, d_phi_q, d_phi_k = grads
+    q, k, v, fq, fk = inputs_
+    for g, like in zip(grads, inputs_):
+        assert g.dtype == like.dtype and g.shape == like.shape
+    # The sparse branch is the block-sparse backward's (same kernel; summation order may differ).
+    assert rel_err(dq, sparse[0]) <= tol / 10 and rel_err(dk, sparse[1]) <= tol / 10
+    assert rel_err(dv, sparse[2].double() + linear[2]) <= tol
+    for name, g, e in [("d_phi_q", d_phi_q, linear[0]), ("d_phi_k", d_phi_k, linear[1])]:
+        if e.norm() == 0:
+            assert g.abs().max() == 0, name
+        else:
+            assert rel_err(g, e) <= tol, (name, rel_err(g, e))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("all_keys", [False, True], ids=["marginal", "all_keys"])
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+# topk 0.5 + low_k 0.1 leaves 40 % marginal blocks (direct sums); 1.0 none (zero gradients).
+@pytest.mark.parametrize("topk,low_k", [(0.05, 0.0), (0.05, 0.1), (0.2, 0.0), (0.2, 0.1), (0.5, 0.1), (1.0, 0.0)])
+def test_sla_bwd_matches_linear_branch_formula(topk, low_k, fmap, all_keys, dtype, gen):
+    # GQA, partial last blocks on both sides (Tq=10, Tk=21), D not a multiple of the vector width.
+    q, k, v = inputs(gen, 1, 4, 2, 300, 330, 24, dtype)
+    block = (32, 16)
+    codes, idx, cnt = sla_block_map(q, k, topk, low_k, block)
+    grads, sparse, linear = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, fmap, all_keys)
+    fq, fk = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
+    check_sla_bwd(grads, sparse, linear, dtype, (q, k, v, fq, fk))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sla_bwd_direct_and_preaggregated_sums(dtype, gen):
+    """Hand-made codes whose rows (query blocks) and columns (key blocks) range from no marginal
+    block to all marginal, so both the direct sums (few marginal) and total-minus-the-rest
+    (most marginal) run for H_i and for the scatter dh_j = sum_i dH_i; checked per key block."""
+    B, H, Hkv, Nq, Nk, D, block = 2, 4, 2, 24 * 16 - 5, 20 * 16 - 3, 64, (16, 16)
+    q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, dtype)
+    tq, tk = 24, 20
+    row_bias = torch.linspace(-4, 4, tq).view(1, 1, tq, 1)
+    col_bias = torch.linspace(4, -4, tk)[torch.randperm(tk, generator=gen)].view(1, 1, 1, tk)
+    logits = row_bias + col_bias + torch.randn(1, H, tq, tk, generator=gen)
+    other = torch.where(torch.rand(1, H, tq, tk, generator=gen) < 0.5, 1, -1)
+    codes = torch.where(logits > 0, 0, other).to(torch.int8)
+    codes[0, 0, 0], codes[0, 0, -1] = other[0, 0, 0], 0  # head 0: a query block with none, one with all
+    codes[0, 1, :, 0], codes[0, 1, :, 1] = other[0, 1, :, 0], 0  # head 1: the same for key blocks
+    marginal = codes == 0
+    rows, cols = marginal.sum(-1), marginal.sum(-2)
+    for count, n in [(rows, tk), (cols, tq)]:  # both paths, and the empty and full extremes
+        assert (2 * count < n).any() and (2 * count >= n).any() and (count == 0).any() and (count == n).any()
+    idx, cnt = genaccel.block_mask_to_indices(codes == 1)
+    grads, sparse, linear = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, "softmax", False)
+    fq, fk = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
+    check_sla_bwd(grads, sparse, linear, dtype, (q, k, v, fq, fk))
+    # Per key block, so that no single block (e.g. one marginal for one query block only) hides in
+    # the norm of the others.
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    d_phi_k, ref = grads[4], linear[1]
+    for j in range(tk):
+        g, e = d_phi_k[:, :, j * 16 : (j + 1) * 16], ref[:, :, j * 16 : (j + 1) * 16]
+        assert rel_err(g, e) <= tol, (j, rel_err(g, e))
+
+
+def sla_bwd_args(gen, Nq=96, Nk=80, D=16, H=2, Hkv=1):
+    q, k, v = inputs(gen, 1, H, Hkv, Nq, Nk, D, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
+    fq, fk = torch.softmax(q, -1), torch.softmax(k, -1)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, fq, fk, codes, idx, cnt, 32, 32, 0.25, False)
+    g_s, g_l = torch.randn(out_s.shape, generator=gen), torch.randn(out_l.shape, generator=gen)
+    delta = attention_delta(g_s, out_s, None)
+    return [g_s, g_l, q, k, v, fq, fk, codes, idx, cnt, out_s, lse, delta, out_l, denom, 32, 32, 0.25, False]
+
+
+def test_sla_bwd_opcheck(gen):
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd.default, tuple(sla_bwd_args(gen)))
+
+
+def test_sla_bwd_without_queries(gen):
+    args = sla_bwd_args(gen)
+    q, k = args[2], args[3]
+    empty, rows = q[:, :, :0], q.new_zeros(q.shape[:2] + (0,))
+    tk = args[7].shape[-1]
+    codes = torch.zeros(1, q.shape[1], 0, tk, dtype=torch.int8)
+    idx, cnt = torch.zeros(1, q.shape[1], 0, 1, dtype=torch.int32), torch.zeros(1, q.shape[1], 0, dtype=torch.int32)
+    args[0:3] = [empty, empty, empty]
+    args[5], args[7:15] = empty, [codes, idx, cnt, empty, rows, rows, empty, rows]
+    dq, dk, dv, d_phi_q, d_phi_k = torch.ops.genaccel.sla_bwd(*args)
+    assert dq.shape == empty.shape and d_phi_q.shape == empty.shape and d_phi_k.shape == k.shape
+    assert not d_phi_k.any() and not dk.any() and not dv.any()
+
+
+@pytest.mark.parametrize(
+    "index, bad, match",
+    [
+        (1, lambda t: t[..., :8], "sla_bwd: grad_linear must have the shape of q"),
+        (0, lambda t: t.double(), "sla_bwd: grad_sparse must be float32, float16 or bfloat16"),
+        (13, lambda t: t[:, :1], "sla_bwd: out_linear must have the shape of q"),
+        (11, lambda t: t.double(), "sla_bwd: lse must be float32 of shape"),
+        (12, lambda t: t[..., :5], "sla_bwd: delta must be float32 of shape"),
+        (14, lambda t: t.half(), "sla_bwd: denom must be float32 of shape"),
+        (7, lambda t: t.int(), "sla_bwd: codes must be int8"),
+        (5, lambda t: t[..., :8], "sla_bwd: phi_q / phi_k must have the shapes"),
+        (8, lambda t: t + 5, "kv_indices must lie in"),
+        (17, lambda t: float("nan"), "sla_bwd: scale must be finite"),
+    ],
+)
+def test_sla_bwd_rejects_bad_input(index, bad, match, gen):
+    args = sla_bwd_args(gen)
+    args[index] = bad(args[index])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.genaccel.sla_bwd(*args)

@@ -1,13 +1,16 @@
 // genaccel SLA ops (sparse-linear attention): schema, input checks, CPU registration.
-// The sparse branch is the block-sparse attention kernel over the critical blocks; the linear
-// branch is csrc/cpu/attention/sla_linear_fwd.cpp.
+// The sparse branch is the block-sparse attention kernel (forward and backward) over the critical
+// blocks; the linear branch is csrc/cpu/attention/sla_linear_{fwd,bwd}.cpp.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
+#include "cpu/attention/block_sparse_bwd.h"
 #include "cpu/attention/block_sparse_fwd.h"
+#include "cpu/attention/sla_linear_bwd.h"
 #include "cpu/attention/sla_linear_fwd.h"
 #include "cpu/capability.h"
 #include "genaccel/cpu/microgemm.h"
@@ -17,42 +20,90 @@
 namespace genaccel::ops {
 namespace {
 constexpr const char* kOp = "sla_fwd";
+constexpr const char* kBwdOp = "sla_bwd";
+
+// Checks of the inputs sla_fwd and sla_bwd share; errors start with `op`.
+void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& codes,
+                      const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
+                      int64_t block_k) {
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  TORCH_CHECK(phi_q.sizes() == q.sizes() && phi_k.sizes() == k.sizes(), op,
+              ": phi_q / phi_k must have the shapes of q ", q.sizes(), " / k ", k.sizes(), ", got ",
+              phi_q.sizes(), " / ", phi_k.sizes());
+  for (const auto* t : {&phi_q, &phi_k}) {
+    auto dt = t->scalar_type();
+    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+                ": phi_q and phi_k must be float32, float16 or bfloat16, got ", dt);
+    TORCH_CHECK(t->device() == q.device(), op, ": phi_q and phi_k must be on the device of q (",
+                q.device(), "), got ", t->device());
+  }
+  const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
+  TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
+  TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
+  TORCH_CHECK(codes.dim() == 4 && (codes.size(0) == q.size(0) || codes.size(0) == 1) &&
+                  (codes.size(1) == q.size(1) || codes.size(1) == 1) && codes.size(2) == Tq &&
+                  codes.size(3) == Tk,
+              op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
+              "), got ", codes.sizes());
+}
+
 }  // namespace
 
 void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& codes,
                           const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
                           int64_t block_k) {
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
-  TORCH_CHECK(phi_q.sizes() == q.sizes() && phi_k.sizes() == k.sizes(), kOp,
-              ": phi_q / phi_k must have the shapes of q ", q.sizes(), " / k ", k.sizes(), ", got ",
-              phi_q.sizes(), " / ", phi_k.sizes());
-  for (const auto* t : {&phi_q, &phi_k}) {
-    auto dt = t->scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kOp,
-                ": phi_q and phi_k must be float32, float16 or bfloat16, got ", dt);
-    TORCH_CHECK(t->device() == q.device(), kOp, ": phi_q and phi_k must be on the device of q (",
-                q.device(), "), got ", t->device());
-  }
-  const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
-  TORCH_CHECK(codes.scalar_type() == at::kChar, kOp, ": codes must be int8, got ", codes.scalar_type());
-  TORCH_CHECK(codes.device() == q.device(), kOp, ": codes must be on the device of q, got ", codes.device());
-  TORCH_CHECK(codes.dim() == 4 && (codes.size(0) == q.size(0) || codes.size(0) == 1) &&
-                  (codes.size(1) == q.size(1) || codes.size(1) == 1) && codes.size(2) == Tq &&
-                  codes.size(3) == Tk,
-              kOp, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
-              "), got ", codes.sizes());
+  check_sla_inputs(kOp, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, block_q, block_k);
 }
 
 namespace {
+
+// V's columns zero-padded to the micro-kernel width: the linear branch streams V rows as GEMM B.
+at::Tensor pad_columns(const at::Tensor& v) {
+  const int64_t D = v.size(3), d_pad = (D + cpu::kNR - 1) / cpu::kNR * cpu::kNR;
+  return d_pad == D ? v : at::constant_pad_nd(v, {0, d_pad - D});
+}
+
+// The linear-branch params from float32 tensors with contiguous last dims (v_pad: pad_columns(v));
+// out/denom are left to the caller.
+attention::SlaLinearFwdParams make_sla_linear_params(const at::Tensor& phi_q, const at::Tensor& phi_k,
+                                                     const at::Tensor& v_pad, const at::Tensor& codes,
+                                                     int64_t num_q_blocks, int64_t block_q, int64_t block_k,
+                                                     bool linear_over_all_keys) {
+  attention::SlaLinearFwdParams p{};
+  p.phi_q = phi_q.const_data_ptr<float>();
+  p.phi_k = phi_k.const_data_ptr<float>();
+  p.v = v_pad.const_data_ptr<float>();
+  p.codes = codes.const_data_ptr<int8_t>();
+  p.codes_batch_stride = codes.size(0) == 1 ? 0 : codes.stride(0);
+  p.codes_head_stride = codes.size(1) == 1 ? 0 : codes.stride(1);
+  p.pq_batch_stride = phi_q.stride(0), p.pq_head_stride = phi_q.stride(1), p.pq_row_stride = phi_q.stride(2);
+  p.pk_batch_stride = phi_k.stride(0), p.pk_head_stride = phi_k.stride(1), p.pk_row_stride = phi_k.stride(2);
+  p.v_batch_stride = v_pad.stride(0), p.v_head_stride = v_pad.stride(1), p.v_row_stride = v_pad.stride(2);
+  p.batch = static_cast<int>(phi_q.size(0));
+  p.heads = static_cast<int>(phi_q.size(1));
+  p.kv_heads = static_cast<int>(phi_k.size(1));
+  p.seqlen_q = static_cast<int>(phi_q.size(2));
+  p.seqlen_k = static_cast<int>(phi_k.size(2));
+  p.head_dim = static_cast<int>(phi_q.size(3));
+  p.d_pad = static_cast<int>(v_pad.size(3));
+  p.block_q = static_cast<int>(block_q);
+  p.block_k = static_cast<int>(block_k);
+  p.num_q_blocks = static_cast<int>(num_q_blocks);
+  p.num_k_blocks = static_cast<int>(codes.size(3));
+  p.all_keys = linear_over_all_keys;
+  p.eps = kSlaAllKeysEps;
+  return p;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& phi_q_in,
     const at::Tensor& phi_k_in, const at::Tensor& codes_in, const at::Tensor& kv_indices_in,
     const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale,
     bool linear_over_all_keys) {
-  check_sla_fwd_inputs(q_in, k_in, v_in, phi_q_in, phi_k_in, codes_in, kv_indices_in, kv_counts_in,
-                       block_q, block_k);
+  check_sla_inputs(kOp, q_in, k_in, v_in, phi_q_in, phi_k_in, codes_in, kv_indices_in, kv_counts_in,
+                   block_q, block_k);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), phi_q = cpu_float32(phi_q_in), phi_k = cpu_float32(phi_k_in);
@@ -66,34 +117,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   if (out_sparse.numel() > 0) {
     cpu::block_sparse_fwd_f32(make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out_sparse,
                                                            lse, block_q, block_k, scale));
-    // V's columns padded to the micro-kernel width: the linear branch streams V rows as GEMM B.
-    const int64_t d_pad = (D + cpu::kNR - 1) / cpu::kNR * cpu::kNR;
-    auto v_pad = d_pad == D ? v : at::constant_pad_nd(v, {0, d_pad - D});
-    attention::SlaLinearFwdParams p{};
-    p.phi_q = phi_q.const_data_ptr<float>();
-    p.phi_k = phi_k.const_data_ptr<float>();
-    p.v = v_pad.const_data_ptr<float>();
+    auto v_pad = pad_columns(v);
+    auto p = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
+                                    linear_over_all_keys);
     p.out = out_linear.mutable_data_ptr<float>();
     p.denom = denom.mutable_data_ptr<float>();
-    p.codes = codes.const_data_ptr<int8_t>();
-    p.codes_batch_stride = codes.size(0) == 1 ? 0 : codes.stride(0);
-    p.codes_head_stride = codes.size(1) == 1 ? 0 : codes.stride(1);
-    p.pq_batch_stride = phi_q.stride(0), p.pq_head_stride = phi_q.stride(1), p.pq_row_stride = phi_q.stride(2);
-    p.pk_batch_stride = phi_k.stride(0), p.pk_head_stride = phi_k.stride(1), p.pk_row_stride = phi_k.stride(2);
-    p.v_batch_stride = v_pad.stride(0), p.v_head_stride = v_pad.stride(1), p.v_row_stride = v_pad.stride(2);
-    p.batch = static_cast<int>(B);
-    p.heads = static_cast<int>(H);
-    p.kv_heads = static_cast<int>(k.size(1));
-    p.seqlen_q = static_cast<int>(Nq);
-    p.seqlen_k = static_cast<int>(k.size(2));
-    p.head_dim = static_cast<int>(D);
-    p.d_pad = static_cast<int>(d_pad);
-    p.block_q = static_cast<int>(block_q);
-    p.block_k = static_cast<int>(block_k);
-    p.num_q_blocks = static_cast<int>(kv_indices.size(2));
-    p.num_k_blocks = static_cast<int>(codes.size(3));
-    p.all_keys = linear_over_all_keys;
-    p.eps = kSlaAllKeysEps;
     cpu::sla_linear_fwd_f32(p);
   } else {
     lse.fill_(-std::numeric_limits<float>::infinity());
@@ -101,6 +129,81 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   }
   const auto dt = q_in.scalar_type();
   return {out_sparse.to(dt), lse, out_linear.to(dt), denom};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
+    const at::Tensor& grad_sparse_in, const at::Tensor& grad_linear_in, const at::Tensor& q_in,
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& phi_q_in, const at::Tensor& phi_k_in,
+    const at::Tensor& codes_in, const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in,
+    const at::Tensor& out_sparse_in, const at::Tensor& lse_in, const at::Tensor& delta_in,
+    const at::Tensor& out_linear_in, const at::Tensor& denom_in, int64_t block_q, int64_t block_k,
+    double scale, bool linear_over_all_keys) {
+  check_sla_inputs(kBwdOp, q_in, k_in, v_in, phi_q_in, phi_k_in, codes_in, kv_indices_in, kv_counts_in,
+                   block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
+  const std::pair<const at::Tensor*, const char*> like_q[] = {
+      {&grad_sparse_in, "grad_sparse"}, {&grad_linear_in, "grad_linear"}, {&out_sparse_in, "out_sparse"},
+      {&out_linear_in, "out_linear"}};
+  for (const auto& [t, name] : like_q) {
+    auto dt = t->scalar_type();
+    TORCH_CHECK(t->sizes() == q_in.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q_in.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
+                " must be float32, float16 or bfloat16, got ", dt);
+    TORCH_CHECK(t->device() == q_in.device(), kBwdOp, ": ", name, " must be on the device of q (",
+                q_in.device(), "), got ", t->device());
+  }
+  const auto rows = q_in.sizes().slice(0, 3);
+  const std::pair<const at::Tensor*, const char*> per_row[] = {
+      {&lse_in, "lse"}, {&delta_in, "delta"}, {&denom_in, "denom"}};
+  for (const auto& [t, name] : per_row)
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q_in.device(), kBwdOp,
+                ": ", name, " must be float32 of shape ", rows, " on ", q_in.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  cpu::check_capability(kBwdOp);
+
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
+  auto phi_q = cpu_float32(phi_q_in), phi_k = cpu_float32(phi_k_in);
+  auto grad_sparse = cpu_float32(grad_sparse_in), grad_linear = cpu_float32(grad_linear_in);
+  auto out_linear = cpu_float32(out_linear_in).contiguous();
+  auto lse = lse_in.contiguous(), delta = delta_in.contiguous(), denom = denom_in.contiguous();
+  auto codes = codes_in.contiguous();
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  auto d_phi_q = at::empty(q.sizes(), q.options());
+  auto d_phi_k = at::empty(k.sizes(), k.options());
+
+  // Sparse branch: writes dq, dk and dv (its `out` slot is unused, lse is read).
+  attention::BlockSparseBwdParams sp{};
+  sp.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
+  sp.dout = grad_sparse.const_data_ptr();
+  sp.do_batch_stride = grad_sparse.stride(0), sp.do_head_stride = grad_sparse.stride(1);
+  sp.do_row_stride = grad_sparse.stride(2);
+  sp.delta = delta.const_data_ptr<float>();
+  sp.dq = dq.mutable_data_ptr();
+  sp.dk = dk.mutable_data_ptr();
+  sp.dv = dv.mutable_data_ptr();
+  cpu::block_sparse_bwd_f32(sp);
+
+  // Linear branch: writes d_phi_q, d_phi_k and adds its dV into dv.
+  auto v_pad = pad_columns(v);
+  attention::SlaLinearBwdParams lp{};
+  lp.fwd = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
+                                  linear_over_all_keys);
+  lp.out = out_linear.const_data_ptr<float>();
+  lp.denom = denom.const_data_ptr<float>();
+  lp.dout = grad_linear.const_data_ptr<float>();
+  lp.do_batch_stride = grad_linear.stride(0), lp.do_head_stride = grad_linear.stride(1);
+  lp.do_row_stride = grad_linear.stride(2);
+  lp.d_phi_q = d_phi_q.mutable_data_ptr<float>();
+  lp.d_phi_k = d_phi_k.mutable_data_ptr<float>();
+  lp.dv = dv.mutable_data_ptr<float>();
+  cpu::sla_linear_bwd_f32(lp);
+
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()),
+          d_phi_q.to(phi_q_in.scalar_type()), d_phi_k.to(phi_k_in.scalar_type())};
 }
 
 }  // namespace
@@ -111,6 +214,14 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
       "sla_fwd(Tensor q, Tensor k, Tensor v, Tensor phi_q, Tensor phi_k, Tensor codes, "
       "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale, "
       "bool linear_over_all_keys) -> (Tensor out_sparse, Tensor lse, Tensor out_linear, Tensor denom)");
+  m.def(
+      "sla_bwd(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, Tensor phi_q, "
+      "Tensor phi_k, Tensor codes, Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, "
+      "Tensor delta, Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, "
+      "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv, Tensor d_phi_q, Tensor d_phi_k)");
 }
 
-TORCH_LIBRARY_IMPL(genaccel, CPU, m) { m.impl("sla_fwd", &genaccel::ops::sla_fwd_cpu); }
+TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
+  m.impl("sla_fwd", &genaccel::ops::sla_fwd_cpu);
+  m.impl("sla_bwd", &genaccel::ops::sla_bwd_cpu);
+}

@@ -1,5 +1,5 @@
-// Torch-free description of SLA's linear branch (forward), shared by the CPU kernel and, later, the
-// CUDA launcher. Strides in elements; last dims contiguous.
+// Torch-free description of SLA's linear branch (forward and backward), shared by the CPU kernels
+// and, later, the CUDA launchers. Strides in elements; last dims contiguous.
 #pragma once
 #include <cstdint>
 
@@ -23,6 +23,20 @@ struct SlaLinearFwdParams {
   int block_q, block_k, num_q_blocks, num_k_blocks;
   bool all_keys;  // linear attention over every key, denominator + eps (original main branch)
   float eps;
+};
+
+// Backward of the linear branch: `fwd` describes phi_q, phi_k, v, the codes and the shapes exactly
+// as in the forward (its out/denom slots are unused); out/denom are what the forward wrote.
+// Rows with denom <= 0 had O^l = 0 and get no gradient.
+struct SlaLinearBwdParams {
+  SlaLinearFwdParams fwd;
+  const float* out;    // (B, H, Nq, D) contiguous: O^l saved by the forward
+  const float* denom;  // (B, H, Nq) contiguous: its denominators
+  const float* dout;   // (B, H, Nq, D): gradient of O^l
+  int64_t do_batch_stride, do_head_stride, do_row_stride;
+  float* d_phi_q;      // (B, H, Nq, D) contiguous, written
+  float* d_phi_k;      // (B, Hkv, Nk, D) contiguous, written
+  float* dv;           // (B, Hkv, Nk, D) contiguous: the linear branch's dV is ADDED to it
 };
 
 }  // namespace genaccel::attention

@@ -114,3 +114,54 @@ def sparse_linear_attention_reference(
             out_linear, proj_weight.double(), None if proj_bias is None else proj_bias.double()
         )
     return out_sparse + projected, out_sparse, out_linear
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(..., N, D) -> (..., T, block, D), zero padded to whole blocks."""
+    n = x.shape[-2]
+    t = -(-n // block)
+    return torch.nn.functional.pad(x, (0, 0, 0, t * block - n)).unflatten(-2, (t, block))
+
+
+def linear_branch_backward_reference(grad_linear, phi_q, phi_k, v, codes, out_linear, denom, block_size=(64, 64),
+                                     linear_over_all_keys=False):
+    """Gradients (d_phi_q, d_phi_k, dv) of the linear branch O^l = phi_q H_i / denom in float64 by
+    the paper's formulas (section 1.5 / Alg. 2), from the forward's out_linear and denom, with dense
+    block sums (O(Tq * Tk * D^2) work): what op sla_bwd's linear-branch kernel computes. With
+    dO = grad_linear on rows whose denom > 0 (the others had O^l = 0), inv = 1/denom,
+    D^l = rowsum(dO * O^l) and q~ = phi_q * inv:
+        d_phi_q = (dO H_i^T - D^l Z_i^T) * inv,    dH_i = q~^T dO,    dZ_i = -sum_rows q~ D^l
+        dh_j = sum_{i: j marginal for i} dH_i (over the query heads of kv head too), dz_j likewise
+        d_phi_k_j = V_j dh_j^T + 1 dz_j^T,         dv_j = phi_k_j dh_j
+    """
+    bq, bk = block_size
+    B, H, nq, D = phi_q.shape
+    hkv, nk = phi_k.shape[1], phi_k.shape[2]
+    group = H // hkv
+    fq, fk, vv = phi_q.double(), phi_k.double(), v.double()
+    kb, vb = _blocks(fk, bk), _blocks(vv, bk)                              # (B, Hkv, Tk, bk, D)
+    h = (kb.transpose(-1, -2) @ vb).repeat_interleave(group, dim=1)        # (B, H, Tk, D, D)
+    z = kb.sum(dim=-2).repeat_interleave(group, dim=1)                     # (B, H, Tk, D)
+    tq, tk = -(-nq // bq), h.shape[2]
+    marginal = (codes == MARGINAL).double().expand(B, H, tq, tk)
+    if linear_over_all_keys:
+        marginal = torch.ones_like(marginal)
+    Hi = torch.einsum("bhij,bhjde->bhide", marginal, h)                   # (B, H, Tq, D, D)
+    Zi = torch.einsum("bhij,bhjd->bhid", marginal, z)                     # (B, H, Tq, D)
+
+    den = denom.double()
+    seen = den > 0
+    inv = torch.where(seen, 1.0 / torch.where(seen, den, torch.ones_like(den)), torch.zeros_like(den))
+    dout = torch.where(seen.unsqueeze(-1), grad_linear.double(), torch.zeros((), dtype=torch.float64))
+    d_l = (dout * out_linear.double()).sum(-1, keepdim=True)              # D^l, (B, H, Nq, 1)
+    q_tilde = fq * inv.unsqueeze(-1)
+    dob, qtb, dlb = _blocks(dout, bq), _blocks(q_tilde, bq), _blocks(d_l, bq)
+    inv_b = _blocks(inv.unsqueeze(-1), bq)
+    d_phi_q = ((dob @ Hi.transpose(-1, -2) - dlb * Zi.unsqueeze(-2)) * inv_b).flatten(2, 3)[:, :, :nq]
+    dHi = qtb.transpose(-1, -2) @ dob                                      # (B, H, Tq, D, D)
+    dZi = -(qtb * dlb).sum(dim=-2)                                         # (B, H, Tq, D)
+    dh = torch.einsum("bhij,bhide->bhjde", marginal, dHi).unflatten(1, (hkv, group)).sum(2)
+    dz = torch.einsum("bhij,bhid->bhjd", marginal, dZi).unflatten(1, (hkv, group)).sum(2)
+    d_phi_k = (vb @ dh.transpose(-1, -2) + dz.unsqueeze(-2)).flatten(2, 3)[:, :, :nk]
+    dv = (kb @ dh).flatten(2, 3)[:, :, :nk]
+    return d_phi_q, d_phi_k, dv

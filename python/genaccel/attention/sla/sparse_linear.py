@@ -1,8 +1,9 @@
 """SLA: O = O^s + Proj(O^l) with O^s exact softmax attention over each query block's critical key
 blocks and O^l linear attention over its marginal ones (paper semantics; see reference.py).
-Differentiable in q, k, v and the projection: the sparse branch's backward is the block-sparse
-backward kernel, the linear branch's is written in torch ops for now (see _linear_branch_backward);
-gradients through the feature map come from autograd."""
+Differentiable in q, k, v and the projection: op sla_fwd computes both branches and op sla_bwd
+their gradients in one call (the block-sparse backward kernel for the sparse branch, a
+pre-aggregated kernel for the linear one, whose formula is linear_branch_backward_reference in
+reference.py); gradients through the feature map come from autograd."""
 
 import math
 from typing import Optional
@@ -89,45 +90,10 @@ def _sla_fwd_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(denom)
 
 
-def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(..., N, D) -> (..., T, block, D), zero padded to whole blocks."""
-    n = x.shape[-2]
-    t = -(-n // block)
-    return torch.nn.functional.pad(x, (0, 0, 0, t * block - n)).unflatten(-2, (t, block))
-
-
-def _linear_branch_backward(grad_linear, phi_q, phi_k, v, codes, out_linear, denom, block_q, block_k, all_keys):
-    """Gradients of O^l = phi_q H_i / denom w.r.t. phi_q, phi_k and v (paper section 1.5 /
-    Alg. 2), in float32 torch ops with dense block sums: O(Tq * Tk * D^2). The fused kernel version
-    (pre-aggregated like the forward) is still to come; this is the correctness baseline."""
-    B, H, nq, D = phi_q.shape
-    hkv, nk = phi_k.shape[1], phi_k.shape[2]
-    group = H // hkv
-    fq, fk, vv = phi_q.float(), phi_k.float(), v.float()
-    kb, vb = _blocks(fk, block_k), _blocks(vv, block_k)                    # (B, Hkv, Tk, bk, D)
-    h = (kb.transpose(-1, -2) @ vb).repeat_interleave(group, dim=1)        # (B, H, Tk, D, D)
-    z = kb.sum(dim=-2).repeat_interleave(group, dim=1)                     # (B, H, Tk, D)
-    tq, tk = -(-nq // block_q), h.shape[2]
-    marginal = torch.ones(B, H, tq, tk) if all_keys else (codes == 0).float().expand(B, H, tq, tk)
-    Hi = torch.einsum("bhij,bhjde->bhide", marginal, h)                  # (B, H, Tq, D, D)
-    Zi = torch.einsum("bhij,bhjd->bhid", marginal, z)                    # (B, H, Tq, D)
-
-    seen = (denom > 0).unsqueeze(-1)
-    inv = torch.where(denom > 0, 1.0 / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-    dout = grad_linear.float() * seen
-    d_l = (dout * out_linear.float()).sum(-1, keepdim=True)               # D^l, (B, H, Nq, 1)
-    q_tilde = fq * inv.unsqueeze(-1)                                      # phi(q) / denom
-    dob, qtb, dlb = _blocks(dout, block_q), _blocks(q_tilde, block_q), _blocks(d_l, block_q)
-    inv_b = _blocks(inv.unsqueeze(-1), block_q)
-    d_phi_q = (dob @ Hi.transpose(-1, -2) - dlb * Zi.unsqueeze(-2)) * inv_b
-    d_phi_q = d_phi_q.flatten(2, 3)[:, :, :nq]
-    dHi = qtb.transpose(-1, -2) @ dob                                     # (B, H, Tq, D, D)
-    dZi = -(qtb * dlb).sum(dim=-2)                                        # (B, H, Tq, D)
-    dH = torch.einsum("bhij,bhide->bhjde", marginal, dHi).unflatten(1, (hkv, group)).sum(2)
-    dZ = torch.einsum("bhij,bhid->bhjd", marginal, dZi).unflatten(1, (hkv, group)).sum(2)
-    d_phi_k = (vb @ dH.transpose(-1, -2) + dZ.unsqueeze(-2)).flatten(2, 3)[:, :, :nk]
-    dv = (kb @ dH).flatten(2, 3)[:, :, :nk]
-    return d_phi_q, d_phi_k, dv
+@torch.library.register_fake("genaccel::sla_bwd")
+def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, out_sparse, lse,
+                  delta, out_linear, denom, block_q, block_k, scale, linear_over_all_keys):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, phi_q, phi_k))
 
 
 def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
@@ -135,17 +101,13 @@ def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
     block_q, block_k, scale, all_keys = ctx.args
     if grad_sparse is None:
         grad_sparse = torch.zeros_like(out_sparse)
+    if grad_linear is None:
+        grad_linear = torch.zeros_like(out_linear)
     delta = attention_delta(grad_sparse, out_sparse, grad_lse)
-    dq, dk, dv = torch.ops.genaccel.block_sparse_attn_bwd(
-        grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale
+    dq, dk, dv, d_phi_q, d_phi_k = torch.ops.genaccel.sla_bwd(
+        grad_sparse, grad_linear, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts,
+        out_sparse, lse, delta, out_linear, denom, block_q, block_k, scale, all_keys,
     )
-    d_phi_q = d_phi_k = None
-    if grad_linear is not None:
-        d_phi_q, d_phi_k, dv_linear = _linear_branch_backward(
-            grad_linear, phi_q, phi_k, v, codes, out_linear, denom, block_q, block_k, all_keys
-        )
-        dv = dv + dv_linear.to(dv.dtype)
-        d_phi_q, d_phi_k = d_phi_q.to(phi_q.dtype), d_phi_k.to(phi_k.dtype)
     return dq, dk, dv, d_phi_q, d_phi_k, None, None, None, None, None, None, None
 
 
