@@ -1,22 +1,24 @@
 // CUDA registration of sla_fwd. The sparse branch is the block-sparse attention kernel over the
-// critical blocks (csrc/cuda/attention); the linear branch runs as batched tensor-core GEMMs on
-// cuBLAS (not yet fused into the attention mainloop):
-//   h_j = phi(K_j)^T V_j, z_j = colsum phi(K_j)        per key block
+// critical blocks (csrc/cuda/attention/block_sparse_fwd.cu); the linear branch runs as batched
+// cuBLAS GEMMs around two elementwise kernels (csrc/cuda/attention/sla_linear.cu), not yet fused
+// into the attention mainloop:
+//   h_j = phi(K_j)^T V_j, z_j = colsum phi(K_j)        per key block, float32
 //   H_i = sum_j M_ij h_j, Z_i = sum_j M_ij z_j         M = marginal mask (all ones with all_keys)
 //   O^l_i = phi(Q_i) H_i / (phi(Q_i) . Z_i)
-// Every product is a bf16 tensor-core GEMM, whatever the global TF32 setting. Precision: float32
-// operands are split into bfloat16 parts (x0 + x1 + x2 keeps x's 24 significant
-// bits) concatenated along the reduction dim, so one bf16 GEMM with float32 accumulation sums the
-// part products (split_bmm): h_j and H_i come out as float32 sums would; O^l to ~2^-17 relative. H_i is summed over the marginal blocks directly:
-// on a GEMM that costs what pre-aggregation would and cannot cancel.
+// H_i is the big product ((Tq x Tk) x (Tk x D^2) per head): it runs on bf16 tensor cores with h
+// split into three bf16 parts stacked along Tk (h = h0 + h1 + h2 keeps h's 24 significant bits; the
+// 0/1 mask is exact), so the float32-accumulated GEMM is the float32 sum. It sums the marginal
+// blocks directly: on a GEMM that costs what pre-aggregation would, without its cancellation.
+// The other products are float32 cuBLAS GEMMs (TF32 only where the user enabled it for matmuls).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
+#include "cuda/attention/sla_linear.h"
 #include "ops/attention_cuda.h"
 #include "ops/sla.h"
 
@@ -24,30 +26,9 @@ namespace genaccel::ops {
 namespace {
 
 constexpr const char* kOp = "sla_fwd";
-// Bytes of float32 H_i (Tq x D x D per head) materialised at once; larger problems run in chunks
-// of (batch, kv head) pairs.
+// Bytes of per-block sums (h, its bf16 parts, H_i) materialised at once; larger problems run in
+// chunks of (batch, kv head) pairs.
 constexpr int64_t kMaxBlockSumBytes = int64_t{1} << 30;
-
-// x ~= x[0] + x[1] + ...: bfloat16 parts, each the rounding of what the previous ones left.
-std::vector<at::Tensor> bf16_parts(const at::Tensor& x, int parts) {
-  std::vector<at::Tensor> out;
-  at::Tensor rest = x.to(at::kFloat);
-  for (int i = 0; i < parts; ++i) {
-    out.push_back(rest.to(at::kBFloat16));
-    if (i + 1 < parts) rest = rest - out.back().to(at::kFloat);
-  }
-  return out;
-}
-
-// a (C, M, K) x b (C, K, N) in float32 from bf16 parts: the sum of a_i b_j over i + j < order, as
-// one bf16 GEMM with float32 accumulation (the chosen parts concatenated along K).
-at::Tensor split_bmm(const at::Tensor& a, int a_parts, const at::Tensor& b, int b_parts, int order) {
-  const auto as = bf16_parts(a, a_parts), bs = bf16_parts(b, b_parts);
-  std::vector<at::Tensor> lhs, rhs;
-  for (int i = 0; i < a_parts; ++i)
-    for (int j = 0; j < b_parts && i + j < order; ++j) lhs.push_back(as[i]), rhs.push_back(bs[j]);
-  return at::bmm(at::cat(lhs, 2), at::cat(rhs, 1), at::kFloat);
-}
 
 // (C, N, D) -> contiguous (C, T * block, D) with zero rows appended (zero features add nothing).
 at::Tensor pad_rows(const at::Tensor& x, int64_t block) {
@@ -55,33 +36,39 @@ at::Tensor pad_rows(const at::Tensor& x, int64_t block) {
   return t * block == n ? x.contiguous() : at::constant_pad_nd(x, {0, 0, 0, t * block - n});
 }
 
-// O^l and its denominator for the (batch, kv head) pairs of one chunk.
-//   phi_q (C, G*Nq, D) f32, phi_k (C, Nk, D) f32, v (C, Nk, D) bf16/fp16, marginal (C, G*Tq, Tk) bool
+void check_launch(int err, const char* what) {
+  TORCH_CHECK(err == 0, kOp, " (CUDA): ", what, " launch failed with cudaError ", err);
+}
+
+// O^l (in the dtype of `out`) and its denominator for the (batch, kv head) pairs of one chunk:
+//   phi_q (C, G*Nq, D) f32, phi_k (C, Nk, D) f32, v (C, Nk, D), marginal (C, G*Tq, Tk) bool,
+//   out (C, G*Nq, D) and denom (C, G*Nq) contiguous.
 void linear_branch(const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& v,
                    const at::Tensor& marginal, int64_t group, int64_t block_q, int64_t block_k,
-                   bool all_keys, at::Tensor out, at::Tensor denom) {
+                   float eps, const at::Tensor& out, const at::Tensor& denom) {
   const int64_t C = phi_k.size(0), D = phi_k.size(2), Tk = marginal.size(2);
   const int64_t Tq = marginal.size(1) / group, nq = phi_q.size(1) / group;
-  // h_j = phi(K_j)^T V_j: phi(K) in three parts; V exact in one part (bf16) or two (fp16).
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
   auto kb = pad_rows(phi_k, block_k).view({C * Tk, block_k, D});
-  auto vb = pad_rows(v, block_k).view({C * Tk, block_k, D});
-  auto h = split_bmm(kb.transpose(1, 2), 3, vb, v.scalar_type() == at::kBFloat16 ? 1 : 2, 3);
-  auto z = kb.sum(1);                                                        // (C*Tk, D)
-  // H_i = sum_j M_ij h_j: (C, G*Tq, Tk) x (C, Tk, D*D), the 0/1 mask exact, h in three parts.
-  auto Hi = split_bmm(marginal, 1, h.view({C, Tk, D * D}), 3, 3);
-  auto Zi = split_bmm(marginal, 1, z.view({C, Tk, D}), 3, 3);               // (C, G*Tq, D)
-  // O^l_i = phi(Q_i) H_i: (C*G*Tq, bq, D) x (C*G*Tq, D, D), two parts each (x0 + x1 holds x to
-  // 2^-18 relative), order 2: q0 H0 + q1 H0 + q0 H1; the dropped terms are below 2^-17 of the
-  // result, far under the bf16/fp16 output's rounding.
+  auto vb = pad_rows(v.to(at::kFloat), block_k).view({C * Tk, block_k, D});
+  auto h = at::bmm(kb.transpose(1, 2), vb).view({C, Tk, D * D});
+  auto z = kb.sum(1).view({C, Tk, D});
+  auto h3 = at::empty({C, 3 * Tk, D * D}, h.options().dtype(at::kBFloat16));
+  check_launch(cuda::split_bf16_rows(h.const_data_ptr<float>(), h3.mutable_data_ptr(), C, Tk, D * D, 3,
+                                     stream), "bf16 split");
+  h = at::Tensor();  // its memory goes to H_i
+  auto m = marginal.to(at::kBFloat16);
+  auto Hi = at::bmm(at::cat({m, m, m}, 2), h3, at::kFloat);                 // (C, G*Tq, D*D)
+  h3 = at::Tensor();
+  auto Zi = at::bmm(marginal.to(at::kFloat), z);                             // (C, G*Tq, D)
   auto qb = pad_rows(phi_q.reshape({C * group, nq, D}), block_q).view({C * group * Tq, block_q, D});
-  auto num = split_bmm(qb, 2, Hi.view({C * group * Tq, D, D}), 2, 2);        // (C*G*Tq, bq, D)
-  auto den = split_bmm(qb, 2, Zi.view({C * group * Tq, D, 1}), 2, 2).squeeze(-1);
-  if (all_keys) den.add_(kSlaAllKeysEps);
-  auto seen = den > 0;
-  auto o = at::where(seen.unsqueeze(-1), num / at::where(seen, den, at::ones_like(den)).unsqueeze(-1),
-                     at::zeros_like(num));
-  out.view({C * group, nq, D}).copy_(o.view({C * group, Tq * block_q, D}).narrow(1, 0, nq));
-  denom.view({C * group, nq}).copy_(den.view({C * group, Tq * block_q}).narrow(1, 0, nq));
+  auto num = at::bmm(qb, Hi.view({C * group * Tq, D, D}));                   // (C*G*Tq, bq, D)
+  auto den = at::bmm(qb, Zi.view({C * group * Tq, D, 1}));                   // (C*G*Tq, bq, 1)
+  const DType dtype = out.scalar_type() == at::kHalf ? DType::kFloat16 : DType::kBFloat16;
+  check_launch(cuda::sla_linear_normalize(num.const_data_ptr<float>(), den.const_data_ptr<float>(),
+                                          out.mutable_data_ptr(), denom.mutable_data_ptr<float>(), dtype,
+                                          C * group, nq, Tq * block_q, D, eps, stream),
+               "normalisation");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
@@ -96,11 +83,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
       run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, kOp);
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), group = Hkv > 0 ? H / Hkv : 1;
-  auto out_linear = at::empty({B, H, Nq, D}, q.options().dtype(at::kFloat));
-  auto denom = at::zeros({B, H, Nq}, q.options().dtype(at::kFloat));
+  auto out_linear = at::empty({B, H, Nq, D}, q.options());
+  auto denom = at::empty({B, H, Nq}, q.options().dtype(at::kFloat));
   if (out_linear.numel() == 0 || k.size(2) == 0) {
     out_linear.zero_();
-    return {out_sparse, lse, out_linear.to(q.scalar_type()), denom};
+    denom.fill_(linear_over_all_keys ? kSlaAllKeysEps : 0.f);
+    return {out_sparse, lse, out_linear, denom};
   }
   const int64_t Tq = kv_indices.size(2), Tk = codes.size(3);
   // (B, Hkv, G*Tq, Tk): the query heads of one kv head share its h_j, so they form one GEMM.
@@ -113,15 +101,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
   auto vv = v.reshape({B * Hkv, k.size(2), D});
   auto ol = out_linear.view({B * Hkv, group * Nq, D});
   auto dn = denom.view({B * Hkv, group * Nq});
-  const int64_t pair_bytes = group * Tq * D * D * 4 * 3;  // H_i, its bf16 parts and their concat
+  const int64_t pair_bytes = (Tk * 10 + group * Tq * 4) * D * D;  // h + its parts, then H_i
   const int64_t chunk = std::max<int64_t>(1, kMaxBlockSumBytes / std::max<int64_t>(pair_bytes, 1));
   for (int64_t c0 = 0; c0 < B * Hkv; c0 += chunk) {
     const int64_t n = std::min(chunk, B * Hkv - c0);
     linear_branch(pq.narrow(0, c0, n), pk.narrow(0, c0, n), vv.narrow(0, c0, n),
-                  marginal.narrow(0, c0, n), group, block_q, block_k, linear_over_all_keys,
-                  ol.narrow(0, c0, n), dn.narrow(0, c0, n));
+                  marginal.narrow(0, c0, n), group, block_q, block_k,
+                  linear_over_all_keys ? kSlaAllKeysEps : 0.f, ol.narrow(0, c0, n), dn.narrow(0, c0, n));
   }
-  return {out_sparse, lse, out_linear.to(q.scalar_type()), denom};
+  return {out_sparse, lse, out_linear, denom};
 }
 
 }  // namespace
