@@ -16,7 +16,8 @@ int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int6
 
 // num (groups, padded_rows, dim) and den (groups, padded_rows) float32, contiguous -> out (groups,
 // rows, dim) in `dtype` and denom (groups, rows) float32: denom = den + eps, out = num / denom where
-// denom > 0, else 0 (a row with no marginal key block).
+// denom > 0, else 0 (a row with no marginal key block). dim must be a multiple of 4 and out 8-byte
+// aligned (else cudaErrorInvalidValue).
 int sla_linear_normalize(const float* num, const float* den, void* out, float* denom, DType dtype,
                          int64_t groups, int64_t rows, int64_t padded_rows, int64_t dim, float eps,
                          void* stream);

@@ -139,37 +139,6 @@ _short = common.short_error
 # ---- candidates -------------------------------------------------------------------------------
 
 
-def _sdpa_candidate(q, k, v, scale, device: torch.device, dtype: torch.dtype) -> Tuple[Callable, str, Optional[str]]:
-    """Dense SDPA as a PyTorch user would call it; on CUDA in half precision pinned to the flash
-    backend (otherwise torch may pick cuDNN/efficient, and the baseline would change between torch
-    versions). Returns (callable, backend name, note)."""
-    F = torch.nn.functional
-    gqa = q.shape[1] != k.shape[1]
-    kwargs = {"scale": scale}
-    if gqa:
-        kwargs["enable_gqa"] = True
-
-    def plain():
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-
-    if device.type != "cuda":
-        return plain, "default", None
-    if dtype not in (torch.bfloat16, torch.float16):
-        return plain, "default", "flash SDPA needs bf16/fp16; baseline uses torch's default backend"
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        def flash():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(q, k, v, **kwargs)
-
-        flash()
-        torch.cuda.synchronize()
-        return flash, "flash", None
-    except Exception as exc:  # not built in, or shape/GQA not supported by it
-        return plain, "default", f"flash SDPA unavailable ({_short(exc, 100)}); baseline uses torch's default backend"
-
-
 class _Flex:
     """Compiled FlexAttention for one configuration; one compile serves every density (the
     BlockMask tensors keep their shapes, only their contents change)."""
@@ -276,7 +245,7 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
     v = torch.randn(B, Hkv, N, D, device=device, dtype=dtype, generator=dev_gen)
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
-    sdpa_fn, sdpa_backend, sdpa_note = _sdpa_candidate(q, k, v, scale, device, dtype)
+    sdpa_fn, sdpa_backend, sdpa_note, sdpa_default = common.sdpa_candidate(q, k, v, scale, device, dtype)
     flex = _Flex(cfg, device) if (cfg.flex and not quick) else None
     dense_flops = 4.0 * B * H * N * N * D
 
@@ -302,6 +271,8 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
         row["ideal_speedup"] = dense_flops / flops if flops > 0 else None
 
         candidates: Dict[str, Callable] = {"sdpa": sdpa_fn}
+        if sdpa_default is not None:
+            candidates["sdpa_default"] = sdpa_default
         ours_out = None
         try:
             kv_indices, kv_counts = genaccel.block_mask_to_indices(mask)
@@ -344,6 +315,7 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
             row["speedup_vs_sdpa"] = sdpa_ms / ms
             row["fraction_of_ideal"] = row["speedup_vs_sdpa"] / row["ideal_speedup"] if row["ideal_speedup"] else None
             row["genaccel_tflops"] = flops / ms / 1e9  # on kept blocks only
+        common.record_sdpa_default(row, timings)
         if "flex" in timings:
             row["flex_ms"] = timings["flex"].median_ms
             row["flex_speedup_vs_sdpa"] = sdpa_ms / row["flex_ms"]
@@ -381,6 +353,7 @@ _COLUMNS = [
     ("sdpa ms", 9, lambda r: _f(r.get("sdpa_ms"), ".2f")),
     ("ours ms", 9, lambda r: _f(r.get("genaccel_ms"), ".2f")),
     ("vs sdpa", 7, lambda r: _f(r.get("speedup_vs_sdpa"), ".2f", "x")),
+    ("vs dflt", 7, lambda r: _f(r.get("speedup_vs_sdpa_default"), ".2f", "x")),
     ("ideal", 6, lambda r: _f(r.get("ideal_speedup"), ".1f", "x")),
     ("%ideal", 6, lambda r: _f(None if r.get("fraction_of_ideal") is None else 100 * r["fraction_of_ideal"], ".0f", "%")),
     ("flex ms", 9, lambda r: _f(r.get("flex_ms"), ".2f")),

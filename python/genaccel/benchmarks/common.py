@@ -139,3 +139,44 @@ def reference_query_blocks(tq: int, bq: int, n: int, count: int, gen: torch.Gene
         picks.add(int(torch.randint(0, tq, (1,), generator=gen)))
     blocks = sorted(picks)
     return blocks, torch.cat([torch.arange(b * bq, min((b + 1) * bq, n)) for b in blocks])
+
+
+def sdpa_candidate(q, k, v, scale, device: torch.device, dtype: torch.dtype) -> Tuple[Callable, str, Optional[str], Optional[Callable]]:
+    """Dense SDPA as a PyTorch user would call it; on CUDA in half precision pinned to the flash
+    backend (otherwise torch may pick cuDNN/efficient, and the baseline would change between torch
+    versions). Returns (callable, backend name, note, torch's default backend when the first is
+    pinned to flash, else None): benchmarks time that one too, since it can be faster."""
+    F = torch.nn.functional
+    gqa = q.shape[1] != k.shape[1]
+    kwargs = {"scale": scale}
+    if gqa:
+        kwargs["enable_gqa"] = True
+
+    def plain():
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    if device.type != "cuda":
+        return plain, "default", None, None
+    if dtype not in (torch.bfloat16, torch.float16):
+        return plain, "default", "flash SDPA needs bf16/fp16; baseline uses torch's default backend", None
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+        flash()
+        torch.cuda.synchronize()
+        return flash, "flash", None, plain
+    except Exception as exc:  # not built in, or shape/GQA not supported by it
+        return plain, "default", f"flash SDPA unavailable ({short_error(exc, 100)}); baseline uses torch's default backend", None
+
+
+def record_sdpa_default(row: dict, timings: dict) -> None:
+    """Fills sdpa_default_ms and speedup_vs_sdpa_default when torch's default SDPA backend was timed
+    too (candidate "sdpa_default", see sdpa_candidate)."""
+    if "sdpa_default" in timings:
+        row["sdpa_default_ms"] = timings["sdpa_default"].median_ms
+        if row.get("genaccel_ms"):
+            row["speedup_vs_sdpa_default"] = row["sdpa_default_ms"] / row["genaccel_ms"]

@@ -35,10 +35,10 @@ def _pooled_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     own size. Whole blocks are summed through a view (no padded copy of x)."""
     n = x.shape[-2]
     full = n // block
-    x = x.float()
-    parts = [x[..., : full * block, :].unflatten(-2, (full, block)).mean(dim=-2)] if full else []
+    # mean(dtype=float32) accumulates half inputs in float32 without a float32 copy of x.
+    parts = [x[..., : full * block, :].unflatten(-2, (full, block)).mean(dim=-2, dtype=torch.float32)] if full else []
     if n > full * block:
-        parts.append(x[..., full * block :, :].mean(dim=-2, keepdim=True))
+        parts.append(x[..., full * block :, :].mean(dim=-2, keepdim=True, dtype=torch.float32))
     return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
 
 
@@ -64,7 +64,7 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     group = q.shape[1] // k.shape[1]
     pooled_q = _pooled_blocks(q, bq)                                                  # (B, H, Tq, D)
     # Smooth-K: pooling is linear, so pool(k - mean_tokens(k)) = pool(k) - mean_tokens(k).
-    pooled_k = _pooled_blocks(k, bk) - k.float().mean(dim=-2, keepdim=True)
+    pooled_k = _pooled_blocks(k, bk) - k.mean(dim=-2, keepdim=True, dtype=torch.float32)
     scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     tk = scores.shape[-1]
     n_crit, n_neg = block_counts(tk, topk, low_k)
