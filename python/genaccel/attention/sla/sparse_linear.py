@@ -72,6 +72,8 @@ def sparse_linear_attention(
 
 
 def _phi(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "softmax":
+        return torch.softmax(x, dim=-1, dtype=torch.float32)  # no float32 copy of a half x first
     return apply_feature_map(x.float(), name)
 
 
