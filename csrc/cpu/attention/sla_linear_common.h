@@ -1,85 +1,158 @@
 // Pieces shared by the CPU kernels of SLA's linear branch (sla_linear_fwd.cpp, sla_linear_bwd.cpp):
-// the per-key-block sums h_j = phi(K_j)^T V_j, z_j = colsum phi(K_j) of one (batch, kv head), and
-// the sum of per-block matrices over a marginal set, taken directly or as the total minus the rest.
-// Compiled only into the CPU kernel sources (they share one set of vector ISA flags).
+// a block's D x d_pad matrix and its D-vector travel together as one item of n = D*d_pad + dz_pad
+// floats ([h_j | z_j] = [phi(K_j)^T V_j | colsum phi(K_j)], [H_i | Z_i], ...); the key blocks'
+// items of one (batch, kv head); and sums of items over marginal sets, taken directly or as the
+// total minus the rest. Compiled only into the CPU kernel sources (one set of vector ISA flags).
 #pragma once
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "genaccel/attention/sla_params.h"
 #include "genaccel/cpu/microgemm.h"
 
 namespace genaccel::cpu::sla {
 
-// n floats per block, for `count` blocks, plus their total; block j at data() + j * n.
-struct BlockBuffer {
-  size_t n;
-  int count;
-  std::unique_ptr<float[]> data_, total_;
-  BlockBuffer(int count_, size_t n_) : n(n_), count(count_), data_(new float[count_ * n_]), total_(new float[n_]) {}
-  float* block(int j) const { return data_.get() + static_cast<size_t>(j) * n; }
-  float* total() const { return total_.get(); }
-};
-
-// h_j (D x d_pad) and z_j (D) of every key block of one (batch, kv head), and their totals.
-struct KvHeadSums {
-  BlockBuffer h, z;
-  KvHeadSums(int D, int d_pad, int tk) : h(tk, static_cast<size_t>(D) * d_pad), z(tk, D) {}
-};
-
-// The sums for phi_k / v pointing at one (batch, kv head); v has d_pad readable (zero) columns.
-inline void key_block_sums(const attention::SlaLinearFwdParams& p, const float* phi_k, const float* v,
-                           KvHeadSums& s) {
-  at::parallel_for(0, p.num_k_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t k0 = j * p.block_k;
-      const int valid = static_cast<int>(std::min<int64_t>(p.block_k, p.seqlen_k - k0));
-      const float* fk = phi_k + k0 * p.pk_row_stride;
-      // h_j (D x d_pad) = phi(K_j)^T (D x valid) . V_j (valid x d_pad)
-      micro_gemm<false>(p.head_dim, p.d_pad, valid, fk, 1, p.pk_row_stride, v + k0 * p.v_row_stride,
-                        p.v_row_stride, s.h.block(static_cast<int>(j)), p.d_pad);
-      float* z = s.z.block(static_cast<int>(j));
-      std::fill(z, z + p.head_dim, 0.f);
-      for (int t = 0; t < valid; ++t)
-        for (int d = 0; d < p.head_dim; ++d) z[d] += fk[t * p.pk_row_stride + d];
-    }
-  });
-  for (BlockBuffer* buf : {&s.h, &s.z}) {
-    float* tot = buf->total();
-    std::fill(tot, tot + buf->n, 0.f);
-    for (int j = 0; j < buf->count; ++j) {
-      const float* x = buf->block(j);
-      for (size_t e = 0; e < buf->n; ++e) tot[e] += x[e];
-    }
-  }
-}
-
 // Sum directly when fewer than half of the `count` blocks are marginal, else total minus the rest.
 // Besides halving the worst case, this keeps "total minus nearly everything" (few marginal blocks)
 // from cancelling in float32; with no marginal block the sum is exactly zero.
 inline bool sum_directly(int marginal, int count) { return 2 * marginal < count; }
 
-// out (buf.n floats) = sum of the blocks `index(t)` for t in [0, n_items) with marginal(t), using
-// `direct` (see sum_directly): direct adds the marginal blocks, else total minus the others.
-template <class Marginal, class Index>
-inline void marginal_sum(const BlockBuffer& buf, int n_items, Marginal&& marginal, Index&& index,
-                         bool direct, float* out) {
-  const size_t n = buf.n;
-  if (direct)
-    std::fill(out, out + n, 0.f);
-  else
-    std::copy(buf.total(), buf.total() + n, out);
-  for (int t = 0; t < n_items; ++t) {
-    if (marginal(t) != direct) continue;
-    const float* x = buf.block(index(t));
-    if (direct)
-      for (size_t e = 0; e < n; ++e) out[e] += x[e];
-    else
-      for (size_t e = 0; e < n; ++e) out[e] -= x[e];
+// Summing whole D x D blocks one after the other would stream Tk * D^2 floats from memory per
+// query block (32 MB per (batch, head) at N = 32k, D = 128: not cache resident). Instead, items (key
+// or query blocks, each n_strips * kNR floats) are stored strip-major, so strip s of every item is
+// contiguous, and the sums run per group of strips over all outputs: the items' strips then stay in
+// L1/L2 while every output visits them.
+
+struct StripBuffer {
+  int count, n_strips;
+  std::unique_ptr<float[]> data_;
+  StripBuffer(int count_, int n_strips_)
+      : count(count_), n_strips(n_strips_), data_(new float[static_cast<size_t>(count_) * n_strips_ * kNR]) {}
+  const float* strip(int s, int t) const { return data_.get() + (static_cast<size_t>(s) * count + t) * kNR; }
+  // Item t from x laid out plainly (n_strips * kNR floats).
+  void put(int t, const float* x) {
+    for (int s = 0; s < n_strips; ++s)
+      std::copy(x + static_cast<size_t>(s) * kNR, x + static_cast<size_t>(s + 1) * kNR,
+                data_.get() + (static_cast<size_t>(s) * count + t) * kNR);
+  }
+};
+
+// For each output o: whether it sums its marginal items directly (sum_directly) and the items it
+// visits: the marginal ones if direct, else the others (subtracted from the total).
+struct SumPlan {
+  std::vector<int32_t> offsets, items;
+  std::vector<uint8_t> direct;
+  template <class IsMarginal>
+  void build(int n_out, int n_items, IsMarginal&& marginal) {
+    offsets.assign(1, 0);
+    items.clear();
+    direct.assign(n_out, 0);
+    for (int o = 0; o < n_out; ++o) {
+      int count = 0;
+      for (int t = 0; t < n_items; ++t) count += marginal(o, t) ? 1 : 0;
+      const bool d = sum_directly(count, n_items);
+      direct[o] = d;
+      for (int t = 0; t < n_items; ++t)
+        if (marginal(o, t) == d) items.push_back(t);
+      offsets.push_back(static_cast<int32_t>(items.size()));
+    }
+  }
+};
+
+template <int G, bool kAccumulate>
+inline void plan_sums_strips(const StripBuffer& src, const SumPlan& plan, int s0, float* dst, int64_t ld) {
+  f32x8 tot[G][2] = {};
+  for (int t = 0; t < src.count; ++t)
+    for (int g = 0; g < G; ++g) {
+      const float* x = src.strip(s0 + g, t);
+      tot[g][0] += load8(x);
+      tot[g][1] += load8(x + 8);
+    }
+  const int n_out = static_cast<int>(plan.direct.size());
+  for (int o = 0; o < n_out; ++o) {
+    f32x8 acc[G][2] = {};
+    for (int32_t k = plan.offsets[o]; k < plan.offsets[o + 1]; ++k) {
+      const int t = plan.items[k];
+      for (int g = 0; g < G; ++g) {
+        const float* x = src.strip(s0 + g, t);
+        acc[g][0] += load8(x);
+        acc[g][1] += load8(x + 8);
+      }
+    }
+    const bool direct = plan.direct[o];
+    float* out = dst + o * ld + static_cast<int64_t>(s0) * kNR;
+    for (int g = 0; g < G; ++g)
+      for (int h = 0; h < 2; ++h) {
+        f32x8 r = direct ? acc[g][h] : tot[g][h] - acc[g][h];
+        float* y = out + g * kNR + h * 8;
+        if constexpr (kAccumulate) r += load8(y);
+        store8(y, r);
+      }
   }
 }
+
+// dst[o * ld + e] = (or += with kAccumulate) the plan's sum of element e over src's items, for
+// every output o of the plan and e < src.n_strips * kNR: direct outputs add their items, the others
+// take the total minus their items. Parallel over groups of strips.
+template <bool kAccumulate>
+inline void plan_sums(const StripBuffer& src, const SumPlan& plan, float* dst, int64_t ld) {
+  constexpr int kG = 4;  // strips per pass: 8 accumulators
+  const int groups = (src.n_strips + kG - 1) / kG;
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int s0 = static_cast<int>(g) * kG;
+      switch (std::min(kG, src.n_strips - s0)) {
+        case 1: plan_sums_strips<1, kAccumulate>(src, plan, s0, dst, ld); break;
+        case 2: plan_sums_strips<2, kAccumulate>(src, plan, s0, dst, ld); break;
+        case 3: plan_sums_strips<3, kAccumulate>(src, plan, s0, dst, ld); break;
+        default: plan_sums_strips<kG, kAccumulate>(src, plan, s0, dst, ld); break;
+      }
+    }
+  });
+}
+
+
+struct ItemSizes {
+  int D, d_pad, hsize, n, n_strips;  // hsize = D * d_pad; n = hsize + round_up(D, kNR)
+  explicit ItemSizes(const attention::SlaLinearFwdParams& p)
+      : D(p.head_dim), d_pad(p.d_pad), hsize(p.head_dim * p.d_pad), n(hsize + round_up(p.head_dim, kNR)),
+        n_strips(n / kNR) {}
+};
+
+// [h_j | z_j] of every key block of (batch b, kv head kvh) into hz (strip-major, Tk items).
+inline void key_block_sums(const attention::SlaLinearFwdParams& p, const ItemSizes& sz, int b, int kvh,
+                           StripBuffer& hz) {
+  const float* phi_k = p.phi_k + b * p.pk_batch_stride + kvh * p.pk_head_stride;
+  const float* v = p.v + b * p.v_batch_stride + kvh * p.v_head_stride;
+  at::parallel_for(0, p.num_k_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> item(sz.n, 0.f);
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t k0 = j * p.block_k;
+      const int valid = static_cast<int>(std::min<int64_t>(p.block_k, p.seqlen_k - k0));
+      const float* fk = phi_k + k0 * p.pk_row_stride;
+      // h_j (D x d_pad) = phi(K_j)^T (D x valid) . V_j (valid x d_pad)
+      micro_gemm<false>(sz.D, sz.d_pad, valid, fk, 1, p.pk_row_stride, v + k0 * p.v_row_stride, p.v_row_stride,
+                        item.data(), sz.d_pad);
+      float* z = item.data() + sz.hsize;
+      std::fill(z, z + sz.D, 0.f);
+      for (int t = 0; t < valid; ++t)
+        for (int d = 0; d < sz.D; ++d) z[d] += fk[t * p.pk_row_stride + d];
+      hz.put(static_cast<int>(j), item.data());
+    }
+  });
+}
+
+// Whether key block j is marginal for query block i of the codes of one (batch, head).
+struct Marginal {
+  const int8_t* codes;  // (Tq, Tk)
+  int64_t num_k_blocks;
+  bool all_keys;
+  bool operator()(int i, int j) const { return all_keys || codes[i * num_k_blocks + j] == 0; }
+};
 
 }  // namespace genaccel::cpu::sla
