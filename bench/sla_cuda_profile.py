@@ -45,7 +45,7 @@ def main():
     phi_q, phi_k = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
     op_args = (q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, scale, False)
     stages = {
-        "sdpa (flash) forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        "sdpa forward (default backend)": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
         "sparse_linear_attention (all)": lambda: genaccel.sparse_linear_attention(
             q, k, v, w, b, args.topk, args.low_k, (bq, bk)),
         "  sla_block_map": lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk)),
