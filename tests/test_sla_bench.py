@@ -122,3 +122,45 @@ def test_finetune_inputs_are_tiled_cubes():
     grid = sla_finetune._grid(cfg)[:64] * torch.tensor([8.0, 8.0, 8.0], dtype=torch.float64)
     for axis in range(3):
         assert sorted(set(grid[:, axis].round().long().tolist())) == [0, 1, 2, 3]
+
+
+def test_sla_finetune_whole_student_tiny(capsys):
+    """train=model: a sparse-only student and an SLA student, both starting from the teacher's
+    weights, train side by side; the sparse-only student's step 0 is the frozen sparse-only error."""
+    overrides = dict(TINY_FT, train="model")
+    configs, rows, notes = sla_finetune.run(torch.device("cpu"), False, overrides, lambda total, name: _Silent(),
+                                            out=__import__("sys").stdout)
+    by_curve = {}
+    for r in rows:
+        by_curve.setdefault(r["curve"], []).append(r)
+    assert [r["step"] for r in by_curve["sparse-only-ft"]] == [0, 2, 3]
+    assert [r["step"] for r in by_curve["sla"]] == [0, 2, 3]
+    assert by_curve["sparse-only-ft"][0]["rel_err"] == by_curve["sparse-only"][0]["rel_err"]
+    # Training moved the sparse-only student's own weights (nothing else could change its error).
+    assert by_curve["sparse-only-ft"][-1]["rel_err"] != by_curve["sparse-only"][0]["rel_err"]
+    summary = by_curve["summary"][0]
+    assert summary["train"] == "model" and math.isfinite(summary["sparse_only_ft_rel_err"])
+    assert isinstance(summary["trained_beats_sparse_only_ft"], bool)
+    assert "sparse-only fine-tuned" in notes[-1]
+
+
+def test_sla_finetune_rejects_unknown_train_mode():
+    with pytest.raises(ValueError, match="train must be"):
+        sla_finetune.run(torch.device("cpu"), False, dict(TINY_FT, train="everything"),
+                         lambda total, name: _Silent(), out=__import__("sys").stdout)
+
+
+class _Silent:
+    """A progress sink for direct calls of a family's run()."""
+
+    def write(self, *_):
+        pass
+
+    def status(self, *_):
+        pass
+
+    def advance(self, *_):
+        pass
+
+    def close(self):
+        pass

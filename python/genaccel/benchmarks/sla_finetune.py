@@ -68,6 +68,11 @@ class FinetuneConfig:
     lr: float = 3e-3
     eval_every: int = 10
     seed: int = 0
+    # "proj": only SLA's projections train (q, k, v, o frozen), against the frozen sparse-only stack.
+    # "model": the paper's setting: the whole student trains (its q, k, v, o weights start from the
+    # teacher's), SLA's with its projections, and a sparse-only student is fine-tuned on the same
+    # batches as the baseline it must beat.
+    train: str = "proj"
 
     @property
     def tokens(self) -> int:
@@ -75,7 +80,7 @@ class FinetuneConfig:
 
     def label(self) -> str:
         return (f"L{self.layers} H{self.heads} D{self.head_dim} {self.frames}x{self.height}x{self.width} "
-                f"N{self.tokens} b{self.block} topk{self.topk:g}")
+                f"N{self.tokens} b{self.block} topk{self.topk:g} train={self.train}")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -157,19 +162,25 @@ class FrozenStack(torch.nn.Module):
         for name, ws in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
             self.register_buffer(name, torch.stack(ws))  # buffers: frozen, never in parameters()
 
-    def forward(self, x: torch.Tensor, attention) -> torch.Tensor:
+    def student_weights(self) -> torch.nn.ParameterDict:
+        """Trainable copies of the frozen weights (a student fine-tuned from the teacher)."""
+        return torch.nn.ParameterDict({n: torch.nn.Parameter(getattr(self, n).clone()) for n in ("wq", "wk", "wv", "wo")})
+
+    def forward(self, x: torch.Tensor, attention, weights=None) -> torch.Tensor:
+        """weights: a student_weights() dict to run with instead of the frozen ones."""
         B, N, C = x.shape
         H, D = self.cfg.heads, self.cfg.head_dim
+        w = weights if weights is not None else {n: getattr(self, n) for n in ("wq", "wk", "wv", "wo")}
         for layer in range(self.cfg.layers):
             h = torch.nn.functional.layer_norm(x, (C,))
 
-            def heads(w):
-                return (h @ w).view(B, N, H, D).transpose(1, 2)
+            def heads(m):
+                return (h @ m).view(B, N, H, D).transpose(1, 2)
 
             # qk_gain folded into q: the logits are q.k / sqrt(D) in every attention variant.
-            q = heads(self.wq[layer]) * self.cfg.qk_gain
-            o = attention(layer, q, heads(self.wk[layer]), heads(self.wv[layer]))
-            x = x + o.transpose(1, 2).reshape(B, N, C) @ self.wo[layer]
+            q = heads(w["wq"][layer]) * self.cfg.qk_gain
+            o = attention(layer, q, heads(w["wk"][layer]), heads(w["wv"][layer]))
+            x = x + o.transpose(1, 2).reshape(B, N, C) @ w["wo"][layer]
         return x
 
 
@@ -244,51 +255,66 @@ def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple
         y_eval = torch.cat([stack(x_eval[i : i + 1], dense) for i in range(cfg.n_eval)])
         ref_sparse = torch.cat([stack(x_eval[i : i + 1], sparse_only) for i in range(cfg.n_eval)])
 
-    def evaluate() -> Tuple[float, float]:
+    def evaluate(attention, weights=None) -> Tuple[float, float]:
         with torch.no_grad():
-            y = torch.cat([stack(x_eval[i : i + 1], sla) for i in range(cfg.n_eval)])
+            y = torch.cat([stack(x_eval[i : i + 1], attention, weights) for i in range(cfg.n_eval)])
         return _errors(y, y_eval, x_eval)
 
     rows: List[dict] = []
     err_s, err_s_out = _errors(ref_sparse, y_eval, x_eval)
     rows.append({"curve": "sparse-only", "step": 0, "rel_err": err_s, "rel_err_output": err_s_out})
     progress.write(format_row(rows[-1]))
-    err_u, err_u_out = evaluate()
+    err_u, err_u_out = evaluate(sla)
     rows.append({"curve": "sla-untrained", "step": 0, "rel_err": err_u, "rel_err_output": err_u_out})
     progress.write(format_row(rows[-1]))
-    rows.append(dict(rows[-1], curve="sla", train_loss=None, elapsed_s=0.0))
 
-    opt = torch.optim.Adam(slas.parameters(), lr=cfg.lr)
+    # The students trained side by side on the same batches: (curve, attention, weights, parameters).
+    if cfg.train == "proj":
+        students = [("sla", sla, None, list(slas.parameters()))]
+    elif cfg.train == "model":
+        w_sparse, w_sla = stack.student_weights(), stack.student_weights()
+        students = [("sparse-only-ft", sparse_only, w_sparse, list(w_sparse.parameters())),
+                    ("sla", sla, w_sla, list(w_sla.parameters()) + list(slas.parameters()))]
+    else:
+        raise ValueError(f"train must be 'proj' or 'model', got {cfg.train!r}")
+    for curve, *_ in students:
+        start = rows[0] if curve == "sparse-only-ft" else rows[1]
+        rows.append(dict(start, curve=curve, train_loss=None, elapsed_s=0.0))
+    opts = [torch.optim.Adam(params, lr=cfg.lr) for *_, params in students]
     # Cosine decay to zero: the gain over sparse-only is a few percent, so the last steps must not
     # be dominated by the noise of fresh minibatches at full learning rate.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+              for o in opts]
     # Fresh training inputs every step (teacher outputs computed on the fly): a fixed small training
-    # set lets the projections fit its particular fields, which raises the held-out error.
+    # set lets the students fit its particular fields, which raises the held-out error.
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     t0 = time.perf_counter()
-    losses: List[float] = []
+    losses: List[List[float]] = [[] for _ in students]
     for step in range(1, cfg.steps + 1):
         xb = make_inputs(cfg, cfg.batch, stack.width, data_gen, pos).to(device)
         with torch.no_grad():
             yb = stack(xb, dense)
-        y = stack(xb, sla)
-        # Squared relative error of the attention part, the square of the reported metric.
-        loss = (y - yb).pow(2).sum() / (yb - xb).pow(2).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        for (curve, attention, weights, _), opt, sched, hist in zip(students, opts, scheds, losses):
+            y = stack(xb, attention, weights)
+            # Squared relative error of the attention part, the square of the reported metric.
+            loss = (y - yb).pow(2).sum() / (yb - xb).pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hist.append(loss.item())
         progress.advance()
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            err, err_out = evaluate()
-            rows.append({"curve": "sla", "step": step, "rel_err": err, "rel_err_output": err_out,
-                         "train_loss": sum(losses) / len(losses), "elapsed_s": time.perf_counter() - t0})
-            losses = []
-            progress.write(format_row(rows[-1]))
+            for (curve, attention, weights, _), hist in zip(students, losses):
+                err, err_out = evaluate(attention, weights)
+                rows.append({"curve": curve, "step": step, "rel_err": err, "rel_err_output": err_out,
+                             "train_loss": sum(hist) / len(hist), "elapsed_s": time.perf_counter() - t0})
+                hist.clear()
+                progress.write(format_row(rows[-1]))
 
-    final = rows[-1]
+    final = next(r for r in reversed(rows) if r["curve"] == "sla")
     summary = {
+        "train": cfg.train,
         "sparse_only_rel_err": err_s,
         "sla_untrained_rel_err": err_u,
         "sla_trained_rel_err": final["rel_err"],
@@ -301,6 +327,11 @@ def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple
         "proj_lstsq_residual": stats.get("proj_lstsq_residual"),
         "train_s": time.perf_counter() - t0,
     }
+    if cfg.train == "model":
+        ft = next(r for r in reversed(rows) if r["curve"] == "sparse-only-ft")
+        summary["sparse_only_ft_rel_err"] = ft["rel_err"]
+        summary["trained_beats_sparse_only_ft"] = final["rel_err"] < ft["rel_err"]
+        summary["error_reduction_vs_sparse_only_ft"] = 1.0 - final["rel_err"] / ft["rel_err"] if ft["rel_err"] > 0 else None
     return rows, summary
 
 
@@ -326,28 +357,39 @@ def format_row(row: dict) -> str:
 
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
-    """Held-out error against training step for SLA, with sparse-only as a horizontal line."""
+    """Held-out error against training step for SLA (and the fine-tuned sparse-only student with
+    train=model), with the frozen sparse-only error as a horizontal line."""
     plt = common.pyplot()
     if plt is None:
         return common.NO_MATPLOTLIB
-    curve = [(r["step"], r["rel_err"]) for r in rows if r["curve"] == "sla" and r.get("rel_err") is not None]
+
+    def points(name):
+        return [(r["step"], r["rel_err"]) for r in rows if r["curve"] == name and r.get("rel_err") is not None]
+
+    curve, curve_ft = points("sla"), points("sparse-only-ft")
     sparse = [r["rel_err"] for r in rows if r["curve"] == "sparse-only"]
+    model = bool(curve_ft)
     if not curve:
         return "no SLA rows: no plot written"
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
-    ax.plot(*zip(*curve), "o-", ms=3, label="SLA (trained projections)")
+    ax.plot(*zip(*curve), "o-", ms=3, label="SLA (whole student trained)" if model else "SLA (trained projections)")
+    if model:
+        ax.plot(*zip(*curve_ft), "s-", ms=3, color="C2", label="sparse-only (whole student trained)")
+        ax.annotate(f"{curve_ft[-1][1]:.3f}", curve_ft[-1], textcoords="offset points", xytext=(-10, 8), fontsize=8)
     if sparse:
         ax.axhline(sparse[0], color="C3", ls="--", label=f"sparse-only = SLA untrained ({sparse[0]:.3f})")
     ax.annotate(f"{curve[-1][1]:.3f}", curve[-1], textcoords="offset points", xytext=(-10, 8), fontsize=8)
-    ax.set_xlabel("training step (Adam on the SLA projections only)")
+    ax.set_xlabel("training step (Adam on the whole student)" if model else "training step (Adam on the SLA projections only)")
     ax.set_ylabel("held-out rel. L2 error vs dense teacher (attention part)")
     # No zero baseline: the gain is a few percent of the error and would be invisible on [0, max].
     ax.margins(y=0.25)
     ax.grid(True, alpha=0.3)
     ax.legend()
     label = next((r.get("config") for r in rows if r.get("config")), "")
-    change = f", {100 * (curve[-1][1] / sparse[0] - 1):+.2f}% vs sparse-only" if sparse and sparse[0] else ""
-    ax.set_title(f"SLA fine-tuning (projections only), frozen random attention stack{change}\n{label}, "
+    base = curve_ft[-1][1] if model else (sparse[0] if sparse else None)
+    change = f", {100 * (curve[-1][1] / base - 1):+.2f}% vs sparse-only{' fine-tuned' if model else ''}" if base else ""
+    what = "whole student" if model else "projections only"
+    ax.set_title(f"SLA fine-tuning ({what}), random attention stack teacher{change}\n{label}, "
                  f"{env.get('device_name', '?')} (y axis zoomed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -389,6 +431,9 @@ def run(device: torch.device, quick: bool, overrides: Optional[dict], progress_f
         f"{', '.join(f'{100 * r:.1f}%' for r in summary['proj_lstsq_residual'] or [])} of the sparse-only "
         "attention error (an optimistic bound on what training the projections alone can recover)"
     )
+    if cfg.train == "model":
+        notes[-1] += (f"; sparse-only fine-tuned on the same batches {summary['sparse_only_ft_rel_err']:.4f} "
+                      f"(SLA {-100 * (summary['error_reduction_vs_sparse_only_ft'] or 0):+.2f}% vs it)")
     print(f"summary: {notes[-1]}", file=out, flush=True)
     rows.append(dict(summary, curve="summary", step=summary["sla_trained_step"], config=cfg.label()))
     return [cfg.as_dict()], rows, notes
@@ -403,6 +448,9 @@ def failures(rows: List[dict]) -> List[str]:
     if not summary["untrained_matches_sparse_only"]:
         bad.append(f"SLA untrained ({summary['sla_untrained_rel_err']:.6f}) differs from sparse-only "
                    f"({summary['sparse_only_rel_err']:.6f}): a zero projection must change nothing")
+    if summary.get("trained_beats_sparse_only_ft") is False:
+        bad.append(f"SLA after {summary['sla_trained_step']} steps ({summary['sla_trained_rel_err']:.4f}) does not beat "
+                   f"sparse-only fine-tuned the same way ({summary['sparse_only_ft_rel_err']:.4f})")
     if not summary["trained_beats_sparse_only"]:
         bad.append(f"SLA after {summary['sla_trained_step']} steps ({summary['sla_trained_rel_err']:.4f}) does not beat "
                    f"sparse-only ({summary['sparse_only_rel_err']:.4f})")
