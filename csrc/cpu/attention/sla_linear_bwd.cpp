@@ -23,7 +23,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "cpu/attention/sla_linear_common.h"
@@ -169,8 +168,8 @@ void sla_linear_bwd_f32(const SlaLinearBwdParams& bp) {
 
   sla::StripBuffer hz(Tk, sz.n_strips);     // [h_j | z_j]
   sla::StripBuffer dhz(Tq, sz.n_strips);    // [dH_i | dZ_i] of the current query head
-  std::unique_ptr<float[]> sums_q(new float[static_cast<size_t>(Tq) * sz.n]);  // [H_i | Z_i], plain
-  std::unique_ptr<float[]> sums_k(new float[static_cast<size_t>(Tk) * sz.n]);  // [dh_j | dz_j], plain
+  sla::Scratch sums_q = sla::scratch(static_cast<size_t>(Tq) * sz.n);  // [H_i | Z_i], plain
+  sla::Scratch sums_k = sla::scratch(static_cast<size_t>(Tk) * sz.n);  // [dh_j | dz_j], plain
   sla::SumPlan rows, cols;
 
   for (int b = 0; b < p.batch; ++b) {
