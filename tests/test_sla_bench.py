@@ -70,6 +70,17 @@ def test_sla_family_skips_devices_without_kernel(capsys):
     assert "no CUDA kernel" in capsys.readouterr().out
 
 
+def test_sla_finetune_skips_devices_without_backward(capsys):
+    """Training needs genaccel::sla_bwd too: without it on a device the family says so, no rows."""
+    class Fake:
+        type = "cuda"
+
+    if sla_bench.has_kernel(Fake(), "sla_bwd"):
+        pytest.skip("this build has a CUDA SLA backward")
+    configs, rows, notes = sla_finetune.run(Fake(), True, None, None, out=__import__("sys").stdout)
+    assert rows == [] and any("genaccel::sla_bwd" in n for n in notes)
+
+
 def test_sla_finetune_main_tiny(tmp_path, capsys):
     path = tmp_path / "ft.json"
     argv = ["--json", str(path), "--no-progress", "--seed", "1"]

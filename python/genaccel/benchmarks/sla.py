@@ -90,12 +90,12 @@ def apply_overrides(configs: List[SlaConfig], overrides: Optional[dict]) -> List
     return configs
 
 
-def has_kernel(device: torch.device) -> bool:
-    """Whether genaccel::sla_fwd has a kernel for this device type. Asked of the dispatcher rather
-    than assumed, so the CUDA rows start running as soon as a CUDA kernel is registered."""
+def has_kernel(device: torch.device, op: str = "sla_fwd") -> bool:
+    """Whether genaccel::<op> has a kernel for this device type. Asked of the dispatcher rather
+    than assumed, so the rows of a device start running as soon as its kernel is registered."""
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
     try:
-        return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("genaccel::sla_fwd", key)
+        return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"genaccel::{op}", key)
     except Exception:
         return device.type == "cpu"
 
@@ -330,7 +330,7 @@ def run(device: torch.device, quick: bool, overrides: Optional[dict], progress_f
     configs = apply_overrides(default_configs(device.type, quick), overrides)
     if not has_kernel(device):
         # Not a failure of the run: there is nothing to time yet on this device.
-        notes.append(f"SLA has no {device.type.upper()} kernel yet (genaccel::sla_fwd is CPU only): "
+        notes.append(f"SLA has no {device.type.upper()} kernel yet (genaccel::sla_fwd): "
                      f"sla family skipped on {device.type}")
         print(f"note: {notes[-1]}", file=out, flush=True)
         return [c.as_dict() for c in configs], [], notes

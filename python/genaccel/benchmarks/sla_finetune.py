@@ -403,9 +403,10 @@ def run(device: torch.device, quick: bool, overrides: Optional[dict], progress_f
 
     cfg = common.apply_overrides([default_config(quick)], overrides, "sla-finetune")[0]
     notes: List[str] = []
-    if not has_kernel(device):
-        notes.append(f"SLA has no {device.type.upper()} kernel yet (genaccel::sla_fwd is CPU only): "
-                     f"sla-finetune skipped on {device.type}")
+    missing = [op for op in ("sla_fwd", "sla_bwd") if not has_kernel(device, op)]
+    if missing:
+        notes.append(f"SLA has no {device.type.upper()} kernel yet ({', '.join('genaccel::' + op for op in missing)}): "
+                     f"sla-finetune (training) skipped on {device.type}")
         print(f"note: {notes[-1]}", file=out, flush=True)
         return [cfg.as_dict()], [], notes
     if cfg.tokens // cfg.block * cfg.topk < 1:
