@@ -168,8 +168,8 @@ void sla_linear_bwd_f32(const SlaLinearBwdParams& bp) {
 
   sla::StripBuffer hz(Tk, sz.n_strips);     // [h_j | z_j]
   sla::StripBuffer dhz(Tq, sz.n_strips);    // [dH_i | dZ_i] of the current query head
-  sla::Scratch sums_q = sla::scratch(static_cast<size_t>(Tq) * sz.n);  // [H_i | Z_i], plain
-  sla::Scratch sums_k = sla::scratch(static_cast<size_t>(Tk) * sz.n);  // [dh_j | dz_j], plain
+  cpu::Scratch sums_q = cpu::scratch(static_cast<size_t>(Tq) * sz.n);  // [H_i | Z_i], plain
+  cpu::Scratch sums_k = cpu::scratch(static_cast<size_t>(Tk) * sz.n);  // [dh_j | dz_j], plain
   sla::SumPlan rows, cols;
 
   for (int b = 0; b < p.batch; ++b) {

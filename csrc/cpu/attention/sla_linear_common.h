@@ -5,19 +5,13 @@
 // total minus the rest. Compiled only into the CPU kernel sources (one set of vector ISA flags).
 #pragma once
 #include <ATen/Parallel.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
-#include <memory>
-#include <utility>
 #include <vector>
 
+#include "cpu/scratch.h"
 #include "genaccel/attention/sla_params.h"
 #include "genaccel/cpu/microgemm.h"
 
@@ -34,84 +28,11 @@ inline bool sum_directly(int marginal, int count) { return 2 * marginal < count;
 // contiguous, and the sums run per group of strips over all outputs: the items' strips then stay in
 // L1/L2 while every output visits them.
 
-// Scratch memory for the per-block buffers (tens of MB at N = 32k, D = 128): 2 MB aligned and, on
-// Linux, marked for transparent huge pages, so touching a fresh buffer costs a few page faults
-// rather than one per 4 KB page (these showed as ~20 % of the backward's linear branch). Fresh
-// memory still has to be mapped and zeroed by the kernel (~1 ms per MB on the development VM, more
-// than the arithmetic at N = 16k), so a thread keeps the large blocks it frees, up to kKeepBlocks
-// of them, and its next call reuses them.
-constexpr size_t kHuge = size_t{2} << 20;
-
-class BlockCache {
- public:
-  static constexpr size_t kKeepBlocks = 4;
-  // A cached block of at least `bytes` (a multiple of kHuge), else a fresh one; *got = its size.
-  void* take(size_t bytes, size_t* got) {
-    auto best = blocks_.end();
-    for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
-      if (it->second >= bytes && (best == blocks_.end() || it->second < best->second)) best = it;
-    if (best != blocks_.end()) {
-      void* p = best->first;
-      *got = best->second;
-      blocks_.erase(best);
-      return p;
-    }
-    void* p = std::aligned_alloc(kHuge, bytes);
-    if (p == nullptr) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, bytes, MADV_HUGEPAGE);  // advisory: failure only costs speed
-#endif
-    *got = bytes;
-    return p;
-  }
-  // Keeps the block, dropping the smallest one when more than kKeepBlocks would be kept.
-  void give(void* p, size_t bytes) {
-    blocks_.emplace_back(p, bytes);
-    if (blocks_.size() > kKeepBlocks) {
-      auto smallest = std::min_element(blocks_.begin(), blocks_.end(),
-                                       [](const auto& x, const auto& y) { return x.second < y.second; });
-      std::free(smallest->first);
-      blocks_.erase(smallest);
-    }
-  }
-  ~BlockCache() {
-    for (auto& b : blocks_) std::free(b.first);
-  }
-
- private:
-  std::vector<std::pair<void*, size_t>> blocks_;
-};
-
-inline BlockCache& block_cache() {
-  thread_local BlockCache cache;
-  return cache;
-}
-
-struct ScratchDeleter {
-  size_t cached_bytes = 0;  // 0: a small malloc'ed block; else the size of a BlockCache block
-  void operator()(float* p) const {
-    if (cached_bytes == 0) std::free(p);
-    else block_cache().give(p, cached_bytes);
-  }
-};
-using Scratch = std::unique_ptr<float[], ScratchDeleter>;
-inline Scratch scratch(size_t floats) {
-  const size_t bytes = std::max<size_t>(floats * sizeof(float), 1);
-  if (bytes < kHuge) {
-    void* p = std::malloc(bytes);
-    if (p == nullptr) throw std::bad_alloc();
-    return Scratch(static_cast<float*>(p), ScratchDeleter{});
-  }
-  size_t got = 0;
-  void* p = block_cache().take((bytes + kHuge - 1) / kHuge * kHuge, &got);
-  return Scratch(static_cast<float*>(p), ScratchDeleter{got});
-}
-
 struct StripBuffer {
   int count, n_strips;
-  Scratch data_;
+  cpu::Scratch data_;
   StripBuffer(int count_, int n_strips_)
-      : count(count_), n_strips(n_strips_), data_(scratch(static_cast<size_t>(count_) * n_strips_ * kNR)) {}
+      : count(count_), n_strips(n_strips_), data_(cpu::scratch(static_cast<size_t>(count_) * n_strips_ * kNR)) {}
   const float* strip(int s, int t) const { return data_.get() + (static_cast<size_t>(s) * count + t) * kNR; }
   // Item t from x laid out plainly (n_strips * kNR floats).
   void put(int t, const float* x) {

@@ -76,7 +76,7 @@ void sla_linear_fwd_f32(const attention::SlaLinearFwdParams& p) {
   const int group = p.heads / p.kv_heads;
   const int rows = std::min(p.block_q, p.seqlen_q);
   sla::StripBuffer hz(Tk, sz.n_strips);                                      // [h_j | z_j]
-  sla::Scratch sums = sla::scratch(static_cast<size_t>(Tq) * sz.n);  // [H_i | Z_i]
+  cpu::Scratch sums = cpu::scratch(static_cast<size_t>(Tq) * sz.n);  // [H_i | Z_i]
   sla::SumPlan plan;
   for (int b = 0; b < p.batch; ++b) {
     for (int kvh = 0; kvh < p.kv_heads; ++kvh) {
