@@ -104,7 +104,7 @@ def test_op_reports_denominator_and_lse(gen):
     q, k, v = inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32)
     codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 32)
     fq, fk = torch.softmax(q, -1), torch.softmax(k, -1)
-    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, fq, fk, codes, idx, cnt, 32, 32, 0.25, False)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
     ref_s, ref_lse = genaccel.block_sparse_attention(q, k, v, codes == 1, 32, scale=0.25, return_lse=True)
     assert rel_err(out_s, ref_s) < 1e-6 and rel_err(lse, ref_lse) < 1e-6
     marginal = (codes == 0).repeat_interleave(32, 2).repeat_interleave(32, 3)
@@ -115,7 +115,7 @@ def test_op_reports_denominator_and_lse(gen):
 def test_opcheck(gen):
     q, k, v = inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32)
     codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
-    args = (q, k, v, torch.softmax(q, -1), torch.softmax(k, -1), codes, idx, cnt, 32, 32, 0.25, False)
+    args = (q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
     torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
@@ -123,9 +123,9 @@ def test_opcheck(gen):
 def test_opcheck_with_grad(gen):
     q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32))
     codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
-    fq, fk = (torch.softmax(t.detach(), -1).requires_grad_() for t in (q, k))
-    args = (q, k, v, fq, fk, codes, idx, cnt, 32, 32, 0.25, False)
-    torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args)
+    for fmap in FEATURE_MAPS:
+        args = (q, k, v, codes, idx, cnt, 32, 32, 0.25, fmap, False)
+        torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args)
 
 
 def test_compile_fullgraph(gen):
@@ -156,18 +156,15 @@ def test_bad_arguments(kwargs, match, gen):
 def test_op_rejects_bad_codes_and_feature_maps(gen):
     q, k, v = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
     codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 32)
-    fq, fk = torch.softmax(q, -1), torch.softmax(k, -1)
     op = torch.ops.genaccel.sla_fwd
     with pytest.raises(RuntimeError, match="codes must be int8"):
-        op(q, k, v, fq, fk, codes.int(), idx, cnt, 32, 32, 0.25, False)
+        op(q, k, v, codes.int(), idx, cnt, 32, 32, 0.25, "softmax", False)
     with pytest.raises(RuntimeError, match="codes must have shape"):
-        op(q, k, v, fq, fk, codes[..., :1], idx, cnt, 32, 32, 0.25, False)
-    with pytest.raises(RuntimeError, match="phi_q / phi_k must have the shapes"):
-        op(q, k, v, fq[..., :8], fk, codes, idx, cnt, 32, 32, 0.25, False)
-    with pytest.raises(RuntimeError, match="phi_q and phi_k must be float32"):
-        op(q, k, v, fq.double(), fk, codes, idx, cnt, 32, 32, 0.25, False)
+        op(q, k, v, codes[..., :1], idx, cnt, 32, 32, 0.25, "softmax", False)
+    with pytest.raises(RuntimeError, match="sla_fwd: feature_map must be one of softmax, elu, relu, got 'hedgehog'"):
+        op(q, k, v, codes, idx, cnt, 32, 32, 0.25, "hedgehog", False)
     with pytest.raises(RuntimeError, match="kv_indices must lie in"):
-        op(q, k, v, fq, fk, codes, idx + 5, cnt, 32, 32, 0.25, False)
+        op(q, k, v, codes, idx + 5, cnt, 32, 32, 0.25, "softmax", False)
 
 
 # ---- gradients and the module ----------------------------------------------------------------
@@ -259,34 +256,36 @@ def test_autograd_runs_the_fused_backward_op(gen):
 # ---- sla_bwd, the fused backward op, against the linear branch's formula ----------------------
 
 
+def phi_vjp(x, fmap, grad):
+    """The gradient through the feature map, J_phi(x)^T grad, in float64 by autograd."""
+    x64 = x.detach().double().requires_grad_()
+    return torch.autograd.grad(feature_map(x64, fmap), x64, grad.double())[0]
+
+
 def sla_fwd_bwd(gen, q, k, v, codes, kv_indices, kv_counts, block, fmap, all_keys):
-    """Runs sla_fwd, then sla_bwd on random output gradients. Returns the five gradients, the
-    block-sparse backward's (dq, dk, dv) and the linear branch's reference (d_phi_q, d_phi_k, dv)
-    on the same inputs and forward outputs."""
+    """Runs sla_fwd, then sla_bwd on random output gradients. Returns sla_bwd's (dq, dk, dv) and
+    what they must be: the block-sparse backward's gradients plus the linear branch's by its
+    reference formula (d_phi chained through phi), on the same inputs and forward outputs."""
     bq, bk = block
-    fq, fk = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
     scale = q.shape[-1] ** -0.5
-    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, fq, fk, codes, kv_indices, kv_counts, bq, bk,
-                                                          scale, all_keys)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, kv_indices, kv_counts, bq, bk, scale,
+                                                          fmap, all_keys)
     g_s, g_l = (torch.randn(out_s.shape, generator=gen).to(q.dtype) for _ in range(2))
     delta = attention_delta(g_s, out_s, None)
-    grads = torch.ops.genaccel.sla_bwd(g_s, g_l, q, k, v, fq, fk, codes, kv_indices, kv_counts, out_s, lse, delta,
-                                       out_l, denom, bq, bk, scale, all_keys)
+    grads = torch.ops.genaccel.sla_bwd(g_s, g_l, q, k, v, codes, kv_indices, kv_counts, out_s, lse, delta,
+                                       out_l, denom, bq, bk, scale, fmap, all_keys)
     sparse = torch.ops.genaccel.block_sparse_attn_bwd(g_s, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale)
-    linear = linear_branch_backward_reference(g_l, fq, fk, v, codes, out_l, denom, block, all_keys)
-    return grads, sparse, linear
+    fq, fk = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
+    d_phi_q, d_phi_k, dv_l = linear_branch_backward_reference(g_l, fq, fk, v, codes, out_l, denom, block, all_keys)
+    expected = (sparse[0].double() + phi_vjp(q, fmap, d_phi_q), sparse[1].double() + phi_vjp(k, fmap, d_phi_k),
+                sparse[2].double() + dv_l)
+    return grads, expected
 
 
-def check_sla_bwd(grads, sparse, linear, dtype, inputs_):
+def check_sla_bwd(grads, expected, dtype, inputs_):
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    dq, dk, dv, d_phi_q, d_phi_k = grads
-    q, k, v, fq, fk = inputs_
-    for g, like in zip(grads, inputs_):
-        assert g.dtype == like.dtype and g.shape == like.shape
-    # The sparse branch is the block-sparse backward's (same kernel; summation order may differ).
-    assert rel_err(dq, sparse[0]) <= tol / 10 and rel_err(dk, sparse[1]) <= tol / 10
-    assert rel_err(dv, sparse[2].double() + linear[2]) <= tol
-    for name, g, e in [("d_phi_q", d_phi_q, linear[0]), ("d_phi_k", d_phi_k, linear[1])]:
+    for name, g, e, like in zip(["dq", "dk", "dv"], grads, expected, inputs_):
+        assert g.dtype == like.dtype and g.shape == like.shape, name
         if e.norm() == 0:
             assert g.abs().max() == 0, name
         else:
@@ -303,9 +302,8 @@ def test_sla_bwd_matches_linear_branch_formula(topk, low_k, fmap, all_keys, dtyp
     q, k, v = inputs(gen, 1, 4, 2, 300, 330, 24, dtype)
     block = (32, 16)
     codes, idx, cnt = sla_block_map(q, k, topk, low_k, block)
-    grads, sparse, linear = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, fmap, all_keys)
-    fq, fk = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
-    check_sla_bwd(grads, sparse, linear, dtype, (q, k, v, fq, fk))
+    grads, expected = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, fmap, all_keys)
+    check_sla_bwd(grads, expected, dtype, (q, k, v))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -328,44 +326,44 @@ def test_sla_bwd_direct_and_preaggregated_sums(dtype, gen):
     for count, n in [(rows, tk), (cols, tq)]:  # both paths, and the empty and full extremes
         assert (2 * count < n).any() and (2 * count >= n).any() and (count == 0).any() and (count == n).any()
     idx, cnt = genaccel.block_mask_to_indices(codes == 1)
-    grads, sparse, linear = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, "softmax", False)
-    fq, fk = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
-    check_sla_bwd(grads, sparse, linear, dtype, (q, k, v, fq, fk))
+    grads, expected = sla_fwd_bwd(gen, q, k, v, codes, idx, cnt, block, "softmax", False)
+    check_sla_bwd(grads, expected, dtype, (q, k, v))
     # Per key block, so that no single block (e.g. one marginal for one query block only) hides in
     # the norm of the others.
     tol = 1e-4 if dtype == torch.float32 else 2e-2
-    d_phi_k, ref = grads[4], linear[1]
     for j in range(tk):
-        g, e = d_phi_k[:, :, j * 16 : (j + 1) * 16], ref[:, :, j * 16 : (j + 1) * 16]
+        g, e = grads[1][:, :, j * 16 : (j + 1) * 16], expected[1][:, :, j * 16 : (j + 1) * 16]
         assert rel_err(g, e) <= tol, (j, rel_err(g, e))
 
 
 def sla_bwd_args(gen, Nq=96, Nk=80, D=16, H=2, Hkv=1):
     q, k, v = inputs(gen, 1, H, Hkv, Nq, Nk, D, torch.float32)
     codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
-    fq, fk = torch.softmax(q, -1), torch.softmax(k, -1)
-    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, fq, fk, codes, idx, cnt, 32, 32, 0.25, False)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
     g_s, g_l = torch.randn(out_s.shape, generator=gen), torch.randn(out_l.shape, generator=gen)
     delta = attention_delta(g_s, out_s, None)
-    return [g_s, g_l, q, k, v, fq, fk, codes, idx, cnt, out_s, lse, delta, out_l, denom, 32, 32, 0.25, False]
+    return [g_s, g_l, q, k, v, codes, idx, cnt, out_s, lse, delta, out_l, denom, 32, 32, 0.25, "softmax", False]
 
 
-def test_sla_bwd_opcheck(gen):
-    torch.library.opcheck(torch.ops.genaccel.sla_bwd.default, tuple(sla_bwd_args(gen)))
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_sla_bwd_opcheck(fmap, gen):
+    args = sla_bwd_args(gen)
+    args[16] = fmap
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd.default, tuple(args))
 
 
 def test_sla_bwd_without_queries(gen):
     args = sla_bwd_args(gen)
     q, k = args[2], args[3]
     empty, rows = q[:, :, :0], q.new_zeros(q.shape[:2] + (0,))
-    tk = args[7].shape[-1]
+    tk = args[5].shape[-1]
     codes = torch.zeros(1, q.shape[1], 0, tk, dtype=torch.int8)
     idx, cnt = torch.zeros(1, q.shape[1], 0, 1, dtype=torch.int32), torch.zeros(1, q.shape[1], 0, dtype=torch.int32)
     args[0:3] = [empty, empty, empty]
-    args[5], args[7:15] = empty, [codes, idx, cnt, empty, rows, rows, empty, rows]
-    dq, dk, dv, d_phi_q, d_phi_k = torch.ops.genaccel.sla_bwd(*args)
-    assert dq.shape == empty.shape and d_phi_q.shape == empty.shape and d_phi_k.shape == k.shape
-    assert not d_phi_k.any() and not dk.any() and not dv.any()
+    args[5:13] = [codes, idx, cnt, empty, rows, rows, empty, rows]
+    dq, dk, dv = torch.ops.genaccel.sla_bwd(*args)
+    assert dq.shape == empty.shape and dk.shape == k.shape
+    assert not dk.any() and not dv.any()
 
 
 @pytest.mark.parametrize(
@@ -373,14 +371,14 @@ def test_sla_bwd_without_queries(gen):
     [
         (1, lambda t: t[..., :8], "sla_bwd: grad_linear must have the shape of q"),
         (0, lambda t: t.double(), "sla_bwd: grad_sparse must be float32, float16 or bfloat16"),
-        (13, lambda t: t[:, :1], "sla_bwd: out_linear must have the shape of q"),
-        (11, lambda t: t.double(), "sla_bwd: lse must be float32 of shape"),
-        (12, lambda t: t[..., :5], "sla_bwd: delta must be float32 of shape"),
-        (14, lambda t: t.half(), "sla_bwd: denom must be float32 of shape"),
-        (7, lambda t: t.int(), "sla_bwd: codes must be int8"),
-        (5, lambda t: t[..., :8], "sla_bwd: phi_q / phi_k must have the shapes"),
-        (8, lambda t: t + 5, "kv_indices must lie in"),
-        (17, lambda t: float("nan"), "sla_bwd: scale must be finite"),
+        (11, lambda t: t[:, :1], "sla_bwd: out_linear must have the shape of q"),
+        (9, lambda t: t.double(), "sla_bwd: lse must be float32 of shape"),
+        (10, lambda t: t[..., :5], "sla_bwd: delta must be float32 of shape"),
+        (12, lambda t: t.half(), "sla_bwd: denom must be float32 of shape"),
+        (5, lambda t: t.int(), "sla_bwd: codes must be int8"),
+        (6, lambda t: t + 5, "kv_indices must lie in"),
+        (15, lambda t: float("nan"), "sla_bwd: scale must be finite"),
+        (16, lambda t: "hedgehog", "sla_bwd: feature_map must be one of softmax, elu, relu"),
     ],
 )
 def test_sla_bwd_rejects_bad_input(index, bad, match, gen):

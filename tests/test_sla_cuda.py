@@ -7,7 +7,7 @@ import torch
 import genaccel
 from conftest import CUDA, RTOL, rel_err
 from genaccel.attention.sla import sla_block_map
-from genaccel.attention.sla.reference import FEATURE_MAPS, feature_map, sparse_linear_attention_reference
+from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")]
 
@@ -51,8 +51,7 @@ def test_linear_branch_matches_cpu_float32(fmap, gen):
     B, H, Hkv, N, D, bq, bk = 1, 4, 2, 1000, 128, 64, 64
     q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16)
     codes, kv_indices, kv_counts = sla_block_map(q, k, 0.05, 0.1, (bq, bk))
-    phi_q, phi_k = feature_map(q.float(), fmap), feature_map(k.float(), fmap)
-    args = (phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, D ** -0.5, False)
+    args = (codes, kv_indices, kv_counts, bq, bk, D ** -0.5, fmap, False)
     got = torch.ops.genaccel.sla_fwd(q, k, v, *args)
     want = torch.ops.genaccel.sla_fwd(q.cpu(), k.cpu(), v.cpu(), *(a.cpu() if torch.is_tensor(a) else a for a in args))
     assert rel_err(got[3].cpu(), want[3]) <= 1e-5          # denominators, float32
@@ -75,7 +74,13 @@ def test_float32_is_refused_clearly(gen):
 def test_opcheck(gen):
     q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
     codes, kv_indices, kv_counts = sla_block_map(q, k, 0.2, 0.1, 64)
-    phi_q, phi_k = feature_map(q.float(), "softmax"), feature_map(k.float(), "softmax")
     torch.library.opcheck(torch.ops.genaccel.sla_fwd,
-                          (q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, 64, 64, 0.125, False),
+                          (q, k, v, codes, kv_indices, kv_counts, 64, 64, 0.125, "softmax", False),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_backward_is_refused_clearly(gen):
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 2, 128, 128, 64, torch.bfloat16))
+    out = genaccel.sparse_linear_attention(q, k, v)
+    with pytest.raises(NotImplementedError, match="sla_bwd"):
+        out.float().sum().backward()

@@ -19,12 +19,13 @@ namespace genaccel::cpu {
 // transparent huge pages, so touching a fresh one costs a few page faults rather than one per 4 KB
 // page (these showed as ~20 % of SLA's linear-branch backward). Fresh memory still has to be
 // mapped and zeroed by the kernel (~1 ms per MB on the development VM), so a thread keeps the large
-// blocks it frees, up to kKeepBlocks of them, and its next call reuses them.
+// blocks it frees (up to kKeepBlocks of them and kKeepBytes in all) and its next call reuses them.
 constexpr size_t kHuge = size_t{2} << 20;
 
 class BlockCache {
  public:
-  static constexpr size_t kKeepBlocks = 4;
+  static constexpr size_t kKeepBlocks = 8;
+  static constexpr size_t kKeepBytes = size_t{1} << 30;
   // A cached block of at least `bytes` (a multiple of kHuge), else a fresh one; *got = its size.
   void* take(size_t bytes, size_t* got) {
     auto best = blocks_.end();
@@ -33,6 +34,7 @@ class BlockCache {
     if (best != blocks_.end()) {
       void* p = best->first;
       *got = best->second;
+      kept_ -= best->second;
       blocks_.erase(best);
       return p;
     }
@@ -44,12 +46,14 @@ class BlockCache {
     *got = bytes;
     return p;
   }
-  // Keeps the block, dropping the smallest one when more than kKeepBlocks would be kept.
+  // Keeps the block, dropping the smallest ones while more than the limits would be kept.
   void give(void* p, size_t bytes) {
     blocks_.emplace_back(p, bytes);
-    if (blocks_.size() > kKeepBlocks) {
+    kept_ += bytes;
+    while (blocks_.size() > kKeepBlocks || kept_ > kKeepBytes) {
       auto smallest = std::min_element(blocks_.begin(), blocks_.end(),
                                        [](const auto& x, const auto& y) { return x.second < y.second; });
+      kept_ -= smallest->second;
       std::free(smallest->first);
       blocks_.erase(smallest);
     }
@@ -60,6 +64,7 @@ class BlockCache {
 
  private:
   std::vector<std::pair<void*, size_t>> blocks_;
+  size_t kept_ = 0;
 };
 
 inline BlockCache& block_cache() {

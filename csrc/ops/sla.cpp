@@ -1,6 +1,8 @@
 // genaccel SLA ops (sparse-linear attention): schema, input checks, CPU registration.
 // The sparse branch is the block-sparse attention kernel (forward and backward) over the critical
-// blocks; the linear branch is csrc/cpu/attention/sla_linear_{fwd,bwd}.cpp.
+// blocks; the linear branch is csrc/cpu/attention/sla_linear_{fwd,bwd}.cpp, on feature maps that
+// the ops compute themselves (csrc/cpu/attention/sla_feature_map.cpp) into reused scratch: phi(q)
+// and phi(k) never become tensors, and the backward recomputes them.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -10,9 +12,11 @@
 
 #include "cpu/attention/block_sparse_bwd.h"
 #include "cpu/attention/block_sparse_fwd.h"
+#include "cpu/attention/sla_feature_map.h"
 #include "cpu/attention/sla_linear_bwd.h"
 #include "cpu/attention/sla_linear_fwd.h"
 #include "cpu/capability.h"
+#include "cpu/scratch.h"
 #include "genaccel/cpu/microgemm.h"
 #include "ops/attention.h"
 #include "ops/sla.h"
@@ -24,20 +28,9 @@ constexpr const char* kBwdOp = "sla_bwd";
 
 // Checks of the inputs sla_fwd and sla_bwd share; errors start with `op`.
 void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& codes,
-                      const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
-                      int64_t block_k) {
+                      const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                      int64_t block_q, int64_t block_k) {
   check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
-  TORCH_CHECK(phi_q.sizes() == q.sizes() && phi_k.sizes() == k.sizes(), op,
-              ": phi_q / phi_k must have the shapes of q ", q.sizes(), " / k ", k.sizes(), ", got ",
-              phi_q.sizes(), " / ", phi_k.sizes());
-  for (const auto* t : {&phi_q, &phi_k}) {
-    auto dt = t->scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
-                ": phi_q and phi_k must be float32, float16 or bfloat16, got ", dt);
-    TORCH_CHECK(t->device() == q.device(), op, ": phi_q and phi_k must be on the device of q (",
-                q.device(), "), got ", t->device());
-  }
   const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
   TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
   TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
@@ -51,10 +44,16 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
 }  // namespace
 
 void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& codes,
-                          const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
-                          int64_t block_k) {
-  check_sla_inputs(kOp, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, block_q, block_k);
+                          const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                          int64_t block_q, int64_t block_k) {
+  check_sla_inputs(kOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+}
+
+attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op) {
+  if (name == "softmax") return attention::SlaFeatureMap::kSoftmax;
+  if (name == "elu") return attention::SlaFeatureMap::kElu;
+  TORCH_CHECK(name == "relu", op, ": feature_map must be one of softmax, elu, relu, got '", name, "'");
+  return attention::SlaFeatureMap::kRelu;
 }
 
 namespace {
@@ -97,16 +96,28 @@ attention::SlaLinearFwdParams make_sla_linear_params(const at::Tensor& phi_q, co
   return p;
 }
 
+cpu::FeatureRows rows_of(const at::Tensor& x) {
+  return {x.const_data_ptr<float>(), x.stride(0), x.stride(1), x.stride(2),
+          x.size(0), x.size(1), x.size(2), x.size(3)};
+}
+
+// phi(x) of a float32 x with a contiguous last dim, in scratch that `memory` holds (reused by the
+// next call on this thread), seen as a contiguous tensor.
+at::Tensor feature_map_into(const at::Tensor& x, attention::SlaFeatureMap f, cpu::Scratch& memory) {
+  memory = cpu::scratch(static_cast<size_t>(x.numel()));
+  cpu::sla_feature_map_f32(rows_of(x), f, memory.get());
+  return at::from_blob(memory.get(), x.sizes(), x.options());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
-    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& phi_q_in,
-    const at::Tensor& phi_k_in, const at::Tensor& codes_in, const at::Tensor& kv_indices_in,
-    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale,
-    bool linear_over_all_keys) {
-  check_sla_inputs(kOp, q_in, k_in, v_in, phi_q_in, phi_k_in, codes_in, kv_indices_in, kv_counts_in,
-                   block_q, block_k);
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k,
+    double scale, c10::string_view feature_map, bool linear_over_all_keys) {
+  check_sla_inputs(kOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  const auto fmap = parse_sla_feature_map(std::string(feature_map), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
-  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), phi_q = cpu_float32(phi_q_in), phi_k = cpu_float32(phi_k_in);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto codes = codes_in.contiguous();
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
@@ -117,6 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   if (out_sparse.numel() > 0) {
     cpu::block_sparse_fwd_f32(make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out_sparse,
                                                            lse, block_q, block_k, scale));
+    cpu::Scratch phi_q_memory, phi_k_memory;
+    auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
     auto v_pad = pad_columns(v);
     auto p = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
                                     linear_over_all_keys);
@@ -131,15 +144,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   return {out_sparse.to(dt), lse, out_linear.to(dt), denom};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     const at::Tensor& grad_sparse_in, const at::Tensor& grad_linear_in, const at::Tensor& q_in,
-    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& phi_q_in, const at::Tensor& phi_k_in,
-    const at::Tensor& codes_in, const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in,
-    const at::Tensor& out_sparse_in, const at::Tensor& lse_in, const at::Tensor& delta_in,
-    const at::Tensor& out_linear_in, const at::Tensor& denom_in, int64_t block_q, int64_t block_k,
-    double scale, bool linear_over_all_keys) {
-  check_sla_inputs(kBwdOp, q_in, k_in, v_in, phi_q_in, phi_k_in, codes_in, kv_indices_in, kv_counts_in,
-                   block_q, block_k);
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, const at::Tensor& out_sparse_in,
+    const at::Tensor& lse_in, const at::Tensor& delta_in, const at::Tensor& out_linear_in,
+    const at::Tensor& denom_in, int64_t block_q, int64_t block_k, double scale,
+    c10::string_view feature_map, bool linear_over_all_keys) {
+  check_sla_inputs(kBwdOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  const auto fmap = parse_sla_feature_map(std::string(feature_map), kBwdOp);
   TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
   const std::pair<const at::Tensor*, const char*> like_q[] = {
       {&grad_sparse_in, "grad_sparse"}, {&grad_linear_in, "grad_linear"}, {&out_sparse_in, "out_sparse"},
@@ -163,7 +176,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_c
   cpu::check_capability(kBwdOp);
 
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
-  auto phi_q = cpu_float32(phi_q_in), phi_k = cpu_float32(phi_k_in);
   auto grad_sparse = cpu_float32(grad_sparse_in), grad_linear = cpu_float32(grad_linear_in);
   auto out_linear = cpu_float32(out_linear_in).contiguous();
   auto lse = lse_in.contiguous(), delta = delta_in.contiguous(), denom = denom_in.contiguous();
@@ -172,8 +184,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_c
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
-  auto d_phi_q = at::empty(q.sizes(), q.options());
-  auto d_phi_k = at::empty(k.sizes(), k.options());
 
   // Sparse branch: writes dq, dk and dv (its `out` slot is unused, lse is read).
   attention::BlockSparseBwdParams sp{};
@@ -187,7 +197,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_c
   sp.dv = dv.mutable_data_ptr();
   cpu::block_sparse_bwd_f32(sp);
 
-  // Linear branch: writes d_phi_q, d_phi_k and adds its dV into dv.
+  // Linear branch, on phi recomputed: writes d_phi_q, d_phi_k and adds its dV into dv; then the
+  // gradients through phi are added into dq and dk.
+  cpu::Scratch phi_q_memory, phi_k_memory;
+  auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
+  cpu::Scratch d_phi_q = cpu::scratch(static_cast<size_t>(q.numel()));
+  cpu::Scratch d_phi_k = cpu::scratch(static_cast<size_t>(k.numel()));
   auto v_pad = pad_columns(v);
   attention::SlaLinearBwdParams lp{};
   lp.fwd = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
@@ -197,13 +212,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_c
   lp.dout = grad_linear.const_data_ptr<float>();
   lp.do_batch_stride = grad_linear.stride(0), lp.do_head_stride = grad_linear.stride(1);
   lp.do_row_stride = grad_linear.stride(2);
-  lp.d_phi_q = d_phi_q.mutable_data_ptr<float>();
-  lp.d_phi_k = d_phi_k.mutable_data_ptr<float>();
+  lp.d_phi_q = d_phi_q.get();
+  lp.d_phi_k = d_phi_k.get();
   lp.dv = dv.mutable_data_ptr<float>();
   cpu::sla_linear_bwd_f32(lp);
+  cpu::sla_feature_map_bwd_f32(rows_of(q), fmap, d_phi_q.get(), dq.mutable_data_ptr<float>());
+  cpu::sla_feature_map_bwd_f32(rows_of(k), fmap, d_phi_k.get(), dk.mutable_data_ptr<float>());
 
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()),
-          d_phi_q.to(phi_q_in.scalar_type()), d_phi_k.to(phi_k_in.scalar_type())};
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }
 
 }  // namespace
@@ -211,14 +227,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_c
 
 TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   m.def(
-      "sla_fwd(Tensor q, Tensor k, Tensor v, Tensor phi_q, Tensor phi_k, Tensor codes, "
-      "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale, "
-      "bool linear_over_all_keys) -> (Tensor out_sparse, Tensor lse, Tensor out_linear, Tensor denom)");
+      "sla_fwd(Tensor q, Tensor k, Tensor v, Tensor codes, Tensor kv_indices, Tensor kv_counts, "
+      "int block_q, int block_k, float scale, str feature_map, bool linear_over_all_keys) "
+      "-> (Tensor out_sparse, Tensor lse, Tensor out_linear, Tensor denom)");
   m.def(
-      "sla_bwd(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, Tensor phi_q, "
-      "Tensor phi_k, Tensor codes, Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, "
-      "Tensor delta, Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, "
-      "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv, Tensor d_phi_q, Tensor d_phi_k)");
+      "sla_bwd(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, Tensor codes, "
+      "Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
+      "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
+      "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {

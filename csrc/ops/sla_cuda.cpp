@@ -71,12 +71,27 @@ void linear_branch(const at::Tensor& phi_q, const at::Tensor& phi_k, const at::T
                "normalisation");
 }
 
+// phi(x) in float32 (see the CPU version, csrc/cpu/attention/sla_feature_map.cpp).
+at::Tensor feature_map(const at::Tensor& x, attention::SlaFeatureMap f) {
+  switch (f) {
+    case attention::SlaFeatureMap::kSoftmax:
+      return at::softmax(x, -1, at::kFloat);
+    case attention::SlaFeatureMap::kElu: {
+      auto xf = x.to(at::kFloat);
+      return at::where(xf > 0, xf + 1, at::exp(xf));
+    }
+    case attention::SlaFeatureMap::kRelu:
+      break;
+  }
+  return at::relu(x.to(at::kFloat));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& phi_q,
-    const at::Tensor& phi_k, const at::Tensor& codes, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale,
-    bool linear_over_all_keys) {
-  check_sla_fwd_inputs(q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, block_q, block_k);
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& codes,
+    const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q, int64_t block_k,
+    double scale, c10::string_view feature_map_name, bool linear_over_all_keys) {
+  check_sla_fwd_inputs(q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+  const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   c10::cuda::CUDAGuard guard(q.device());
   auto [out_sparse, lse] =
@@ -96,8 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
                                         : codes.eq(0))
                       .expand({B, H, Tq, Tk})
                       .reshape({B * Hkv, group * Tq, Tk});
-  auto pq = phi_q.to(at::kFloat).reshape({B * Hkv, group * Nq, D});
-  auto pk = phi_k.to(at::kFloat).reshape({B * Hkv, k.size(2), D});
+  auto pq = feature_map(q, fmap).reshape({B * Hkv, group * Nq, D});
+  auto pk = feature_map(k, fmap).reshape({B * Hkv, k.size(2), D});
   auto vv = v.reshape({B * Hkv, k.size(2), D});
   auto ol = out_linear.view({B * Hkv, group * Nq, D});
   auto dn = denom.view({B * Hkv, group * Nq});

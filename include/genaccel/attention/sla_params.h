@@ -5,6 +5,10 @@
 
 namespace genaccel::attention {
 
+// SLA's feature maps phi, applied per token over the feature dim; the op argument `feature_map`
+// names them "softmax", "elu" (elu + 1) and "relu".
+enum class SlaFeatureMap : int { kSoftmax, kElu, kRelu };
+
 struct SlaLinearFwdParams {
   const float* phi_q;  // (B, H, Nq, D) feature-mapped queries
   const float* phi_k;  // (B, Hkv, Nk, D) feature-mapped keys

@@ -1,9 +1,9 @@
 """SLA: O = O^s + Proj(O^l) with O^s exact softmax attention over each query block's critical key
 blocks and O^l linear attention over its marginal ones (paper semantics; see reference.py).
-Differentiable in q, k, v and the projection: op sla_fwd computes both branches and op sla_bwd
-their gradients in one call (the block-sparse backward kernel for the sparse branch, a
-pre-aggregated kernel for the linear one, whose formula is linear_branch_backward_reference in
-reference.py); gradients through the feature map come from autograd."""
+Differentiable in q, k, v and the projection: op sla_fwd computes both branches (and the feature
+maps phi(q), phi(k) itself, in float32 scratch) and op sla_bwd their gradients in one call (the
+block-sparse backward kernel for the sparse branch, a pre-aggregated kernel for the linear one,
+whose formula is linear_branch_backward_reference in reference.py, and the gradient through phi)."""
 
 import math
 from typing import Optional
@@ -13,7 +13,6 @@ import torch
 from ..block_sparse import BlockSize, _block_size, attention_delta
 from .block_map import sla_block_map
 from .reference import FEATURE_MAPS
-from .reference import feature_map as apply_feature_map
 
 
 def sparse_linear_attention(
@@ -47,12 +46,9 @@ def sparse_linear_attention(
     if proj_weight is not None and tuple(proj_weight.shape) != (q.shape[-1], q.shape[-1]):
         raise ValueError(f"proj_weight must have shape ({q.shape[-1]}, {q.shape[-1]}), got {tuple(proj_weight.shape)}")
     codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))
-    # phi in float32: its outputs are small probabilities/activations that half precision would
-    # round before the sums over thousands of keys.
-    phi_q, phi_k = _phi(q, feature_map), _phi(k, feature_map)
     scale = 1.0 / math.sqrt(q.shape[-1])
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
-        q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, bq, bk, scale, linear_over_all_keys
+        q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys
     )
     if proj_weight is None:
         out = out_sparse + out_linear
@@ -71,46 +67,40 @@ def sparse_linear_attention(
     return out
 
 
-def _phi(x: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "softmax":
-        return torch.softmax(x, dim=-1, dtype=torch.float32)  # no float32 copy of a half x first
-    return apply_feature_map(x.float(), name)
-
-
 @torch.library.register_fake("genaccel::sla_fwd")
-def _sla_fwd_fake(q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, block_q, block_k, scale, linear_over_all_keys):
+def _sla_fwd_fake(q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, linear_over_all_keys):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     stats = q.new_empty(q.shape[:3], dtype=torch.float32)
     return out, stats, torch.empty_like(out), torch.empty_like(stats)
 
 
 def _sla_fwd_setup_context(ctx, inputs, output):
-    q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, block_q, block_k, scale, all_keys = inputs
+    q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, all_keys = inputs
     out_sparse, lse, out_linear, denom = output
-    ctx.save_for_backward(q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom)
-    ctx.args = (block_q, block_k, scale, all_keys)
+    ctx.save_for_backward(q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom)
+    ctx.args = (block_q, block_k, scale, feature_map, all_keys)
     ctx.mark_non_differentiable(denom)
 
 
 @torch.library.register_fake("genaccel::sla_bwd")
-def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, out_sparse, lse,
-                  delta, out_linear, denom, block_q, block_k, scale, linear_over_all_keys):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, phi_q, phi_k))
+def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse,
+                  delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
-    q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom = ctx.saved_tensors
-    block_q, block_k, scale, all_keys = ctx.args
+    q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom = ctx.saved_tensors
+    block_q, block_k, scale, feature_map, all_keys = ctx.args
     if grad_sparse is None:
         grad_sparse = torch.zeros_like(out_sparse)
     if grad_linear is None:
         grad_linear = torch.zeros_like(out_linear)
     delta = attention_delta(grad_sparse, out_sparse, grad_lse)
-    dq, dk, dv, d_phi_q, d_phi_k = torch.ops.genaccel.sla_bwd(
-        grad_sparse, grad_linear, q, k, v, phi_q, phi_k, codes, kv_indices, kv_counts,
-        out_sparse, lse, delta, out_linear, denom, block_q, block_k, scale, all_keys,
+    dq, dk, dv = torch.ops.genaccel.sla_bwd(
+        grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts,
+        out_sparse, lse, delta, out_linear, denom, block_q, block_k, scale, feature_map, all_keys,
     )
-    return dq, dk, dv, d_phi_q, d_phi_k, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("genaccel::sla_fwd", _sla_fwd_backward, setup_context=_sla_fwd_setup_context)
