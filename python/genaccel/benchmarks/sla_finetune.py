@@ -390,7 +390,7 @@ def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     change = f", {100 * (curve[-1][1] / base - 1):+.2f}% vs sparse-only{' fine-tuned' if model else ''}" if base else ""
     what = "whole student" if model else "projections only"
     ax.set_title(f"SLA fine-tuning ({what}), random attention stack teacher{change}\n{label}, "
-                 f"{env.get('device_name', '?')} (y axis zoomed)", fontsize=10)
+                 f"{env.get('device_name', '?')} (y axis zoomed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
