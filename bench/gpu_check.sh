@@ -3,7 +3,8 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Leaves in OUTDIR (8 files at most, plain names): build.log (nvidia-smi, install, import check),
+# Leaves in OUTDIR (8 files at most, plain names): build.log (nvidia-smi, install, import check,
+# how the module links libstdc++ and whether an input error raises cleanly),
 # pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone under cuda-gdb so that a host crash
 # leaves a backtrace), memcheck.log, bench.log (benchmarks and the SLA stage profile),
 # bench_attention.json, bench_attention.png, bench_sla.json, summary.json (exit code, seconds and
@@ -135,6 +136,15 @@ print("build_info", genaccel.build_info())
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
 assert genaccel.has_cuda_kernels(), "genaccel was built without its CUDA kernels"
 '
+
+# 3b. How the module links libstdc++ (an image whose toolchain put libstdc++ code into the module
+# crashed on error messages with integers), and whether such an error raises cleanly.
+step toolchain 60 build.log bash -c '
+  so=$(ls "$0"/genaccel/_C*.so 2>/dev/null | head -n1)
+  [ -n "$so" ] || so=$("$1" -c "import genaccel._C as m; print(m.__file__)")
+  echo "module: $so"; ldd "$so" | grep -E "stdc\+\+|gomp|libgcc" || true
+  echo "libstdc++ locale/ostream symbols defined inside the module: $({ nm -C --defined-only "$so"; nm -C -D --defined-only "$so"; } 2>/dev/null | grep -c -E "std::locale|codecvt|basic_ostream")"
+  "$1" bench/error_path_probe.py' "${SITE:-.}" "$PY"
 
 # 4. The CUDA tests (tests needing hypothesis skip themselves when it is missing); the fuzz on its
 # own, printing each case, under cuda-gdb when there is one (a host segfault then shows its stack).
