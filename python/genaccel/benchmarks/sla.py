@@ -67,11 +67,10 @@ class SlaConfig:
 def default_configs(device: str, quick: bool) -> List[SlaConfig]:
     """The issue's CPU target: B=1, H=4, N=16384, D=64, float32, 64x64 blocks, topk 0.05 (plus 0.1
     and 0.2 to show how the speedup falls with the kept fraction). One round of fwd+bwd SDPA at
-    N=16384 is ~18 s on 2 cores, hence min_rounds=3 and no more. CUDA: the issue's GPU shape,
-    forward only (the block-sparse backward has no CUDA kernel yet)."""
+    N=16384 is ~18 s on 2 cores, hence min_rounds=3 and no more. CUDA: the issue's GPU shape."""
     if device == "cuda":
         cfg = SlaConfig(B=1, H=12, N=8192 if quick else 32760, D=128, dtype="bfloat16",
-                        min_rounds=5, max_rounds=50, target_s=1.0, modes=["fwd"])
+                        min_rounds=5, max_rounds=50, target_s=1.0)
     else:
         cfg = SlaConfig(B=1, H=4, N=4096 if quick else 16384, D=64)
     if quick:

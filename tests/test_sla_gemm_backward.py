@@ -1,0 +1,40 @@
+"""The GEMM-composed SLA backward (genaccel/attention/sla/gemm_backward.py, registered as the CUDA
+kernel of genaccel::sla_bwd) run on CPU tensors against the CPU op sla_bwd, which is itself checked
+against the float64 reference (test_sla.py): same function, so its logic is tested here."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+from genaccel.attention.block_sparse import attention_delta
+from genaccel.attention.sla import gemm_backward, sla_block_map
+from genaccel.attention.sla.reference import FEATURE_MAPS
+from test_sla import inputs
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1], ids=["one_chunk", "chunk_per_pair"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("all_keys", [False, True], ids=["marginal", "all_keys"])
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+@pytest.mark.parametrize("topk,low_k", [(0.05, 0.1), (0.2, 0.0), (1.0, 0.0)])
+def test_gemm_backward_matches_cpu_op(topk, low_k, fmap, all_keys, dtype, chunk_bytes, gen, monkeypatch):
+    monkeypatch.setattr(gemm_backward, "_CHUNK_BYTES", chunk_bytes)
+    # GQA, partial last blocks on both sides, two batches.
+    q, k, v = inputs(gen, 2, 4, 2, 300, 330, 24, dtype)
+    bq, bk = 32, 16
+    codes, idx, cnt = sla_block_map(q, k, topk, low_k, (bq, bk))
+    scale = 24 ** -0.5
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, bq, bk, scale, fmap, all_keys)
+    g_s, g_l = (torch.randn(out_s.shape, generator=gen).to(dtype) for _ in range(2))
+    delta = attention_delta(g_s, out_s, None)
+    args = (g_s, g_l, q, k, v, codes, idx, cnt, out_s, lse, delta, out_l, denom, bq, bk, scale, fmap, all_keys)
+    got = gemm_backward.sla_bwd_gemm(*args)
+    want = torch.ops.genaccel.sla_bwd(*args)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, g, w in zip("qkv", got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        assert (not g.any()) if w.float().norm() == 0 else rel_err(g, w) <= tol, (name, rel_err(g, w))
+
+
+def test_registered_as_the_cuda_kernel():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("genaccel::sla_bwd", "CUDA")
