@@ -25,6 +25,13 @@ def _block_size(block_size: BlockSize) -> Tuple[int, int]:
     return tuple(block_size)
 
 
+def token_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(..., N, D) -> (..., ceil(N / block), block, D), the last block zero padded."""
+    n = x.shape[-2]
+    t = -(-n // block)
+    return torch.nn.functional.pad(x, (0, 0, 0, t * block - n)).unflatten(-2, (t, block))
+
+
 def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int] = None):
     """Plans a block mask: returns (kv_indices, kv_counts).
 

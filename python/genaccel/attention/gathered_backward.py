@@ -12,15 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .block_sparse import token_blocks
+
 # Bytes of float32 temporaries (gathered K and V, scores) per chunk of query blocks.
 _CHUNK_BYTES = 1 << 30
-
-
-def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, H, N, D) -> (B, H, T, block, D) float32, zero padded."""
-    n = x.shape[2]
-    t = -(-n // block)
-    return F.pad(x.float(), (0, 0, 0, t * block - n)).unflatten(2, (t, block))
 
 
 def block_sparse_attn_bwd_gathered(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale):
@@ -34,14 +29,14 @@ def block_sparse_attn_bwd_gathered(dout, q, k, v, delta, lse, kv_indices, kv_cou
     dk = torch.zeros(B * hkv * tk * bk, D, dtype=torch.float32, device=q.device)
     dv = torch.zeros_like(dk)
     if q.numel() and k.numel() and m:
-        qb, dob = _blocks(q, bq), _blocks(dout, bq)
+        qb, dob = token_blocks(q.float(), bq), token_blocks(dout.float(), bq)
         pad = (0, tq * bq - nq)
         lse_b = F.pad(lse, pad, value=-math.inf).view(B, H, tq, bq)
         delta_b = F.pad(delta, pad).view(B, H, tq, bq)
         # Keys of every query head's kv head, as rows: (B, H, tk * bk, D).
         head_of = torch.arange(H, device=q.device) // group
-        kh = _blocks(k, bk).flatten(2, 3)[:, head_of]
-        vh = _blocks(v, bk).flatten(2, 3)[:, head_of]
+        kh = token_blocks(k.float(), bk).flatten(2, 3)[:, head_of]
+        vh = token_blocks(v.float(), bk).flatten(2, 3)[:, head_of]
         idx = kv_indices.expand(B, H, tq, m).long()
         used = torch.arange(m, device=q.device) < kv_counts.expand(B, H, tq).unsqueeze(-1)
         rows = (torch.where(used, idx, 0).unsqueeze(-1) * bk + torch.arange(bk, device=q.device)).flatten(3)

@@ -10,8 +10,8 @@ materialised for chunks of (batch, kv head) pairs that bound the temporaries.
 Device-generic torch code, registered for CUDA; the tests run it on CPU tensors against the CPU op."""
 
 import torch
-import torch.nn.functional as F
 
+from ..block_sparse import token_blocks
 from ..gathered_backward import block_sparse_attn_bwd_gathered
 from .reference import feature_map
 
@@ -28,20 +28,13 @@ def _phi_vjp(x: torch.Tensor, phi: torch.Tensor, grad: torch.Tensor, name: str) 
     return grad * (x > 0)
 
 
-def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(C, N, D) -> (C, T, block, D), zero padded."""
-    n = x.shape[1]
-    t = -(-n // block)
-    return F.pad(x, (0, 0, 0, t * block - n)).unflatten(1, (t, block))
-
-
 def _linear_branch_grads(grad, phi_q, phi_k, v, out, denom, marginal, group, block_q, block_k):
     """(d_phi_q, d_phi_k, dv) of the linear branch for C (batch, kv head) pairs: grad, phi_q, out
     (C, G*Nq, D), denom (C, G*Nq), phi_k, v (C, Nk, D), marginal (C, G*Tq, Tk) float; float32."""
     C, nk, D = phi_k.shape
     nq = phi_q.shape[1] // group
     tq, tk = marginal.shape[1] // group, marginal.shape[2]
-    kb, vb = _blocks(phi_k, block_k), _blocks(v, block_k)                       # (C, Tk, bk, D)
+    kb, vb = token_blocks(phi_k, block_k), token_blocks(v, block_k)                       # (C, Tk, bk, D)
     h = (kb.transpose(-1, -2) @ vb).view(C, tk, D * D)
     z = kb.sum(2)                                                                # (C, Tk, D)
     Hi = (marginal @ h).view(C, group * tq, D, D)
@@ -52,7 +45,7 @@ def _linear_branch_grads(grad, phi_q, phi_k, v, out, denom, marginal, group, blo
     d_l = (dout * out).sum(-1, keepdim=True)                                      # D^l per row
 
     def qblocks(x):  # (C, G*Nq, E) -> (C, G*Tq, bq, E)
-        return _blocks(x.reshape(C * group, nq, -1), block_q).reshape(C, group * tq, block_q, -1)
+        return token_blocks(x.reshape(C * group, nq, -1), block_q).reshape(C, group * tq, block_q, -1)
 
     dob, dlb, invb = qblocks(dout), qblocks(d_l), qblocks(inv.unsqueeze(-1))
     qtb = qblocks(phi_q) * invb                                                   # phi(q) / denom
