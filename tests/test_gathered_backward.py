@@ -42,3 +42,18 @@ def test_gathered_backward_matches_cpu_kernel_and_reference(case, dtype, chunk_b
 
 def test_registered_as_the_cuda_kernel():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("genaccel::block_sparse_attn_bwd", "CUDA")
+
+
+def test_gathered_backward_checks_its_inputs(gen):
+    """Run directly (as the CUDA dispatcher does), it validates like the CPU op: clear errors."""
+    q, k, v = (make_input(gen, (1, 2, 64, 16), torch.float32, "cpu") for _ in range(3))
+    idx, cnt = genaccel.block_mask_to_indices(torch.ones(1, 2, 2, 2, dtype=torch.bool))
+    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, idx, cnt, 32, 32, 0.25)
+    delta = attention_delta(out, out, None)
+    bwd = gathered_backward.block_sparse_attn_bwd_gathered
+    with pytest.raises(RuntimeError, match="kv_indices must lie in"):
+        bwd(out, q, k, v, delta, lse, idx + 3, cnt, 32, 32, 0.25)
+    with pytest.raises(RuntimeError, match="delta and lse must be float32"):
+        bwd(out, q, k, v, delta[..., :5], lse, idx, cnt, 32, 32, 0.25)
+    with pytest.raises(RuntimeError, match="dout must match q"):
+        bwd(out[..., :8], q, k, v, delta, lse, idx, cnt, 32, 32, 0.25)

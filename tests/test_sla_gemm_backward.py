@@ -38,3 +38,20 @@ def test_gemm_backward_matches_cpu_op(topk, low_k, fmap, all_keys, dtype, chunk_
 
 def test_registered_as_the_cuda_kernel():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("genaccel::sla_bwd", "CUDA")
+
+
+def test_gemm_backward_checks_its_inputs(gen):
+    """Run directly (as the CUDA dispatcher does), it validates like the CPU op: clear errors."""
+    q, k, v = inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
+    delta = attention_delta(out_s, out_s, None)
+    args = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, delta, out_l, denom, 32, 32, 0.25, "softmax", False]
+    for index, bad, match in [(5, codes.int(), "sla_bwd: codes must be int8"),
+                              (16, "hedgehog", "sla_bwd: feature_map must be one of"),
+                              (12, denom.half(), "sla_bwd: denom must be float32"),
+                              (6, idx + 5, "kv_indices must lie in")]:
+        broken = list(args)
+        broken[index] = bad
+        with pytest.raises(RuntimeError, match=match):
+            gemm_backward.sla_bwd_gemm(*broken)

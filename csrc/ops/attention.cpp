@@ -161,20 +161,31 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
 }
 
+// The inputs of block_sparse_attn_bwd; also op check_block_sparse_attn_bwd_inputs, which the CUDA
+// backward (written in Python for now) calls first.
+void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                        int64_t block_q, int64_t block_k, double scale) {
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
+              ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
+  const auto rows = q.sizes().slice(0, 3);
+  for (const auto* t : {&delta, &lse})
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
+                ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
     const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale) {
   constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  TORCH_CHECK(dout_in.sizes() == q_in.sizes() && dout_in.device() == q_in.device(), op,
-              ": dout must match q in shape and device, got ", dout_in.sizes(), " on ", dout_in.device());
-  const auto rows = q_in.sizes().slice(0, 3);
-  for (const auto* t : {&delta_in, &lse_in})
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q_in.device(), op,
-                ": delta and lse must be float32 of shape ", rows, " on ", q_in.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
+                                     kv_counts_in, block_q, block_k, scale);
   cpu::check_capability(op);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), dout = cpu_float32(dout_in);
   auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
@@ -206,6 +217,13 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
       "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
       "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
+  m.def(
+      "check_block_sparse_attn_bwd_inputs(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, "
+      "Tensor lse, Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(genaccel, CompositeExplicitAutograd, m) {
+  m.impl("check_block_sparse_attn_bwd_inputs", &genaccel::ops::check_block_sparse_attn_bwd_inputs);
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {

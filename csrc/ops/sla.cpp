@@ -144,6 +144,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   return {out_sparse.to(dt), lse, out_linear.to(dt), denom};
 }
 
+// The inputs of sla_bwd; also op check_sla_bwd_inputs, which the CUDA backward (written in Python
+// for now) calls first.
+void check_sla_bwd_inputs(
+    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
+    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
+    bool /*linear_over_all_keys*/) {
+  check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+  parse_sla_feature_map(std::string(feature_map), kBwdOp);
+  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
+  const std::pair<const at::Tensor*, const char*> like_q[] = {
+      {&grad_sparse, "grad_sparse"}, {&grad_linear, "grad_linear"}, {&out_sparse, "out_sparse"},
+      {&out_linear, "out_linear"}};
+  for (const auto& [t, name] : like_q) {
+    auto dt = t->scalar_type();
+    TORCH_CHECK(t->sizes() == q.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
+                " must be float32, float16 or bfloat16, got ", dt);
+    TORCH_CHECK(t->device() == q.device(), kBwdOp, ": ", name, " must be on the device of q (",
+                q.device(), "), got ", t->device());
+  }
+  const auto rows = q.sizes().slice(0, 3);
+  const std::pair<const at::Tensor*, const char*> per_row[] = {
+      {&lse, "lse"}, {&delta, "delta"}, {&denom, "denom"}};
+  for (const auto& [t, name] : per_row)
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
+                ": ", name, " must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     const at::Tensor& grad_sparse_in, const at::Tensor& grad_linear_in, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
@@ -151,28 +183,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     const at::Tensor& lse_in, const at::Tensor& delta_in, const at::Tensor& out_linear_in,
     const at::Tensor& denom_in, int64_t block_q, int64_t block_k, double scale,
     c10::string_view feature_map, bool linear_over_all_keys) {
-  check_sla_inputs(kBwdOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k);
+  check_sla_bwd_inputs(grad_sparse_in, grad_linear_in, q_in, k_in, v_in, codes_in, kv_indices_in,
+                       kv_counts_in, out_sparse_in, lse_in, delta_in, out_linear_in, denom_in, block_q,
+                       block_k, scale, feature_map, linear_over_all_keys);
   const auto fmap = parse_sla_feature_map(std::string(feature_map), kBwdOp);
-  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
-  const std::pair<const at::Tensor*, const char*> like_q[] = {
-      {&grad_sparse_in, "grad_sparse"}, {&grad_linear_in, "grad_linear"}, {&out_sparse_in, "out_sparse"},
-      {&out_linear_in, "out_linear"}};
-  for (const auto& [t, name] : like_q) {
-    auto dt = t->scalar_type();
-    TORCH_CHECK(t->sizes() == q_in.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q_in.sizes(),
-                ", got ", t->sizes());
-    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
-                " must be float32, float16 or bfloat16, got ", dt);
-    TORCH_CHECK(t->device() == q_in.device(), kBwdOp, ": ", name, " must be on the device of q (",
-                q_in.device(), "), got ", t->device());
-  }
-  const auto rows = q_in.sizes().slice(0, 3);
-  const std::pair<const at::Tensor*, const char*> per_row[] = {
-      {&lse_in, "lse"}, {&delta_in, "delta"}, {&denom_in, "denom"}};
-  for (const auto& [t, name] : per_row)
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q_in.device(), kBwdOp,
-                ": ", name, " must be float32 of shape ", rows, " on ", q_in.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
   cpu::check_capability(kBwdOp);
 
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
@@ -235,6 +249,15 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
       "Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
       "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
       "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv)");
+  m.def(
+      "check_sla_bwd_inputs(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, "
+      "Tensor codes, Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
+      "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
+      "bool linear_over_all_keys) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(genaccel, CompositeExplicitAutograd, m) {
+  m.impl("check_sla_bwd_inputs", &genaccel::ops::check_sla_bwd_inputs);
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {

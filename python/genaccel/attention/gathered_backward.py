@@ -20,6 +20,8 @@ _CHUNK_BYTES = 1 << 30
 
 def block_sparse_attn_bwd_gathered(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale):
     """(dq, dk, dv) of block_sparse_attn_fwd, in the dtypes of q, k, v (see the op's schema)."""
+    torch.ops.genaccel.check_block_sparse_attn_bwd_inputs(
+        dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale)
     B, H, nq, D = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     group = H // max(hkv, 1)

@@ -64,6 +64,9 @@ def _linear_branch_grads(grad, phi_q, phi_k, v, out, denom, marginal, group, blo
 def sla_bwd_gemm(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, delta,
                  out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys):
     """(dq, dk, dv) of sla_fwd, in the dtypes of q, k, v (see the op's schema)."""
+    torch.ops.genaccel.check_sla_bwd_inputs(
+        grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, delta, out_linear, denom,
+        block_q, block_k, scale, feature_map_name, linear_over_all_keys)
     dq, dk, dv = (g.float() for g in block_sparse_attn_bwd_gathered(
         grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale))
     B, H, nq, D = q.shape
