@@ -138,6 +138,26 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
   return p;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  attention::BlockSparseBwdParams p{};
+  // The forward params' out/lse slots: lse is read (saved from the forward), out is unused.
+  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
+  p.dout = dout.const_data_ptr();
+  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
+  p.delta = delta.const_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  cpu::block_sparse_bwd_f32(p);
+  return {dq, dk, dv};
+}
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
@@ -187,22 +207,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
   check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
                                      kv_counts_in, block_q, block_k, scale);
   cpu::check_capability(op);
-  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in), dout = cpu_float32(dout_in);
-  auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
-  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
-  auto dq = at::empty(q.sizes(), q.options());
-  auto dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
-  attention::BlockSparseBwdParams p{};
-  // The forward params' out/lse slots: lse is read (saved from the forward), out is unused.
-  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
-  p.dout = dout.const_data_ptr();
-  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
-  p.delta = delta.const_data_ptr<float>();
-  p.dq = dq.mutable_data_ptr();
-  p.dk = dk.mutable_data_ptr();
-  p.dv = dv.mutable_data_ptr();
-  cpu::block_sparse_bwd_f32(p);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
+  auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
+                                               lse_in.contiguous(), kv_indices_in.contiguous(),
+                                               kv_counts_in.contiguous(), block_q, block_k, scale);
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }
 

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 #include "genaccel/attention/block_sparse_params.h"
 
 namespace genaccel::ops {
@@ -18,6 +20,13 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
     int64_t block_k, double scale);
+
+// The CPU block-sparse backward on float32 tensors with contiguous last dims (delta, lse, kv_indices,
+// kv_counts contiguous; inputs already checked): float32 (dq, dk, dv) shaped like q, k, v.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale);
 
 // The CPU kernels compute in float32 throughout: half inputs are widened once (an O(N*D) pass, small
 // against the attention itself), and the result is laid out as last_dim_contiguous.

@@ -10,7 +10,6 @@
 #include <limits>
 #include <utility>
 
-#include "cpu/attention/block_sparse_bwd.h"
 #include "cpu/attention/block_sparse_fwd.h"
 #include "cpu/attention/sla_feature_map.h"
 #include "cpu/attention/sla_linear_bwd.h"
@@ -195,21 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   auto lse = lse_in.contiguous(), delta = delta_in.contiguous(), denom = denom_in.contiguous();
   auto codes = codes_in.contiguous();
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
-  auto dq = at::empty(q.sizes(), q.options());
-  auto dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
-
-  // Sparse branch: writes dq, dk and dv (its `out` slot is unused, lse is read).
-  attention::BlockSparseBwdParams sp{};
-  sp.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
-  sp.dout = grad_sparse.const_data_ptr();
-  sp.do_batch_stride = grad_sparse.stride(0), sp.do_head_stride = grad_sparse.stride(1);
-  sp.do_row_stride = grad_sparse.stride(2);
-  sp.delta = delta.const_data_ptr<float>();
-  sp.dq = dq.mutable_data_ptr();
-  sp.dk = dk.mutable_data_ptr();
-  sp.dv = dv.mutable_data_ptr();
-  cpu::block_sparse_bwd_f32(sp);
+  // Sparse branch: dq, dk and dv of the block-sparse backward.
+  auto [dq, dk, dv] = run_block_sparse_bwd_cpu(grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts,
+                                               block_q, block_k, scale);
 
   // Linear branch, on phi recomputed: writes d_phi_q, d_phi_k and adds its dV into dv; then the
   // gradients through phi are added into dq and dk.

@@ -425,9 +425,7 @@ def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
         f"{env.get('torch_num_threads', '?')} threads",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
     return None
 
 

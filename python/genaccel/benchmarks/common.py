@@ -129,6 +129,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str) -> None:
+    """Writes a benchmark figure as a PNG (one size and resolution for every family) and frees it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def reference_query_blocks(tq: int, bq: int, n: int, count: int, gen: torch.Generator):
     """Query blocks checked against the float64 reference (the full reference at N=16k-32k would
     need tens of GB): the first, the last (partial when n % bq) and random ones between, ascending,

@@ -317,9 +317,7 @@ def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     sub = configs[0] if len(configs) == 1 else f"{len(configs)} configs"
     ax.set_title(f"Sparse-linear attention, {env.get('device_name', '?')}\n{sub}, torch "
                  f"{env.get('torch_version', '?')}, {env.get('torch_num_threads', '?')} threads", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
     return None
 
 

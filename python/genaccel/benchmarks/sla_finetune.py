@@ -391,9 +391,7 @@ def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     what = "whole student" if model else "projections only"
     ax.set_title(f"SLA fine-tuning ({what}), random attention stack teacher{change}\n{label}, "
                  f"{env.get('device_name', '?')} (y axis zoomed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
     return None
 
 
