@@ -138,15 +138,13 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
+attention::BlockSparseBwdParams make_block_sparse_bwd_params(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
-  auto dq = at::empty(q.sizes(), q.options());
-  auto dk = at::empty(k.sizes(), k.options());
-  auto dv = at::empty(v.sizes(), v.options());
+    const at::Tensor& kv_counts, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+    int64_t block_q, int64_t block_k, double scale) {
   attention::BlockSparseBwdParams p{};
-  // The forward params' out/lse slots: lse is read (saved from the forward), out is unused.
+  // The forward params' out/lse slots: lse is read (saved from the forward); out carries dq's layout.
   p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
   p.dout = dout.const_data_ptr();
   p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
@@ -154,8 +152,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
   p.dq = dq.mutable_data_ptr();
   p.dk = dk.mutable_data_ptr();
   p.dv = dv.mutable_data_ptr();
-  cpu::block_sparse_bwd_f32(p);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  cpu::block_sparse_bwd_f32(make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices,
+                                                         kv_counts, dq, dk, dv, block_q, block_k, scale));
   return {dq, dk, dv};
+}
+
+void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                        int64_t block_q, int64_t block_k, double scale) {
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
+              ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
+  const auto rows = q.sizes().slice(0, 3);
+  for (const auto* t : {&delta, &lse})
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
+                ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
 }
 
 namespace {
@@ -179,24 +204,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
     lse.fill_(-std::numeric_limits<float>::infinity());
   }
   return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
-}
-
-// The inputs of block_sparse_attn_bwd; also op check_block_sparse_attn_bwd_inputs, which the CUDA
-// backward (written in Python for now) calls first.
-void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
-                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale) {
-  constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
-              ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
-  const auto rows = q.sizes().slice(0, 3);
-  for (const auto* t : {&delta, &lse})
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
-                ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
@@ -225,13 +232,6 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
       "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
       "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
-  m.def(
-      "check_block_sparse_attn_bwd_inputs(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, "
-      "Tensor lse, Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(genaccel, CompositeExplicitAutograd, m) {
-  m.impl("check_block_sparse_attn_bwd_inputs", &genaccel::ops::check_block_sparse_attn_bwd_inputs);
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {

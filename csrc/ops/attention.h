@@ -21,6 +21,20 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
     int64_t block_k, double scale);
 
+// Checks the inputs of block_sparse_attn_bwd: those of the forward, plus dout, delta, lse and scale.
+void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                        int64_t block_q, int64_t block_k, double scale);
+
+// Fills the torch-free backward params (tensors as for make_block_sparse_fwd_params; dout with a
+// contiguous last dim, delta/lse/dq/dk/dv contiguous).
+attention::BlockSparseBwdParams make_block_sparse_bwd_params(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+    int64_t block_q, int64_t block_k, double scale);
+
 // The CPU block-sparse backward on float32 tensors with contiguous last dims (delta, lse, kv_indices,
 // kv_counts contiguous; inputs already checked): float32 (dq, dk, dv) shaped like q, k, v.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/attention/block_sparse_bwd.h"
 #include "cuda/attention/block_sparse_fwd.h"
 #include "ops/attention.h"
 #include "ops/attention_cuda.h"
@@ -65,9 +66,65 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
                                    "block_sparse_attn_fwd");
 }
 
+// The plan in key-major order (attention::KeyMajorPlan): every counted entry (qb, kb) becomes the
+// key kb * Tq + qb, sorted per plan (batch, head), so each key block's query blocks are one ascending
+// run; its start is found by binary search. Returns (q_offsets (Bi, Hi, Tk + 1), q_list (Bi, Hi,
+// Tq * max_kv)), both int32.
+std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
+                                                  const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  const int64_t Tq = kv_indices.size(2), max_kv = kv_indices.size(3);
+  auto opts = kv_indices.options().dtype(at::kLong);
+  auto used = at::arange(max_kv, opts).view({1, 1, 1, max_kv}) < kv_counts.unsqueeze(-1);
+  auto query_block = at::arange(Tq, opts).view({1, 1, Tq, 1});
+  auto key = at::where(used, kv_indices.to(at::kLong) * Tq + query_block,
+                       num_k_blocks * Tq);
+  auto sorted = std::get<0>(key.view({Bi, Hi, Tq * max_kv}).sort(-1));
+  auto bounds = (at::arange(num_k_blocks + 1, opts) * Tq).expand({Bi, Hi, num_k_blocks + 1});
+  auto offsets = at::searchsorted(sorted, bounds.contiguous(), /*out_int32=*/true);
+  return {offsets, sorted.remainder(Tq).to(at::kInt)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale) {
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
+                                     kv_counts_in, block_q, block_k, scale);
+  c10::cuda::CUDAGuard guard(q_in.device());
+  if (q_in.numel() == 0 || k_in.numel() == 0)
+    return {at::zeros_like(q_in), at::zeros_like(k_in), at::zeros_like(v_in)};
+  auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
+  auto dout = vector_aligned(dout_in.scalar_type() == q.scalar_type() ? dout_in
+                                                                       : dout_in.to(q.scalar_type()));
+  auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  attention::BlockSparseBwdCudaParams p{};
+  p.bwd = make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices, kv_counts, dq, dk, dv,
+                                       block_q, block_k, scale);
+  const DType dtype = to_dtype(q.scalar_type());
+  const char* why = cuda::block_sparse_bwd_unsupported(p, dtype);
+  TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
+  auto [q_offsets, q_list] = key_major_plan(kv_indices, kv_counts, (k.size(2) + block_k - 1) / block_k);
+  p.plan.q_offsets = q_offsets.const_data_ptr<int32_t>();
+  p.plan.q_list = q_list.const_data_ptr<int32_t>();
+  p.plan.off_batch_stride = q_offsets.size(0) == 1 ? 0 : q_offsets.stride(0);
+  p.plan.off_head_stride = q_offsets.size(1) == 1 ? 0 : q_offsets.stride(1);
+  p.plan.list_batch_stride = q_list.size(0) == 1 ? 0 : q_list.stride(0);
+  p.plan.list_head_stride = q_list.size(1) == 1 ? 0 : q_list.stride(1);
+  const int err = cuda::block_sparse_bwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
+  return {dq, dk, dv};
+}
+
 }  // namespace
 }  // namespace genaccel::ops
 
 TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cuda);
+  m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cuda);
 }

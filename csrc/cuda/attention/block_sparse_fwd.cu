@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "cuda/attention/launch_util.h"
 #include "genaccel/attention/block_sparse_fwd.cuh"
 
 namespace genaccel::cuda {
@@ -19,26 +20,13 @@ constexpr int kKeyTile = 64;
 constexpr int kMaxBlockK = 256;
 constexpr int kMaxGridYZ = 65535;
 
-bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// cp.async and the output stores move 16 bytes = 8 elements at a time, so every row must start on
-// a 16-byte boundary.
-bool rows_aligned(const void* base, int64_t batch_stride, int64_t head_stride, int64_t row_stride) {
-  return aligned_16(base) && batch_stride % 8 == 0 && head_stride % 8 == 0 && row_stride % 8 == 0;
-}
-
 template <class T, int kHeadDim, int kBlockQ>
 int launch(const BlockSparseFwdParams& p, cudaStream_t stream) {
   using Traits = attention::FwdTraits<T, kHeadDim, kBlockQ>;
   static_assert(Traits::kKeyTile == kKeyTile, "block_k support below assumes 64-key tiles");
   const auto kernel = attention::block_sparse_fwd_kernel<Traits>;
-  constexpr int kDefaultSmemLimit = 48 * 1024;
-  if (Traits::kSmemBytes > kDefaultSmemLimit) {
-    // Per device and cheap; setting it on every launch keeps multi-GPU processes right.
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-    if (err != cudaSuccess) return err;
-  }
+  const cudaError_t err = allow_smem(kernel, Traits::kSmemBytes);
+  if (err != cudaSuccess) return err;
   const dim3 grid(p.num_q_blocks, p.heads, p.batch);
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
   return cudaGetLastError();

@@ -18,7 +18,7 @@
 
 #include "genaccel/attention/block_sparse_params.h"
 #include "genaccel/attention/online_softmax.cuh"
-#include "genaccel/attention/sm80_mma.cuh"
+#include "genaccel/attention/tile_mma.cuh"
 
 namespace genaccel::attention {
 
@@ -46,37 +46,6 @@ struct FwdTraits {
   static_assert(kHeadDim % 64 == 0, "rows must be whole 128-byte lines for the swizzle");
   static_assert(kBlockQ % 16 == 0 && kWarps <= 8, "a warp owns 16 query rows; at most 8 warps");
 };
-
-// Shared-memory layout of a [rows][kHeadDim] tile: row-major, with the 16-byte chunk index of each
-// row XORed by (row % 8). ldmatrix reads eight rows at one chunk position per 8x8 matrix and a
-// row is a multiple of 128 bytes, so without the XOR all eight addresses would hit the same four
-// banks; with it they cover all 32. The same holds for the 16-byte cp.async writes, which eight
-// consecutive threads issue along one row.
-template <int kHeadDim>
-__device__ __forceinline__ int swizzled_offset(int row, int chunk) {
-  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
-}
-
-// Copies rows [row_begin, row_begin + kRows) of a [*][kHeadDim] global tile into the swizzled shared
-// tile with cp.async, `kThreads` threads cooperating; rows at or past `valid_rows` are zero-filled
-// and their global memory is never touched. Row 0 of `gmem` must be a valid row: it is the (unread)
-// source address of the zero-filled copies.
-template <int kRows, int kHeadDim, int kThreads, class T>
-__device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gmem,
-                                                int64_t row_stride, int row_begin, int valid_rows,
-                                                int thread) {
-  constexpr int kChunks = kHeadDim / 8;
-  static_assert(kRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
-    const int idx = it * kThreads + thread;
-    const int row = row_begin + idx / kChunks;
-    const int chunk = idx % kChunks;
-    const bool valid = row < valid_rows;
-    const T* src = valid ? gmem + row * row_stride + chunk * 8 : gmem;
-    ptx::cp_async_16(smem_tile + swizzled_offset<kHeadDim>(row, chunk) * sizeof(T), src, valid);
-  }
-}
 
 // Keys [start, start + len) of one tile; 0 < len <= kKeyTile.
 struct KeyTile {
@@ -138,8 +107,6 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
   constexpr int kDTiles = D / 8;        // n8 tiles of the output
   constexpr int kNTiles = kTile / 8;    // n8 tiles of the scores
   constexpr int kDSteps = D / 16;       // k16 steps of Q K^T
-  constexpr int kKeySteps = kTile / 16; // k16 steps of P V
-  using Mma = ptx::Mma16816<T>;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -158,8 +125,7 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
   const uint32_t smem_v = smem_k + 2 * Traits::kTileBytes;
 
   float acc[kDTiles][4];
-#pragma unroll
-  for (int j = 0; j < kDTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  zero(acc);
   OnlineSoftmax softmax;
   softmax.init();
 
@@ -181,23 +147,9 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
     ptx::cp_async_wait<1>();  // the Q group; K/V of tile 0 may still be in flight
     __syncwarp();
 
-    // ldmatrix row addresses (byte offsets within a tile). Every row any lane addresses is
-    // congruent to lane mod 8, so its swizzle is lane % 8; the chunk index of step i is
-    // 2 * i + (a bit of the lane), and since the row base has zero low 7 bits the whole step
-    // offset is `lane offset ^ (i * 32 bytes)`.
-    //   Q (A operand) and V (B operand, transposed): lanes 0-15 rows 0-15 at chunk 2i, lanes 16-31
-    //   rows 0-15 at chunk 2i + 1 -> registers {rows 0-7 | rows 8-15} x {chunk lo | chunk hi}.
-    //   K (B operand): lanes 0-7 keys 0-7 chunk lo, 8-15 keys 0-7 chunk hi, 16-23 keys 8-15 chunk
-    //   lo, 24-31 keys 8-15 chunk hi -> registers {b0, b1} of n8 tile 0, then of n8 tile 1.
-    const uint32_t swz = lane & 7;
-    const uint32_t a_off = (lane & 15) * Traits::kRowBytes + (((lane >> 4) ^ swz) << 4);
-    const uint32_t k_off = ((lane & 7) + ((lane >> 4) << 3)) * Traits::kRowBytes +
-                           ((((lane >> 3) & 1) ^ swz) << 4);
-
+    const LaneOffsets<Traits::kRowBytes> lo(lane);
     uint32_t q_frag[kDSteps][4];
-#pragma unroll
-    for (int i = 0; i < kDSteps; ++i)
-      ptx::ldmatrix_x4(q_frag[i], smem_q + warp_row0 * Traits::kRowBytes + (a_off ^ (i << 5)));
+    load_a_fragments(q_frag, smem_q + warp_row0 * Traits::kRowBytes, lo);
 
     const float scale_log2 = p.scale * kLog2e;
     const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
@@ -218,18 +170,8 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
 
       float s[kNTiles][4];
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-      for (int i = 0; i < kDSteps; ++i) {
-#pragma unroll
-        for (int n = 0; n < kNTiles / 2; ++n) {
-          uint32_t kb[4];
-          ptx::ldmatrix_x4(kb, k_stage + n * 16 * Traits::kRowBytes + (k_off ^ (i << 5)));
-          Mma::run(s[2 * n], q_frag[i], kb[0], kb[1]);
-          Mma::run(s[2 * n + 1], q_frag[i], kb[2], kb[3]);
-        }
-      }
+      zero(s);
+      mma_a_bt<T, Traits::kRowBytes>(s, q_frag, k_stage, lo);
 
       // Scaling before the max keeps the max right for any sign of the scale.
 #pragma unroll
@@ -248,22 +190,7 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
       softmax.update(s, rescale);
       OnlineSoftmax::rescale_rows(acc, rescale);
 
-      // P (16 x 16 per key step) as an A operand: the C layout of two adjacent n8 score tiles is the
-      // A layout of one k16 step, so the registers are only rounded and packed.
-#pragma unroll
-      for (int i = 0; i < kKeySteps; ++i) {
-        const uint32_t pa[4] = {ptx::pack2<T>(s[2 * i][0], s[2 * i][1]),
-                                ptx::pack2<T>(s[2 * i][2], s[2 * i][3]),
-                                ptx::pack2<T>(s[2 * i + 1][0], s[2 * i + 1][1]),
-                                ptx::pack2<T>(s[2 * i + 1][2], s[2 * i + 1][3])};
-#pragma unroll
-        for (int d = 0; d < kDTiles / 2; ++d) {
-          uint32_t vb[4];
-          ptx::ldmatrix_x4_trans(vb, v_stage + i * 16 * Traits::kRowBytes + (a_off ^ (d << 5)));
-          Mma::run(acc[2 * d], pa, vb[0], vb[1]);
-          Mma::run(acc[2 * d + 1], pa, vb[2], vb[3]);
-        }
-      }
+      mma_acc_b<T, Traits::kRowBytes>(acc, s, v_stage, lo);  // O += P V
 
       if (!more) break;
       __syncthreads();  // every warp is done with this stage before the next iteration refills it
@@ -271,35 +198,14 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
     }
   }
 
-  // Epilogue: normalise, round to T, stage through this warp's own Q rows in shared memory (Q now
-  // lives in registers; no other warp touches these rows) and store 16-byte chunks row by row.
+  // Epilogue: normalise, round to T and store, staged through this warp's own Q rows in shared
+  // memory (Q now lives in registers; no other warp touches these rows).
   float inv_sum[2], lse[2];
   softmax.finish(inv_sum, lse);
-  T* staged = reinterpret_cast<T*>(smem);
+  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride + q0 * p.o_row_stride;
+  store_warp_rows<T, D>(acc, inv_sum, reinterpret_cast<T*>(smem), warp_row0, out, p.o_row_stride,
+                        p.seqlen_q - q0, lane);
   const int lane_row = warp_row0 + lane / 4;
-#pragma unroll
-  for (int j = 0; j < kDTiles; ++j) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = lane_row + 8 * r;
-      *reinterpret_cast<uint32_t*>(staged + swizzled_offset<D>(row, j) + 2 * (lane & 3)) =
-          ptx::pack2<T>(acc[j][2 * r] * inv_sum[r], acc[j][2 * r + 1] * inv_sum[r]);
-    }
-  }
-  __syncwarp();
-
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int it = 0; it < 16 * kChunks / 32; ++it) {
-    const int idx = it * 32 + lane;
-    const int row = warp_row0 + idx / kChunks;
-    const int chunk = idx % kChunks;
-    const int q_row = q0 + row;
-    if (q_row < p.seqlen_q)
-      *reinterpret_cast<uint4*>(out + q_row * p.o_row_stride + chunk * 8) =
-          *reinterpret_cast<const uint4*>(staged + swizzled_offset<D>(row, chunk));
-  }
   if ((lane & 3) == 0) {
     float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q;
 #pragma unroll

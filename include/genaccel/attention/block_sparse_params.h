@@ -55,4 +55,21 @@ struct BlockSparseBwdParams {
   void* dv;            // (B, Hkv, Nk, D) contiguous
 };
 
+// The plan transposed to key-major order (CSR), for a backward that walks, per key block, the query
+// blocks whose lists name it: for plan batch b', plan head h' (broadcast like kv_indices) and key
+// block kb, the entries are q_list[b', h', q_offsets[b', h', kb] .. q_offsets[b', h', kb + 1]),
+// ascending; a key block listed twice by one query block appears twice, as the forward visits it twice.
+struct KeyMajorPlan {
+  const int32_t* q_offsets;  // (Bi, Hi, Tk + 1)
+  const int32_t* q_list;     // (Bi, Hi, L), L >= every q_offsets[..., Tk]
+  int64_t off_batch_stride, off_head_stride;    // 0 where the plan broadcasts
+  int64_t list_batch_stride, list_head_stride;  // 0 where the plan broadcasts
+};
+
+// The CUDA backward's parameters: the backward call and its key-major plan.
+struct BlockSparseBwdCudaParams {
+  BlockSparseBwdParams bwd;
+  KeyMajorPlan plan;
+};
+
 }  // namespace genaccel::attention

@@ -1,6 +1,5 @@
 """Attention kernels: block-sparse attention (the primitive under SLA, Radial and SVG2)."""
 
-from . import gathered_backward  # noqa: F401  (registers the CUDA backward of block_sparse_attn_bwd)
 from .block_sparse import block_mask_to_indices, block_sparse_attention
 
 __all__ = ["block_mask_to_indices", "block_sparse_attention"]

@@ -1,18 +1,18 @@
-"""The CUDA kernel of genaccel::sla_bwd, composed of batched GEMMs until a fused CUDA kernel
-exists: the sparse branch is the gathered-GEMM block-sparse backward
-(genaccel/attention/gathered_backward.py), the linear branch the gradients of
+"""The CUDA kernel of genaccel::sla_bwd: the sparse branch is the block-sparse backward op (on CUDA
+the fused kernels of include/genaccel/attention/block_sparse_bwd.cuh), the linear branch, until it
+is fused too, batched GEMMs: the gradients of
 O^l_i = phi(Q_i) H_i / (phi(Q_i) . Z_i) with H_i = sum_j M_ij h_j as GEMMs over the marginal mask M
 (the same scheme as the CUDA forward: every query head of a kv head in one GEMM, so the scatter
 dh_j = sum_i M_ij dH_i also sums over the heads sharing h_j), then the gradient through phi.
-float32 throughout (TF32 only where the user enabled it for matmuls); the per-block sums are
+The linear branch is float32 (TF32 only where the user enabled it for matmuls); its per-block sums are
 materialised for chunks of (batch, kv head) pairs that bound the temporaries.
 
-Device-generic torch code, registered for CUDA; the tests run it on CPU tensors against the CPU op."""
+Device-generic torch code, registered for CUDA; the tests run it on CPU tensors (where the sparse
+branch is the CPU kernel) against the CPU op."""
 
 import torch
 
 from ..block_sparse import token_blocks
-from ..gathered_backward import block_sparse_attn_bwd_gathered
 from .reference import feature_map
 
 # Bytes of float32 per-block sums (h, H_i, dH_i, dh) per chunk of (batch, kv head) pairs.
@@ -67,7 +67,7 @@ def sla_bwd_gemm(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts
     torch.ops.genaccel.check_sla_bwd_inputs(
         grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, delta, out_linear, denom,
         block_q, block_k, scale, feature_map_name, linear_over_all_keys)
-    dq, dk, dv = (g.float() for g in block_sparse_attn_bwd_gathered(
+    dq, dk, dv = (g.float() for g in torch.ops.genaccel.block_sparse_attn_bwd(
         grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale))
     B, H, nq, D = q.shape
     hkv, nk = k.shape[1], k.shape[2]
