@@ -81,7 +81,7 @@ def test_opcheck(gen):
 
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
 def test_gradients_match_reference(fmap, gen):
-    """CUDA backward: the gathered-GEMM block-sparse backward plus the GEMM linear branch
+    """CUDA backward: the fused block-sparse backward kernels plus the GEMM linear branch
     (genaccel/attention/sla/gemm_backward.py)."""
     B, H, Hkv, Nq, Nk, D = 1, 4, 2, 300, 260, 64
     q, k, v = (t.requires_grad_() for t in inputs(gen, B, H, Hkv, Nq, Nk, D, torch.bfloat16))

@@ -94,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
                                      kv_counts_in, block_q, block_k, scale);
   c10::cuda::CUDAGuard guard(q_in.device());
   if (q_in.numel() == 0 || k_in.numel() == 0)
-    return {at::zeros_like(q_in), at::zeros_like(k_in), at::zeros_like(v_in)};
+    return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
+            at::zeros(v_in.sizes(), v_in.options())};
   auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
   auto dout = vector_aligned(dout_in.scalar_type() == q.scalar_type() ? dout_in
                                                                        : dout_in.to(q.scalar_type()));

@@ -10,8 +10,9 @@
 //    all query heads of the kv head (GQA sums there), with Q, dO, lse and delta double-buffered.
 //  - dQ: one CTA per (query block, head, batch), walking the plan's 64-key tiles like the forward.
 // Each product is one of the warp GEMMs of tile_mma.cuh; P and dS go from accumulator registers
-// straight into the next product. K/V rows past seqlen_k are zero-filled, which makes their terms
-// vanish from dQ (dS K) and confines them to dK/dV rows that are never stored, so keys need no mask.
+// straight into the next product. K/V rows past seqlen_k are zero-filled: in the dK/dV kernel they
+// only reach dK/dV rows that are never stored; the dQ kernel zeroes their P (exp(0 - lse) need not be
+// small, and rounded to T it could overflow, making inf * 0 = NaN in dS K).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -317,6 +318,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
+    const int col0 = 2 * (lane & 3);  // first key column of this lane in an n8 tile
     for (int stage = 0;; stage ^= 1) {
       KeyTile next_tile;
       const bool more = tiles.next(next_tile);
@@ -332,14 +334,17 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
 
-      // P = exp2(Q K^T * scale * log2(e) - lse2[row]); accumulator element c is row c / 2.
+      // P = exp2(Q K^T * scale * log2(e) - lse2[row]), 0 past seqlen_k; element c is row c / 2.
       float s[kTile / 8][4];
       zero(s);
       mma_rows_bt<T, kRowBytes, D / 16>(s, smem_q + warp_row0 * kRowBytes, k_stage, lo);
 #pragma unroll
       for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) s[j][c] = exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2]));
+        for (int c = 0; c < 4; ++c)
+          s[j][c] = 8 * j + col0 + (c & 1) < tile.len
+                        ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2]))
+                        : 0.f;
 
       // dS = P * (dO V^T - delta[row]); dQ += dS K.
       float ds[kTile / 8][4];

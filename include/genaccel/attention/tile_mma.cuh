@@ -149,6 +149,7 @@ template <class T, int kHeadDim>
 __device__ __forceinline__ void store_warp_rows(const float (&acc)[kHeadDim / 8][4],
                                                 const float (&row_scale)[2], T* staged, int warp_row0,
                                                 T* out, int64_t row_stride, int valid_rows, int lane) {
+  __syncwarp();  // the warp's last ldmatrix reads of these rows precede the writes
   const int lane_row = warp_row0 + lane / 4;
 #pragma unroll
   for (int j = 0; j < kHeadDim / 8; ++j) {

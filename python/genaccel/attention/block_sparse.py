@@ -121,7 +121,8 @@ def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k
 
 @torch.library.register_fake("genaccel::block_sparse_attn_bwd")
 def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The kernels return contiguous gradients whatever the inputs' strides.
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _block_sparse_attn_setup_context(ctx, inputs, output):
