@@ -53,6 +53,37 @@ def test_sla_family_tiny_writes_table_and_json(tmp_path, capsys):
     assert len(_table_rows(out, cfg["label"])) == len(rows)
 
 
+def test_sla_family_backward_only_mode(tmp_path):
+    path = tmp_path / "sla.json"
+    rc = run_bench("sla", quick=True, json_path=str(path), progress=False,
+                   overrides=dict(TINY_SLA, topks="0.5", modes="bwd,fwd"))
+    assert rc == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["bwd", "fwd"]
+    assert rows[0]["genaccel_ms"] > 0 and rows[0]["sdpa_ms"] > 0
+    assert rows[0]["target_speedup"] is None and "meets_target" not in rows[0]  # no CPU target for bwd
+    assert rows[1]["target_speedup"] == sla_bench.TARGETS["cpu"]["fwd"]
+
+
+def test_gradients_backward_only_replays_one_forward(gen):
+    x = torch.randn(5, 3, generator=gen).requires_grad_()
+    grad_out = torch.randn(5, 3, generator=gen)
+    calls = []
+
+    def forward():
+        calls.append(1)
+        return x.exp() * 2
+
+    full = sla_bench.gradients(forward, [x], grad_out, backward_only=False)
+    only = sla_bench.gradients(forward, [x], grad_out, backward_only=True)
+    expected = full()[0]
+    assert len(calls) == 1
+    for _ in range(3):
+        assert torch.allclose(only()[0], expected)
+    assert len(calls) == 2  # one forward for all three backward calls
+    assert torch.allclose(expected, 2 * x.exp() * grad_out)
+
+
 def test_sla_family_refuses_unknown_key():
     with pytest.raises(ValueError, match="no_such_key"):
         run_bench("sla", quick=True, overrides={"no_such_key": "1"}, progress=False)
