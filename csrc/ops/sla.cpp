@@ -55,6 +55,18 @@ attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const ch
   return attention::SlaFeatureMap::kRelu;
 }
 
+void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x) {
+  constexpr const char* op = "sla_mask_matmul";
+  TORCH_CHECK(mask.dim() == 3 && mask.scalar_type() == at::kBool, op,
+              ": mask must be a 3-D (C, M, K) bool tensor, got ", mask.scalar_type(), " ", mask.sizes());
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat, op,
+              ": x must be a 3-D (C, K, E) float32 tensor, got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(x.size(0) == mask.size(0) && x.size(1) == mask.size(2), op, ": x must have shape (",
+              mask.size(0), ", ", mask.size(2), ", E) for mask ", mask.sizes(), ", got ", x.sizes());
+  TORCH_CHECK(x.device() == mask.device(), op, ": mask and x must be on one device, got ", mask.device(),
+              " and ", x.device());
+}
+
 namespace {
 
 // V's columns zero-padded to the micro-kernel width: the linear branch streams V rows as GEMM B.
@@ -175,6 +187,13 @@ void check_sla_bwd_inputs(
                 t->scalar_type(), " ", t->sizes(), " on ", t->device());
 }
 
+// A float32 GEMM: the CPU kernels do not use this op; it serves the device-generic CUDA backward
+// when that runs on CPU tensors (tests).
+at::Tensor sla_mask_matmul_cpu(const at::Tensor& mask, const at::Tensor& x) {
+  check_sla_mask_matmul_inputs(mask, x);
+  return at::bmm(mask.to(at::kFloat), x);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     const at::Tensor& grad_sparse_in, const at::Tensor& grad_linear_in, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
@@ -236,6 +255,9 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
       "Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
       "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
       "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv)");
+  // out[c] = mask[c] @ x[c] with float32 accuracy: per row of the mask, the sum of the rows of x it
+  // selects (SLA's per-query-block sums H_i = sum_j M_ij h_j and their transposes).
+  m.def("sla_mask_matmul(Tensor mask, Tensor x) -> Tensor");
   m.def(
       "check_sla_bwd_inputs(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, "
       "Tensor codes, Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
@@ -250,4 +272,5 @@ TORCH_LIBRARY_IMPL(genaccel, CompositeExplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("sla_fwd", &genaccel::ops::sla_fwd_cpu);
   m.impl("sla_bwd", &genaccel::ops::sla_bwd_cpu);
+  m.impl("sla_mask_matmul", &genaccel::ops::sla_mask_matmul_cpu);
 }

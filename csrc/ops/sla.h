@@ -20,4 +20,7 @@ void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
 // The ops' `feature_map` argument ("softmax", "elu" or "relu"); raises naming `op` otherwise.
 attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op);
 
+// Checks the inputs of sla_mask_matmul: mask bool (C, M, K), x float32 (C, K, E), one device.
+void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x);
+
 }  // namespace genaccel::ops

@@ -1,15 +1,14 @@
-// CUDA registration of sla_fwd. The sparse branch is the block-sparse attention kernel over the
-// critical blocks (csrc/cuda/attention/block_sparse_fwd.cu); the linear branch runs as batched
-// cuBLAS GEMMs around two elementwise kernels (csrc/cuda/attention/sla_linear.cu), not yet fused
-// into the attention mainloop:
+// CUDA registration of sla_fwd and sla_mask_matmul. The sparse branch is the block-sparse attention
+// kernel over the critical blocks (csrc/cuda/attention/block_sparse_fwd.cu); the linear branch runs
+// as batched cuBLAS GEMMs around two elementwise kernels (csrc/cuda/attention/sla_linear.cu), not
+// yet fused into the attention mainloop:
 //   h_j = phi(K_j)^T V_j, z_j = colsum phi(K_j)        per key block, float32
 //   H_i = sum_j M_ij h_j, Z_i = sum_j M_ij z_j         M = marginal mask (all ones with all_keys)
 //   O^l_i = phi(Q_i) H_i / (phi(Q_i) . Z_i)
-// H_i is the big product ((Tq x Tk) x (Tk x D^2) per head): it runs on bf16 tensor cores with h
-// split into three bf16 parts stacked along Tk (h = h0 + h1 + h2 keeps h's 24 significant bits; the
-// 0/1 mask is exact), so the float32-accumulated GEMM is the float32 sum. It sums the marginal
-// blocks directly: on a GEMM that costs what pre-aggregation would, without its cancellation.
-// The other products are float32 cuBLAS GEMMs (TF32 only where the user enabled it for matmuls).
+// H_i is the big product ((Tq x Tk) x (Tk x D^2) per head): mask_matmul below runs it on bf16 tensor
+// cores at float32 accuracy (op sla_mask_matmul; the CUDA backward's transposed sums use it too). It
+// sums the marginal blocks directly: on a GEMM that costs what pre-aggregation would, without its
+// cancellation. The other products are float32 cuBLAS GEMMs (TF32 only where the user enabled it).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -36,8 +35,30 @@ at::Tensor pad_rows(const at::Tensor& x, int64_t block) {
   return t * block == n ? x.contiguous() : at::constant_pad_nd(x, {0, 0, 0, t * block - n});
 }
 
-void check_launch(int err, const char* what) {
-  TORCH_CHECK(err == 0, kOp, " (CUDA): ", what, " launch failed with cudaError ", err);
+void check_launch(int err, const char* what, const char* op = kOp) {
+  TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
+}
+
+// mask (C, M, K) bool @ x (C, K, E) float32 on bf16 tensor cores with float32 accuracy: x split into
+// three bf16 parts stacked along K (x = x0 + x1 + x2 keeps x's 24 significant bits; the 0/1 mask is
+// exact in bf16), so the float32-accumulated GEMM is the float32 sum. Takes x by value so that
+// callers can hand over its memory, released once split.
+at::Tensor mask_matmul(const at::Tensor& mask, at::Tensor x, const char* op = kOp) {
+  const int64_t C = x.size(0), K = x.size(1), E = x.size(2);
+  x = x.contiguous();
+  auto parts = at::empty({C, 3 * K, E}, x.options().dtype(at::kBFloat16));
+  check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), parts.mutable_data_ptr(), C, K, E, 3,
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+               "bf16 split", op);
+  x = at::Tensor();
+  auto m = mask.to(at::kBFloat16);
+  return at::bmm(at::cat({m, m, m}, 2), parts, at::kFloat);
+}
+
+at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
+  check_sla_mask_matmul_inputs(mask, x);
+  c10::cuda::CUDAGuard guard(x.device());
+  return mask_matmul(mask, x, "sla_mask_matmul");
 }
 
 // O^l (in the dtype of `out`) and its denominator for the (batch, kv head) pairs of one chunk:
@@ -53,13 +74,7 @@ void linear_branch(const at::Tensor& phi_q, const at::Tensor& phi_k, const at::T
   auto vb = pad_rows(v.to(at::kFloat), block_k).view({C * Tk, block_k, D});
   auto h = at::bmm(kb.transpose(1, 2), vb).view({C, Tk, D * D});
   auto z = kb.sum(1).view({C, Tk, D});
-  auto h3 = at::empty({C, 3 * Tk, D * D}, h.options().dtype(at::kBFloat16));
-  check_launch(cuda::split_bf16_rows(h.const_data_ptr<float>(), h3.mutable_data_ptr(), C, Tk, D * D, 3,
-                                     stream), "bf16 split");
-  h = at::Tensor();  // its memory goes to H_i
-  auto m = marginal.to(at::kBFloat16);
-  auto Hi = at::bmm(at::cat({m, m, m}, 2), h3, at::kFloat);                 // (C, G*Tq, D*D)
-  h3 = at::Tensor();
+  auto Hi = mask_matmul(marginal, std::move(h));                            // (C, G*Tq, D*D)
   auto Zi = at::bmm(marginal.to(at::kFloat), z);                             // (C, G*Tq, D)
   auto qb = pad_rows(phi_q.reshape({C * group, nq, D}), block_q).view({C * group * Tq, block_q, D});
   auto num = at::bmm(qb, Hi.view({C * group * Tq, D, D}));                   // (C*G*Tq, bq, D)
@@ -130,4 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
 }  // namespace
 }  // namespace genaccel::ops
 
-TORCH_LIBRARY_IMPL(genaccel, CUDA, m) { m.impl("sla_fwd", &genaccel::ops::sla_fwd_cuda); }
+TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
+  m.impl("sla_fwd", &genaccel::ops::sla_fwd_cuda);
+  m.impl("sla_mask_matmul", &genaccel::ops::sla_mask_matmul_cuda);
+}

@@ -30,15 +30,17 @@ def _phi_vjp(x: torch.Tensor, phi: torch.Tensor, grad: torch.Tensor, name: str) 
 
 def _linear_branch_grads(grad, phi_q, phi_k, v, out, denom, marginal, group, block_q, block_k):
     """(d_phi_q, d_phi_k, dv) of the linear branch for C (batch, kv head) pairs: grad, phi_q, out
-    (C, G*Nq, D), denom (C, G*Nq), phi_k, v (C, Nk, D), marginal (C, G*Tq, Tk) float; float32."""
+    (C, G*Nq, D), denom (C, G*Nq), phi_k, v (C, Nk, D), marginal (C, G*Tq, Tk) bool; float32. The
+    big products, the sums over the mask of D x D blocks, go through op sla_mask_matmul (on CUDA
+    bf16 tensor cores at float32 accuracy)."""
     C, nk, D = phi_k.shape
     nq = phi_q.shape[1] // group
     tq, tk = marginal.shape[1] // group, marginal.shape[2]
     kb, vb = token_blocks(phi_k, block_k), token_blocks(v, block_k)                       # (C, Tk, bk, D)
     h = (kb.transpose(-1, -2) @ vb).view(C, tk, D * D)
     z = kb.sum(2)                                                                # (C, Tk, D)
-    Hi = (marginal @ h).view(C, group * tq, D, D)
-    Zi = marginal @ z                                                            # (C, G*Tq, D)
+    Hi = torch.ops.genaccel.sla_mask_matmul(marginal, h).view(C, group * tq, D, D)
+    Zi = marginal.float() @ z                                                    # (C, G*Tq, D)
     seen = denom > 0
     inv = torch.where(seen, 1.0 / torch.where(seen, denom, torch.ones_like(denom)), torch.zeros_like(denom))
     dout = grad * seen.unsqueeze(-1)
@@ -54,8 +56,8 @@ def _linear_branch_grads(grad, phi_q, phi_k, v, out, denom, marginal, group, blo
     dHi = (qtb.transpose(-1, -2) @ dob).view(C, group * tq, D * D)
     dZi = -(qtb * dlb).sum(2)                                                     # (C, G*Tq, D)
     mt = marginal.transpose(1, 2)                                                 # (C, Tk, G*Tq)
-    dh = (mt @ dHi).view(C, tk, D, D)
-    dz = mt @ dZi                                                                 # (C, Tk, D)
+    dh = torch.ops.genaccel.sla_mask_matmul(mt, dHi).view(C, tk, D, D)
+    dz = mt.float() @ dZi                                                         # (C, Tk, D)
     d_phi_k = (vb @ dh.transpose(-1, -2) + dz.unsqueeze(2)).flatten(1, 2)[:, :nk]
     dv = (kb @ dh).flatten(1, 2)[:, :nk]
     return d_phi_q, d_phi_k, dv
@@ -74,14 +76,15 @@ def sla_bwd_gemm(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts
     if q.numel() and k.numel():
         group = H // hkv
         tq, tk = kv_indices.shape[2], codes.shape[3]
-        marginal = torch.ones_like(codes, dtype=torch.float32) if linear_over_all_keys else (codes == 0).float()
+        marginal = torch.ones_like(codes, dtype=torch.bool) if linear_over_all_keys else codes == 0
         marginal = marginal.expand(B, H, tq, tk).reshape(B * hkv, group * tq, tk)
         qf, kf = q.float().reshape(B * hkv, group * nq, D), k.float().reshape(B * hkv, nk, D)
         phi_q, phi_k = feature_map(qf, feature_map_name), feature_map(kf, feature_map_name)
         rest = [t.float().reshape(B * hkv, group * nq, -1) for t in (grad_linear, out_linear, denom.unsqueeze(-1))]
         vf = v.float().reshape(B * hkv, nk, D)
         dq_l, dk_l, dv_l = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
-        step = max(1, _CHUNK_BYTES // (4 * D * D * (2 * tk + 2 * group * tq)))
+        # float32 h, dh, H_i, dH_i plus the bf16 parts of h or dH_i (1.5x) inside sla_mask_matmul.
+        step = max(1, _CHUNK_BYTES // (4 * D * D * (3 * tk + 4 * group * tq)))
         for c0 in range(0, B * hkv, step):
             s = slice(c0, c0 + step)
             d_phi_q, d_phi_k, dv_l[s] = _linear_branch_grads(

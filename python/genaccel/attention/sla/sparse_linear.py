@@ -82,6 +82,11 @@ def _sla_fwd_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(denom)
 
 
+@torch.library.register_fake("genaccel::sla_mask_matmul")
+def _sla_mask_matmul_fake(mask, x):
+    return x.new_empty((mask.shape[0], mask.shape[1], x.shape[2]))
+
+
 @torch.library.register_fake("genaccel::sla_bwd")
 def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse,
                   delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys):
