@@ -1,4 +1,4 @@
-"""Small CUDA block-sparse attention runs checked against the float64 reference.
+"""Small CUDA block-sparse attention runs, forward and backward, checked against the float64 reference.
 
 Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
@@ -111,7 +111,26 @@ def run_case(case, gen) -> str:
     tol = TOL[dtype]
     if err > tol or lse_err > tol or not lse_ok:
         return f"FAIL rel err out {err:.2e} lse {lse_err:.2e} (tol {tol:.0e}), lse -inf rows match: {lse_ok}"
-    return f"ok   rel err out {err:.2e} lse {lse_err:.2e}"
+
+    # Backward through the op, on the same plan, against autograd through the reference.
+    go = torch.randn(ref_out.shape, generator=gen).to(dtype)
+    if case[0] in DESCENDING_PLAN:
+        plan = (idx, cnt)
+    else:
+        plan = tuple(t.to(torch.int32).contiguous() for t in genaccel.block_mask_to_indices(mask.cuda()))
+    delta = (go.float() * out.float()).sum(-1)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    grads = torch.ops.genaccel.block_sparse_attn_bwd(go.cuda(), dq, dk, dv, delta.cuda(), lse.cuda(), *plan,
+                                                     bs[0], bs[1], scale)
+    torch.cuda.synchronize()
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = block_sparse_attention_reference(*leaves, mask, bs)[0]
+    expected = torch.autograd.grad((ref * go.double()).sum(), leaves)
+    grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
+    if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
+        return f"FAIL backward rel err dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
+    return (f"ok   rel err out {err:.2e} lse {lse_err:.2e}, "
+            f"dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)}")
 
 
 def main() -> int:

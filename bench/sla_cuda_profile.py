@@ -1,5 +1,6 @@
-"""Where SLA's CUDA forward spends its time: each stage timed with CUDA events (medians), then the
-GPU kernels of one forward from torch.profiler. Diagnostic output only (not a result file).
+"""Where SLA's CUDA forward and backward spend their time: each stage timed with CUDA events
+(medians), then the GPU kernels of one forward and of one backward from torch.profiler. Diagnostic
+output only (not a result file).
 
     python bench/sla_cuda_profile.py [--n 32760] [--heads 12] [--topk 0.05]
 """
@@ -59,10 +60,35 @@ def main():
               f"{torch.cuda.get_device_name()}, critical blocks/row {kv_indices.shape[-1]}")
         for name, fn in stages.items():
             print(f"{name:<34} {cuda_ms(fn):8.3f} ms")
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            torch.ops.genaccel.sla_fwd(*op_args)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
+        print(kernel_table(lambda: torch.ops.genaccel.sla_fwd(*op_args)))
+
+        # Backward stages, on the saved tensors of one forward.
+        out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*op_args)
+        go = torch.randn_like(q)
+        delta = (go.float() * out_s.float()).sum(-1)
+        bwd_args = (go, go, q, k, v, codes, kv_indices, kv_counts, out_s, lse, delta, out_l, denom, bq, bk,
+                    scale, "softmax", False)
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        with torch.enable_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            sdpa_out = torch.nn.functional.scaled_dot_product_attention(*leaves)
+        stages = {
+            "sdpa backward (flash)": lambda: torch.autograd.grad(sdpa_out, leaves, go, retain_graph=True),
+            "sla_bwd op": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
+            "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
+                go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
+        }
+        print("backward:")
+        for name, fn in stages.items():
+            print(f"{name:<34} {cuda_ms(fn):8.3f} ms")
+        print(kernel_table(lambda: torch.ops.genaccel.sla_bwd(*bwd_args)))
+
+
+def kernel_table(fn):
+    """torch.profiler's table of the GPU kernels of one call of fn."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60)
 
 
 if __name__ == "__main__":
