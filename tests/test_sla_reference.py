@@ -8,7 +8,7 @@ import torch
 
 import genaccel
 from conftest import rel_err
-from genaccel.attention.sla import sla_block_map
+from genaccel.attention.sla import block_map, sla_block_map
 from genaccel.attention.sla.reference import (
     ALL_KEYS_EPS,
     FEATURE_MAPS,
@@ -50,6 +50,33 @@ def test_block_map_matches_reference(B, H, Hkv, Nq, Nk, D, block, topk, low_k, g
     # The index list names exactly the critical blocks, ascending.
     expected_idx, expected_cnt = genaccel.block_mask_to_indices(codes == 1)
     assert torch.equal(kv_indices, expected_idx) and torch.equal(kv_counts, expected_cnt)
+
+
+@pytest.mark.parametrize("kind", ["all_equal", "negative_and_signed_zero"])
+def test_block_map_breaks_ties_like_a_stable_sort(kind, gen):
+    """Equal scores: the lower block index is the more critical (and the less negligible), as in the
+    reference's stable descending sort."""
+    B, H, N, D = 1, 2, 640, 8
+    q, k = rand(gen, B, H, N, D), rand(gen, B, H, N, D)
+    if kind == "all_equal":
+        q = torch.zeros_like(q)  # every score is exactly 0
+    else:
+        q = torch.zeros_like(q)
+        q[:, :, :64] = -1.0  # query block 0: scores -pool(k).sum; the rest 0 (some -0.0)
+    codes, kv_indices, _ = sla_block_map(q, k, 0.3, 0.3, 64)
+    assert torch.equal(codes, sla_block_map_reference(q, k, 0.3, 0.3, (64, 64)))
+    if kind == "all_equal":
+        assert (codes[..., :3] == 1).all() and (codes[..., 7:] == -1).all() and (codes[..., 3:7] == 0).all()
+        assert (kv_indices == torch.tensor([0, 1, 2], dtype=torch.int32)).all()
+
+
+def test_stable_descending_keys_order_like_a_stable_sort(gen):
+    values = torch.tensor([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, float("inf"), -float("inf")])
+    scores = values[torch.randint(0, len(values), (50, 37), generator=gen)]
+    key = block_map._stable_descending_keys(scores)
+    assert (key.sort(dim=-1).values.diff(dim=-1) > 0).all()  # distinct within each row
+    order = (36 - torch.remainder(key.sort(dim=-1, descending=True).values, 37))
+    assert torch.equal(order, torch.sort(scores, dim=-1, descending=True, stable=True).indices)
 
 
 def test_block_counts_floor_and_clamp():

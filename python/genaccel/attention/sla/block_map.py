@@ -63,18 +63,38 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
         raise ValueError(f"sla_block_map needs at least one query and one key, got Nq={q.shape[2]}, Nk={k.shape[2]}")
     group = q.shape[1] // k.shape[1]
     pooled_q = _pooled_blocks(q, bq)                                                  # (B, H, Tq, D)
-    # Smooth-K: pooling is linear, so pool(k - mean_tokens(k)) = pool(k) - mean_tokens(k).
-    pooled_k = _pooled_blocks(k, bk) - k.mean(dim=-2, keepdim=True, dtype=torch.float32)
+    # Smooth-K: pooling is linear, so pool(k - mean_tokens(k)) = pool(k) - mean_tokens(k), and
+    # mean_tokens(k) is the block means weighted by block sizes (no second pass over k).
+    pooled_k = _pooled_blocks(k, bk)
+    nk = k.shape[-2]
+    sizes = torch.full((pooled_k.shape[-2], 1), float(bk), device=k.device)
+    sizes[-1] = nk - (pooled_k.shape[-2] - 1) * bk
+    pooled_k = pooled_k - (pooled_k * sizes).sum(dim=-2, keepdim=True) / nk
     scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     tk = scores.shape[-1]
     n_crit, n_neg = block_counts(tk, topk, low_k)
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    # The reference's order (a stable descending sort: ties to the lower block index) as distinct
+    # integer keys, so that two topk calls replace sorting every row (several times slower).
+    key = _stable_descending_keys(scores)
+    critical = tk - 1 - torch.remainder(torch.topk(key, n_crit, dim=-1).values, tk)
     codes = torch.zeros(scores.shape, dtype=torch.int8, device=q.device)
-    codes.scatter_(-1, order[..., :n_crit], CRITICAL)
+    codes.scatter_(-1, critical, CRITICAL)
     if n_neg:
-        codes.scatter_(-1, order[..., tk - n_neg :], NEGLIGIBLE)
+        negligible = tk - 1 - torch.remainder(torch.topk(key, n_neg, dim=-1, largest=False).values, tk)
+        codes.scatter_(-1, negligible, NEGLIGIBLE)
     # Every row has exactly n_crit critical blocks: the plan is their ids in ascending order, the
     # format of block_mask_to_indices without its padding.
-    kv_indices = torch.sort(order[..., :n_crit], dim=-1).values.to(torch.int32).contiguous()
+    kv_indices = torch.sort(critical, dim=-1).values.to(torch.int32).contiguous()
     kv_counts = torch.full(scores.shape[:-1], n_crit, dtype=torch.int32, device=q.device)
     return codes, kv_indices, kv_counts
+
+
+def _stable_descending_keys(scores: torch.Tensor) -> torch.Tensor:
+    """int64 keys, one per score, all distinct, whose descending order is the stable descending
+    order of the float32 scores (equal scores: lower index first): the score's bits mapped to an
+    order-preserving int32 (negative floats have their magnitude bits flipped), times Tk, plus
+    Tk - 1 - index. Block index j of a key is Tk - 1 - key mod Tk."""
+    tk = scores.shape[-1]
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes +0.0, equal as a float
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    return ordered * tk + (tk - 1 - torch.arange(tk, device=scores.device))
