@@ -197,19 +197,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
     const int col0 = 2 * (lane & 3);  // first query column of this lane in an n8 tile
-    for (int stage = 0;; stage ^= 1) {
-      QueryTile next_tile;
-      const bool more = tiles.next(next_tile);
-      if (more) {
-        // Stage ^ 1 was last read in the previous iteration, which ended with __syncthreads.
-        load_queries(next_tile, stage ^ 1);
-        ptx::cp_async_commit();
-        ptx::cp_async_wait<1>();
-      } else {
-        ptx::cp_async_wait<0>();
-      }
-      __syncthreads();  // this stage's copies and row statistics by every thread are visible
-
+    for_each_tile_double_buffered(tiles, tile, load_queries, [&](const QueryTile&, int stage) {
       const uint32_t q_stage = smem_q + stage * kTileBytes;
       const uint32_t do_stage = smem_do + stage * kTileBytes;
       const float* lse2 = lse2_s + stage * kTile;
@@ -235,11 +223,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 #pragma unroll
         for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[8 * j + col0 + (c & 1)]);
       mma_acc_b<T, kRowBytes>(dk, ds, q_stage, lo);  // dK += dS^T Q
-
-      if (!more) break;
-      __syncthreads();  // every warp is done with this stage before the next iteration refills it
-      tile = next_tile;
-    }
+    });
   }
 
   // Staged through this warp's own K and V rows, which no other warp reads.
@@ -291,12 +275,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   KeyTile tile;
   if (tiles.next(tile)) {
     const auto load_kv = [&](const KeyTile& t, int stage) {
-      load_rows_async<kTile, D, kThreads>(smem_k + stage * Traits::kTileBytes,
-                                          k + t.start * f.k_row_stride, f.k_row_stride, 0, t.len,
-                                          tid);
-      load_rows_async<kTile, D, kThreads>(smem_v + stage * Traits::kTileBytes,
-                                          v + t.start * f.v_row_stride, f.v_row_stride, 0, t.len,
-                                          tid);
+      load_key_tile<kTile, D, kThreads>(smem_k, smem_v, k, f.k_row_stride, v, f.v_row_stride, t,
+                                        stage, tid);
     };
     // Each warp loads (and alone reads) its own 16 rows of Q and dO.
     load_rows_async<16, D, 32>(smem_q, q, f.q_row_stride, warp_row0, f.seqlen_q - q0, lane);
@@ -319,18 +299,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
     const int col0 = 2 * (lane & 3);  // first key column of this lane in an n8 tile
-    for (int stage = 0;; stage ^= 1) {
-      KeyTile next_tile;
-      const bool more = tiles.next(next_tile);
-      if (more) {
-        load_kv(next_tile, stage ^ 1);
-        ptx::cp_async_commit();
-        ptx::cp_async_wait<1>();
-      } else {
-        ptx::cp_async_wait<0>();
-      }
-      __syncthreads();
-
+    for_each_tile_double_buffered(tiles, tile, load_kv, [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
 
@@ -342,7 +311,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
         for (int c = 0; c < 4; ++c)
-          s[j][c] = 8 * j + col0 + (c & 1) < tile.len
+          s[j][c] = 8 * j + col0 + (c & 1) < t.len
                         ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2]))
                         : 0.f;
 
@@ -355,11 +324,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 #pragma unroll
         for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[c / 2]);
       mma_acc_b<T, kRowBytes>(dq, ds, k_stage, lo);
-
-      if (!more) break;
-      __syncthreads();
-      tile = next_tile;
-    }
+    });
   }
 
   // Staged through this warp's own Q rows.

@@ -53,6 +53,20 @@ struct KeyTile {
   int len;
 };
 
+// Issues the copies of key tile t's K and V rows into stage `stage` of the double-buffered
+// [kTile][D] shared tiles at smem_k and smem_v (rows past t.len zero-filled), kThreads threads
+// cooperating; k and v point at key row 0 of their head.
+template <int kTile, int D, int kThreads, class T>
+__device__ __forceinline__ void load_key_tile(uint32_t smem_k, uint32_t smem_v, const T* k,
+                                              int64_t k_row_stride, const T* v, int64_t v_row_stride,
+                                              const KeyTile& t, int stage, int tid) {
+  constexpr uint32_t kTileBytes = kTile * D * sizeof(T);
+  load_rows_async<kTile, D, kThreads>(smem_k + stage * kTileBytes, k + t.start * k_row_stride,
+                                      k_row_stride, 0, t.len, tid);
+  load_rows_async<kTile, D, kThreads>(smem_v + stage * kTileBytes, v + t.start * v_row_stride,
+                                      v_row_stride, 0, t.len, tid);
+}
+
 // Tile-list policy of the block-sparse op: the key blocks kv_indices[b', h', qb, 0..count) in plan
 // order, each walked as block_k / kTile tiles and clipped to seqlen_k (the last block may be
 // partial; its tiles that start past the end are skipped). Every thread of the CTA walks the same
@@ -132,12 +146,8 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
   KeyTile tile;
   if (tiles.next(tile)) {
     const auto load_kv = [&](const KeyTile& t, int stage) {
-      load_rows_async<kTile, D, kThreads>(smem_k + stage * Traits::kTileBytes,
-                                          k + t.start * p.k_row_stride, p.k_row_stride, 0, t.len,
-                                          tid);
-      load_rows_async<kTile, D, kThreads>(smem_v + stage * Traits::kTileBytes,
-                                          v + t.start * p.v_row_stride, p.v_row_stride, 0, t.len,
-                                          tid);
+      load_key_tile<kTile, D, kThreads>(smem_k, smem_v, k, p.k_row_stride, v, p.v_row_stride, t,
+                                        stage, tid);
     };
     // Each warp loads its own 16 Q rows, so only a warp barrier stands between copy and ldmatrix.
     load_rows_async<16, D, 32>(smem_q, q, p.q_row_stride, warp_row0, p.seqlen_q - q0, lane);
@@ -153,19 +163,7 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
 
     const float scale_log2 = p.scale * kLog2e;
     const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
-    for (int stage = 0;; stage ^= 1) {
-      KeyTile next_tile;
-      const bool more = tiles.next(next_tile);
-      if (more) {
-        // Stage ^ 1 was last read in the previous iteration, which ended with __syncthreads.
-        load_kv(next_tile, stage ^ 1);
-        ptx::cp_async_commit();
-        ptx::cp_async_wait<1>();
-      } else {
-        ptx::cp_async_wait<0>();
-      }
-      __syncthreads();  // this stage's copies by every thread are visible
-
+    for_each_tile_double_buffered(tiles, tile, load_kv, [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
 
@@ -178,12 +176,12 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
       for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
         for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
-      if (tile.len < kTile) {
+      if (t.len < kTile) {
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
           for (int c = 0; c < 4; ++c)
-            if (8 * j + col0 + (c & 1) >= tile.len) s[j][c] = -INFINITY;
+            if (8 * j + col0 + (c & 1) >= t.len) s[j][c] = -INFINITY;
       }
 
       float rescale[2];
@@ -191,11 +189,7 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
       OnlineSoftmax::rescale_rows(acc, rescale);
 
       mma_acc_b<T, Traits::kRowBytes>(acc, s, v_stage, lo);  // O += P V
-
-      if (!more) break;
-      __syncthreads();  // every warp is done with this stage before the next iteration refills it
-      tile = next_tile;
-    }
+    });
   }
 
   // Epilogue: normalise, round to T and store, staged through this warp's own Q rows in shared

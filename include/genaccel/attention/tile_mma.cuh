@@ -44,6 +44,33 @@ __device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gme
   }
 }
 
+// The double-buffered walk over a tile list shared by the attention kernels. `first` (from
+// tiles.next) has had its copies issued into stage 0 and committed; then for each tile, the next
+// tile's copies go into the other stage (load(tile, stage) issues them) while compute(tile, stage)
+// works on this one. The barriers: before compute, every thread's copies of the stage are visible;
+// after it, no warp still reads the stage that the next iteration refills. Copies committed before
+// `first`'s (e.g. a CTA's own rows) are complete before the first compute.
+template <class Tiles, class Tile, class Load, class Compute>
+__device__ __forceinline__ void for_each_tile_double_buffered(Tiles& tiles, Tile tile, Load&& load,
+                                                              Compute&& compute) {
+  for (int stage = 0;; stage ^= 1) {
+    Tile next_tile;
+    const bool more = tiles.next(next_tile);
+    if (more) {
+      load(next_tile, stage ^ 1);
+      ptx::cp_async_commit();
+      ptx::cp_async_wait<1>();
+    } else {
+      ptx::cp_async_wait<0>();
+    }
+    __syncthreads();
+    compute(tile, stage);
+    if (!more) break;
+    __syncthreads();
+    tile = next_tile;
+  }
+}
+
 // This lane's ldmatrix addresses within a tile (byte offsets from row 0 for k-step / column pair 0).
 // Every row any lane addresses is congruent to lane mod 8, so its swizzle is lane % 8; the chunk
 // index of step i is 2 * i + (a bit of the lane), and since a row base has zero low 7 bits the whole
