@@ -126,3 +126,19 @@ def test_gradients_for_thread_counts(B, H, Hkv, D, threads, gen):
                 assert rel_err(g, e) <= 2e-4, (name, rel_err(g, e))
     finally:
         torch.set_num_threads(before)
+
+
+def test_double_backward_raises(gen):
+    q, k, v = (make_input(gen, (1, 2, 64, 16), torch.float32, "cpu").requires_grad_() for _ in range(3))
+    out = genaccel.block_sparse_attention(q, k, v, torch.ones(1, 1, 2, 2, dtype=torch.bool), 32)
+    (gq,) = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
+    with pytest.raises(RuntimeError, match="block_sparse_attention: double backward"):
+        gq.sum().backward()
+
+
+def test_nan_reaches_only_the_rows_that_attend_it(gen):
+    q, k, v = (make_input(gen, (1, 1, 128, 16), torch.float32, "cpu") for _ in range(3))
+    k[0, 0, 70, 3] = float("nan")
+    mask = torch.tensor([[[[False, True], [True, False]]]])
+    out = genaccel.block_sparse_attention(q, k, v, mask, 64)
+    assert out[..., :64, :].isnan().all() and out[..., 64:, :].isfinite().all()

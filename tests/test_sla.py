@@ -159,7 +159,9 @@ def test_compile_fullgraph_backward(backend, gen):
         (dict(topk=1.2), "topk must be a number in"),
         (dict(topk=0.5, low_k=0.6), "topk \\+ low_k must be at most 1"),
         (dict(proj_bias=torch.zeros(16)), "proj_bias needs proj_weight"),
-        (dict(proj_weight=torch.zeros(8, 16)), "proj_weight must have shape"),
+        (dict(proj_weight=torch.zeros(8, 16)), "proj_weight must be a floating-point tensor of shape \\(16, 16\\)"),
+        (dict(proj_weight=torch.zeros(16, 16, dtype=torch.long)), "proj_weight must be a floating-point"),
+        (dict(proj_weight=torch.zeros(16, 16), proj_bias=torch.zeros(64, 16)), "proj_bias must be a floating-point"),
         (dict(block_size=(64,)), "block_size"),
     ],
 )
@@ -167,6 +169,47 @@ def test_bad_arguments(kwargs, match, gen):
     q, k, v = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
     with pytest.raises(ValueError, match=match):
         genaccel.sparse_linear_attention(q, k, v, **kwargs)
+
+
+def test_bad_shapes_say_what_is_wrong(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="D >= 1"):
+        genaccel.sparse_linear_attention(q[..., :0], k[..., :0], v[..., :0])
+    with pytest.raises(ValueError, match="at least one head"):
+        genaccel.sparse_linear_attention(q[:, :0], k[:, :0], v[:, :0])
+    with pytest.raises(RuntimeError, match="^sla_fwd: k and v must have the same length"):
+        torch.ops.genaccel.sla_fwd(q, k, v[:, :, :32], *sla_block_map(q, k, 0.5, 0.0, 32), 32, 32, 0.25,
+                                   "softmax", False)
+
+
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_nan_in_k_reaches_the_output(fmap, gen):
+    """As in torch: a NaN input poisons what depends on it instead of vanishing in a max or exp."""
+    q, k, v = inputs(gen, 1, 1, 1, 128, 128, 16, torch.float32)
+    k[0, 0, 70, 3] = float("nan")
+    out = genaccel.sparse_linear_attention(q, k, v, topk=0.5, low_k=0.0, feature_map=fmap)
+    ref = sparse_linear_attention_reference(q.double(), k.double(), v.double(),
+                                            sla_block_map(q, k, 0.5, 0.0, 64)[0], block_size=(64, 64),
+                                            feature_map_name=fmap)[0]
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+
+
+def test_double_backward_raises(gen):
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32))
+    out = genaccel.sparse_linear_attention(q, k, v, topk=0.5, low_k=0.0)
+    (gq,) = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
+    with pytest.raises(RuntimeError, match="sparse_linear_attention: double backward"):
+        gq.sum().backward()
+
+
+def test_projection_under_autocast_does_not_depend_on_grad_mode(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32)
+    w, b = proj(gen, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            plain = genaccel.sparse_linear_attention(q, k, v, w, b)
+        tracked = genaccel.sparse_linear_attention(q, k, v, w.requires_grad_(), b)
+    assert torch.equal(plain, tracked.detach())
 
 
 def test_op_rejects_bad_codes_and_feature_maps(gen):
@@ -215,6 +258,31 @@ def test_gradients_match_reference(case, dtype, gen):
             assert g.abs().max() == 0, name
         else:
             assert rel_err(g, e) <= tol, (name, rel_err(g, e))
+
+
+@pytest.mark.parametrize("all_keys", [False, True], ids=["marginal", "all_keys"])
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+@pytest.mark.parametrize("topk,low_k", [(0.05, 0.0), (0.05, 0.1), (0.2, 0.0), (0.2, 0.1), (1.0, 0.0)])
+def test_gradient_matrix_matches_reference(topk, low_k, fmap, all_keys, gen):
+    """Every (topk, low_k, phi, semantics) of the issue (topk 1 leaves no room for low_k), float32,
+    all five gradients against autograd through the float64 reference (GQA, partial blocks; 20 key
+    blocks so topk 0.05 keeps one)."""
+    B, H, Hkv, Nq, Nk, D, block = 1, 2, 1, 150, 620, 8, (32, 32)
+    q, k, v = (t.requires_grad_() for t in inputs(gen, B, H, Hkv, Nq, Nk, D, torch.float32))
+    w, b = (t.requires_grad_() for t in proj(gen, D))
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, all_keys)
+    go = torch.randn(out.shape, generator=gen)
+    grads = torch.autograd.grad(out, (q, k, v, w, b), go)
+    codes = sla_block_map(q, k, topk, low_k, block)[0]
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, w, b)]
+    ref = sparse_linear_attention_reference(*ref_in[:3], codes, *ref_in[3:], block, fmap, all_keys)[0]
+    assert rel_err(out, ref) <= 1e-5
+    expected = torch.autograd.grad(ref, ref_in, go.double())
+    for name, g, e in zip(["q", "k", "v", "proj_weight", "proj_bias"], grads, expected):
+        if e.norm() == 0:
+            assert g.abs().max() == 0, name
+        else:
+            assert rel_err(g, e) <= 1e-4, (name, rel_err(g, e))
 
 
 def test_module_starts_as_sparse_only_and_trains(gen):

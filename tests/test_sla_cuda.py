@@ -95,3 +95,16 @@ def test_gradients_match_reference(fmap, gen):
     expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
     for name, g, e in zip(["q", "k", "v", "proj_weight"], grads, expected):
         assert g.is_cuda and rel_err(g.cpu(), e) <= 2e-2, (name, rel_err(g.cpu(), e))
+
+
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_nan_in_k_reaches_the_output(fmap, gen):
+    """As on the CPU: a NaN key poisons the rows that use it (here all: its block is marginal or
+    critical for every query block), it does not vanish in a max or a division guard."""
+    q, k, v = inputs(gen, 1, 2, 2, 256, 256, 64, torch.bfloat16)
+    k[0, :, 70, 3] = float("nan")
+    out = genaccel.sparse_linear_attention(q, k, v, topk=0.5, low_k=0.0, feature_map=fmap)
+    codes = sla_block_map(q, k, 0.5, 0.0, (64, 64))[0].cpu()
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes, block_size=(64, 64),
+                                            feature_map_name=fmap)[0]
+    assert torch.equal(out.isnan().cpu(), ref.isnan()) and ref.isnan().any()

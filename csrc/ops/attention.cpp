@@ -18,10 +18,10 @@ namespace genaccel::ops {
 namespace {
 constexpr const char* kOp = "block_sparse_attn_fwd";
 
-void check_qkv(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, kOp, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sizes());
+void check_qkv(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sizes());
   auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kOp, ": ", name,
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
               " must be float32, float16 or bfloat16, got ", dt);
 }
 }  // namespace
@@ -35,51 +35,51 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
 
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k) {
-  check_qkv(q, "q");
-  check_qkv(k, "k");
-  check_qkv(v, "v");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+                                   int64_t block_q, int64_t block_k, const char* op) {
+  check_qkv(q, "q", op);
+  check_qkv(k, "k", op);
+  check_qkv(v, "v", op);
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
               ": q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
               v.scalar_type());
-  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), kOp,
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
               ": q, k, v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
-  TORCH_CHECK(k.size(0) == B && v.size(0) == B, kOp, ": batch of k ", k.size(0), " and v ", v.size(0),
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B, op, ": batch of k ", k.size(0), " and v ", v.size(0),
               " must equal batch of q ", B);
-  TORCH_CHECK(k.size(1) == v.size(1), kOp, ": k and v must have the same number of heads, got ",
+  TORCH_CHECK(k.size(1) == v.size(1), op, ": k and v must have the same number of heads, got ",
               k.size(1), " and ", v.size(1));
-  TORCH_CHECK(k.size(2) == v.size(2), kOp, ": k and v must have the same length, got ", k.size(2),
+  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v must have the same length, got ", k.size(2),
               " and ", v.size(2));
-  TORCH_CHECK(k.size(3) == D && v.size(3) == D, kOp, ": head dim of k ", k.size(3), " and v ",
+  TORCH_CHECK(k.size(3) == D && v.size(3) == D, op, ": head dim of k ", k.size(3), " and v ",
               v.size(3), " must equal head dim of q ", D);
   const int64_t Hkv = k.size(1);
-  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, kOp, ": query heads ", H,
+  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, op, ": query heads ", H,
               " must be a multiple of key/value heads ", Hkv, " (GQA)");
-  TORCH_CHECK(D >= 1 && D <= 256, kOp, ": head dim must be in [1, 256], got ", D);
+  TORCH_CHECK(D >= 1 && D <= 256, op, ": head dim must be in [1, 256], got ", D);
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, kOp,
+  TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, op,
               ": block sizes must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
   const int64_t Nk = k.size(2);
-  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, kOp, ": sequence lengths must be below 2^31, got Nq=", Nq,
+  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
               ", Nk=", Nk);
   const int64_t Tq = (Nq + block_q - 1) / block_q, Tk = (Nk + block_k - 1) / block_k;
 
-  TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, kOp,
+  TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, op,
               ": kv_indices and kv_counts must be int32, got ", kv_indices.scalar_type(), " and ",
               kv_counts.scalar_type());
-  TORCH_CHECK(kv_indices.device() == q.device() && kv_counts.device() == q.device(), kOp,
+  TORCH_CHECK(kv_indices.device() == q.device() && kv_counts.device() == q.device(), op,
               ": kv_indices and kv_counts must be on the device of q (", q.device(), "), got ",
               kv_indices.device(), " and ", kv_counts.device());
-  TORCH_CHECK(kv_indices.dim() == 4, kOp, ": kv_indices must be 4-D (B or 1, H or 1, Tq, max_kv), got shape ",
+  TORCH_CHECK(kv_indices.dim() == 4, op, ": kv_indices must be 4-D (B or 1, H or 1, Tq, max_kv), got shape ",
               kv_indices.sizes());
-  TORCH_CHECK(kv_counts.dim() == 3, kOp, ": kv_counts must be 3-D (B or 1, H or 1, Tq), got shape ",
+  TORCH_CHECK(kv_counts.dim() == 3, op, ": kv_counts must be 3-D (B or 1, H or 1, Tq), got shape ",
               kv_counts.sizes());
   const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
-  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, kOp,
+  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, op,
               ": kv_indices must have shape (", B, " or 1, ", H, " or 1, ", Tq, ", max_kv) for Nq=", Nq,
               " and block_q=", block_q, ", got ", kv_indices.sizes());
-  TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, kOp,
+  TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, op,
               ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
   const int64_t max_kv = kv_indices.size(3);
   if (kv_counts.numel() == 0) return;
@@ -90,11 +90,11 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
   auto bad_index = used & ((kv_indices < 0) | (kv_indices >= Tk));
   auto bad_count = (counts < 0) | (counts > max_kv);
   if (at::cat({bad_index.flatten(), bad_count.flatten()}).any().item<bool>()) {
-    TORCH_CHECK(!bad_count.any().item<bool>(), kOp, ": kv_counts must lie in [0, ", max_kv,
+    TORCH_CHECK(!bad_count.any().item<bool>(), op, ": kv_counts must lie in [0, ", max_kv,
                 "] (the last dim of kv_indices), got values in [", counts.min().item<int64_t>(), ", ",
                 counts.max().item<int64_t>(), "]");
     auto bad_vals = kv_indices.masked_select(bad_index);
-    TORCH_CHECK(false, kOp, ": kv_indices must lie in [0, ", Tk, ") (key blocks of Nk=", Nk,
+    TORCH_CHECK(false, op, ": kv_indices must lie in [0, ", Tk, ") (key blocks of Nk=", Nk,
                 ", block_k=", block_k, ") for every counted entry; found ", bad_vals.numel(),
                 " out of range, e.g. ", bad_vals[0].item<int>());
   }
@@ -172,7 +172,7 @@ void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor
                                         const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                         int64_t block_q, int64_t block_k, double scale) {
   constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
               ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());

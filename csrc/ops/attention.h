@@ -9,10 +9,12 @@
 namespace genaccel::ops {
 
 // Checks q/k/v/kv_indices/kv_counts of block_sparse_attn_fwd (ranks, shapes, dtypes, devices,
-// index ranges) and raises a c10::Error naming the argument on the first violation.
+// index ranges) and raises a c10::Error naming `op` (the op being called) and the argument on the
+// first violation.
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k);
+                                   int64_t block_q, int64_t block_k,
+                                   const char* op = "block_sparse_attn_fwd");
 
 // Fills the torch-free params from tensors whose last dim is contiguous; out/lse must be
 // contiguous (B, H, Nq, D) / (B, H, Nq).

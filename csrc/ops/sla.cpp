@@ -29,7 +29,7 @@ constexpr const char* kBwdOp = "sla_bwd";
 void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                       int64_t block_q, int64_t block_k) {
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
   TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
   TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());

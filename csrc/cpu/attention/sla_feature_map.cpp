@@ -53,7 +53,7 @@ void phi_row(float* buf, int dim, int dp, FeatureMap f) {
       }
       break;
     case FeatureMap::kRelu:
-      for (int i = 0; i < dp; i += 8) store8(buf + i, max8(load8(buf + i), splat8(0.f)));
+      for (int i = 0; i < dp; i += 8) store8(buf + i, max8(splat8(0.f), load8(buf + i)));  // NaN stays
       break;
   }
 }

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu/attention/sla_linear_common.h"
@@ -61,7 +62,7 @@ void query_block(const attention::SlaLinearFwdParams& p, const sla::ItemSizes& s
   float* out = p.out + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q * D + static_cast<int64_t>(q0) * D;
   float* denom = p.denom + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q + q0;
   for (int i = 0; i < m; ++i) {
-    const float inv = den[i] > 0.f ? 1.f / den[i] : 0.f;
+    const float inv = den[i] > 0.f ? 1.f / den[i] : (std::isnan(den[i]) ? den[i] : 0.f);  // NaN stays NaN
     for (int e = 0; e < D; ++e) out[i * D + e] = ws.ot[e * q_pad + i] * inv;
     denom[i] = den[i];
   }

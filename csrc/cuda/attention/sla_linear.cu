@@ -61,7 +61,7 @@ __global__ void normalize_kernel(const float4* __restrict__ num, const float* __
     const int64_t g = row / rows, r = row - g * rows;
     const int64_t src = g * padded_rows + r;
     const float d = den[src] + eps;
-    const float s = d > 0.f ? 1.f / d : 0.f;
+    const float s = d > 0.f ? 1.f / d : (isnan(d) ? d : 0.f);  // no marginal key: 0; NaN stays NaN
     const float4 x = num[src * quads + c];
     out[i] = Pack4<T>::make(x.x * s, x.y * s, x.z * s, x.w * s);
     if (c == 0) denom[row] = d;

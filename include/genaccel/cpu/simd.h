@@ -26,6 +26,8 @@ inline f32x8 load8(const float* p) {
 }
 inline void store8(float* p, f32x8 x) { __builtin_memcpy(p, &x, sizeof(x)); }
 inline f32x8 splat8(float x) { return f32x8{} + x; }
+// a where a > b, else b: a NaN in b comes through, a NaN in a does not (like maxps). Callers that
+// must keep NaN put the value they clamp second.
 inline f32x8 max8(f32x8 a, f32x8 b) { return a > b ? a : b; }
 inline f32x8 select8(i32x8 mask, f32x8 if_true, f32x8 if_false) { return mask ? if_true : if_false; }
 
@@ -41,10 +43,11 @@ inline bool any8(i32x8 mask) {
 
 // 2^x for x <= 127, relative error below 2e-7 (degree-6 Taylor polynomial of 2^f on |f| <= 1/2),
 // about half the instructions of a general exp. Inputs below -125 (-inf included) give
-// 2^-125 ~ 2e-38: as good as 0 for the softmax weights and rescale factors it computes.
-inline f32x8 exp2_8(f32x8 x) {
+// 2^-125 ~ 2e-38: as good as 0 for the softmax weights and rescale factors it computes. NaN gives
+// NaN (a NaN score or feature must reach the output, as in torch, not vanish).
+inline f32x8 exp2_8(f32x8 x_in) {
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  x = max8(x, splat8(-125.f));
+  const f32x8 x = max8(splat8(-125.f), x_in);  // NaN passes (the exponent bits below would not keep it)
   const f32x8 t = x + kRound;
   const f32x8 f = x - (t - kRound);  // in [-1/2, 1/2]
   f32x8 p = splat8(1.5403530393381608e-4f);
@@ -56,7 +59,7 @@ inline f32x8 exp2_8(f32x8 x) {
   p = p * f + 1.f;
   const i32x8 n = reinterpret_cast<const i32x8&>(t) - 0x4B400000;  // round(x)
   const i32x8 bits = reinterpret_cast<const i32x8&>(p) + (n << 23);
-  return reinterpret_cast<const f32x8&>(bits);
+  return select8(x == x, reinterpret_cast<const f32x8&>(bits), x);
 }
 
 }  // namespace genaccel::cpu

@@ -156,3 +156,19 @@ torch.library.register_autograd(
     _block_sparse_attn_backward,
     setup_context=_block_sparse_attn_setup_context,
 )
+
+
+def refuse_double_backward(backward_op: str, forward_op: str) -> None:
+    """Gives the backward op `genaccel::<backward_op>` an autograd formula that raises: gradients of
+    its gradients are not implemented, and without a formula torch would warn and return zeros.
+    The formula only runs when the first backward was taken with create_graph=True."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{forward_op}: double backward (the gradient of its gradients, e.g. "
+                           f"autograd.grad(..., create_graph=True) then backward) is not supported")
+
+    torch.library.register_autograd(f"genaccel::{backward_op}", backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+refuse_double_backward("block_sparse_attn_bwd", "block_sparse_attention")

@@ -57,7 +57,9 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
             raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head dim")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+    if k.shape[1] == 0 or q.shape[1] == 0:
+        raise ValueError(f"q and k need at least one head, got {q.shape[1]} and {k.shape[1]}")
+    if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} must be a multiple of key heads {k.shape[1]}")
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError(f"sla_block_map needs at least one query and one key, got Nq={q.shape[2]}, Nk={k.shape[2]}")

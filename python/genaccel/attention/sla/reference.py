@@ -105,8 +105,9 @@ def sparse_linear_attention_reference(
     else:
         weights = (fq @ fk.transpose(-1, -2)).masked_fill(tokens != MARGINAL, 0.0)
         denom = weights.sum(dim=-1, keepdim=True)
-        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-        out_linear = torch.where(denom > 0, (weights @ v) / safe, torch.zeros_like(out_sparse))
+        # denom = 0 (no marginal block, or relu features that never meet) gives 0; a NaN stays NaN.
+        safe = torch.where(denom == 0, torch.ones_like(denom), denom)
+        out_linear = torch.where(denom == 0, torch.zeros_like(out_sparse), (weights @ v) / safe)
 
     projected = out_linear
     if proj_weight is not None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..block_sparse import BlockSize, _block_size, attention_delta
+from ..block_sparse import BlockSize, _block_size, attention_delta, refuse_double_backward
 from .block_map import sla_block_map
 from .reference import FEATURE_MAPS
 
@@ -41,12 +41,17 @@ def sparse_linear_attention(
     bq, bk = _block_size(block_size)
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
+    if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[-1] < 1:
+        raise ValueError(f"q must be a 4-D tensor (B, H, N, D) with D >= 1, got {getattr(q, 'shape', type(q))}")
+    D = q.shape[-1]
     if proj_weight is None and proj_bias is not None:
         raise ValueError("proj_bias needs proj_weight")
-    if proj_weight is not None and tuple(proj_weight.shape) != (q.shape[-1], q.shape[-1]):
-        raise ValueError(f"proj_weight must have shape ({q.shape[-1]}, {q.shape[-1]}), got {tuple(proj_weight.shape)}")
+    for name, t, shape in (("proj_weight", proj_weight, (D, D)), ("proj_bias", proj_bias, (D,))):
+        if t is not None and (not t.is_floating_point() or tuple(t.shape) != shape):
+            raise ValueError(f"{name} must be a floating-point tensor of shape {shape}, got "
+                             f"{t.dtype} {tuple(t.shape)}")
     codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(D)
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
         q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys
     )
@@ -55,11 +60,13 @@ def sparse_linear_attention(
     elif out_sparse.dtype == proj_weight.dtype:
         # out_sparse + out_linear W^T (+ b) as one addmm: one fewer (B, H, N, D) temporary and pass.
         # Without autograd, into out_sparse itself (fresh from the op, saved by nobody): a (B, H, N, D)
-        # allocation less, whose page faults cost as much as the addmm on the CPU.
-        flat, lin = out_sparse.reshape(-1, out_sparse.shape[-1]), out_linear.reshape(-1, out_linear.shape[-1])
+        # allocation less, whose page faults cost as much as the addmm on the CPU. Not under autocast,
+        # which casts addmm but not addmm_: both paths must compute alike.
+        flat, lin = out_sparse.reshape(-1, D), out_linear.reshape(-1, D)
         grads = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, proj_weight, proj_bias))
-        out = (torch.addmm(flat, lin, proj_weight.t()) if grads else flat.addmm_(lin, proj_weight.t())).view(
+        in_place = not grads and not torch.is_autocast_enabled(q.device.type)
+        out = (flat.addmm_(lin, proj_weight.t()) if in_place else torch.addmm(flat, lin, proj_weight.t())).view(
             out_sparse.shape)
         if proj_bias is not None:
             out = out.add_(proj_bias)  # addmm does not keep its output for backward
@@ -114,3 +121,4 @@ def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
 
 
 torch.library.register_autograd("genaccel::sla_fwd", _sla_fwd_backward, setup_context=_sla_fwd_setup_context)
+refuse_double_backward("sla_bwd", "sparse_linear_attention")
