@@ -84,6 +84,7 @@ def test_block_counts_floor_and_clamp():
     assert block_counts(10, 0.0, 0.0) == (1, 0)  # at least one critical block
     assert block_counts(10, 0.0, 1.0) == (1, 9)  # negligible never takes the critical block
     assert block_counts(7, 1.0, 0.0) == (7, 0)
+    assert block_counts(100, 0.29, 0.57) == (29, 57)  # 0.29 * 100 = 28.999999999999996 in float64
 
 
 def test_block_map_uses_valid_tokens_of_partial_blocks(gen):

@@ -42,8 +42,11 @@ def block_counts(n_blocks: int, topk: float, low_k: float):
     floor(low_k * Tk) negligible, never more than the blocks the critical ones leave."""
     if n_blocks == 0:
         return 0, 0
-    n_crit = min(n_blocks, max(1, math.floor(topk * n_blocks)))
-    n_neg = min(n_blocks - n_crit, math.floor(low_k * n_blocks))
+    # floor of the exact product: 0.29 * 100 is 28.999999999999996 in binary floating point, and a
+    # user asking for 29 % of 100 blocks means 29 (the slack is far above that rounding error and
+    # far below any real fraction's distance to the next integer).
+    n_crit = min(n_blocks, max(1, math.floor(topk * n_blocks + 1e-9)))
+    n_neg = min(n_blocks - n_crit, math.floor(low_k * n_blocks + 1e-9))
     return n_crit, n_neg
 
 
