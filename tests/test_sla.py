@@ -285,6 +285,35 @@ def test_gradient_matrix_matches_reference(topk, low_k, fmap, all_keys, gen):
             assert rel_err(g, e) <= 1e-4, (name, rel_err(g, e))
 
 
+@pytest.mark.parametrize("fmap", ["relu", "elu"])
+def test_outlier_keys_do_not_cancel_the_linear_branch(fmap, gen):
+    """Key blocks of huge norm (critical for every row) next to tiny marginal features: subtracting
+    the heavy critical blocks from the total would cancel the marginal sums' digits in float32, so
+    such rows sum their marginal blocks directly. Forward and gradients against the reference."""
+    N, D, bs = 64 * 16, 16, 64
+    q = (torch.rand(1, 1, N, D, generator=gen) + 0.5).requires_grad_()
+    k = torch.rand(1, 1, N, D, generator=gen)
+    k[:, :, : 2 * bs] = k[:, :, : 2 * bs] * 1e3 + 1e3
+    if fmap == "relu":
+        k[:, :, 2 * bs :] *= 1e-3
+    else:  # elu + 1 = exp(x) ~ 1e-3
+        k[:, :, 2 * bs :] = -7.9 + 0.1 * k[:, :, 2 * bs :]
+    k.requires_grad_()
+    v = torch.randn(1, 1, N, D, generator=gen).requires_grad_()
+    codes, idx, cnt = sla_block_map(q, k, 2 / 16, 0.0, bs)
+    assert (codes[..., :2] == 1).all()
+    args = (codes, idx, cnt, bs, bs, D**-0.5, fmap, False)
+    out_linear = torch.ops.genaccel.sla_fwd(q, k, v, *args)[2]
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = sparse_linear_attention_reference(*ref_in, codes, None, None, (bs, bs), fmap)[2]
+    assert rel_err(out_linear, ref) <= 1e-5
+    go = torch.randn(out_linear.shape, generator=gen)
+    grads = torch.autograd.grad(out_linear, (q, k, v), go)
+    expected = torch.autograd.grad(ref, ref_in, go.double())
+    for name, g, e in zip("qkv", grads, expected):
+        assert rel_err(g, e) <= 1e-4, (name, rel_err(g, e))
+
+
 def test_module_starts_as_sparse_only_and_trains(gen):
     q, k, v = inputs(gen, 1, 2, 2, 256, 256, 32, torch.float32)
     layer = genaccel.nn.SparseLinearAttention(32, topk=0.25, low_k=0.0, block_size=64)

@@ -179,7 +179,7 @@ void sla_linear_bwd_f32(const SlaLinearBwdParams& bp) {
         const int h = kvh * group + hh;
         const sla::Marginal marginal{p.codes + b * p.codes_batch_stride + h * p.codes_head_stride, Tk, p.all_keys};
         // 1: [H_i | Z_i] over the marginal key blocks of each query block.
-        rows.build(Tq, Tk, marginal);
+        rows.build(Tq, hz, marginal);
         sla::plan_sums<false>(hz, rows, sums_q.get(), sz.n);
 
         // 2: d_phi_q and [dH_i | dZ_i].
@@ -192,7 +192,7 @@ void sla_linear_bwd_f32(const SlaLinearBwdParams& bp) {
         });
 
         // 3: [dh_j | dz_j] over the query blocks for which key block j is marginal, summed over heads.
-        cols.build(Tk, Tq, [&](int j, int i) { return marginal(i, j); });
+        cols.build(Tk, dhz, [&](int j, int i) { return marginal(i, j); });
         if (hh == 0)
           sla::plan_sums<false>(dhz, cols, sums_k.get(), sz.n);
         else

@@ -83,7 +83,7 @@ void sla_linear_fwd_f32(const attention::SlaLinearFwdParams& p) {
     for (int kvh = 0; kvh < p.kv_heads; ++kvh) {
       sla::key_block_sums(p, sz, b, kvh, hz);
       for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
-        plan.build(Tq, Tk, sla::Marginal{p.codes + b * p.codes_batch_stride + h * p.codes_head_stride, Tk, p.all_keys});
+        plan.build(Tq, hz, sla::Marginal{p.codes + b * p.codes_batch_stride + h * p.codes_head_stride, Tk, p.all_keys});
         sla::plan_sums<false>(hz, plan, sums.get(), sz.n);
         at::parallel_for(0, Tq, 1, [&](int64_t begin, int64_t end) {
           Workspace ws(rows, p.head_dim);
