@@ -92,6 +92,23 @@ def test_rows_without_marginal_blocks_have_no_nan(gen):
     q, k, v = inputs(gen, 1, 2, 2, 256, 256, 16, torch.float32)
     out = genaccel.sparse_linear_attention(q, k, v, None, None, topk=0.25, low_k=0.75, block_size=64)
     assert torch.isfinite(out).all()
+    # No marginal block at all: exactly the sparse branch.
+    sparse = genaccel.sparse_linear_attention(q, k, v, torch.zeros(16, 16), None, topk=0.25, low_k=0.75, block_size=64)
+    assert torch.equal(out, sparse)
+
+
+def test_relu_features_that_never_meet_give_zero_not_nan(gen):
+    """Marginal blocks exist but relu(q) . relu(k) = 0 everywhere: denominator 0, O^l = 0, finite
+    gradients (the kernel, not only the reference)."""
+    q, k, v = inputs(gen, 1, 2, 2, 256, 256, 16, torch.float32)
+    q = (-q.abs()).requires_grad_()  # relu(q) = 0
+    k, v = k.requires_grad_(), v.requires_grad_()
+    codes, idx, cnt = sla_block_map(q, k, 0.25, 0.0, 64)
+    assert (codes == 0).any()
+    out_s, _, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.25, "relu", False)
+    assert not out_l.any() and not denom.any()
+    grads = torch.autograd.grad((out_s + out_l).sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_return_sparsity(gen):
@@ -339,6 +356,10 @@ def test_module_under_bf16_autocast(gen):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(q, k, v)
     assert out.dtype == torch.bfloat16
+    with torch.no_grad():  # the same layer without autocast, in float32
+        expected = genaccel.sparse_linear_attention(q.float(), k.float(), v.float(), layer.proj.weight,
+                                                    layer.proj.bias, 0.5, 0.0, 32)
+    assert rel_err(out, expected) <= 2e-2
     out.float().sum().backward()
     assert layer.proj.weight.grad is not None and layer.proj.weight.grad.dtype == torch.float32
     assert torch.isfinite(layer.proj.weight.grad).all()
