@@ -38,6 +38,19 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
                   codes.size(3) == Tk,
               op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
+  // The sparse branch's list must be exactly the critical blocks of the codes: a listed marginal
+  // block would be counted by both branches, an unlisted critical one by neither. (Indices are in
+  // range: checked above.)
+  if (kv_counts.numel() == 0 || codes.numel() == 0) return;
+  const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
+  auto counts = kv_counts.to(at::kLong).expand({B, H, Tq});
+  auto used = at::arange(M, counts.options()).view({1, 1, 1, M}) < counts.unsqueeze(-1);
+  auto listed = codes.expand({B, H, Tq, Tk}).gather(
+      -1, at::where(used, kv_indices.to(at::kLong).expand({B, H, Tq, M}), 0));
+  const bool consistent = at::logical_or(listed.eq(1), used.logical_not()).all().item<bool>() &&
+                          codes.eq(1).sum(-1).expand({B, H, Tq}).eq(counts).all().item<bool>();
+  TORCH_CHECK(consistent, op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
+              "(code 1) of every query block, as sla_block_map returns them");
 }
 
 }  // namespace
