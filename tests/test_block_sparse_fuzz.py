@@ -1,5 +1,6 @@
 """Hypothesis fuzz of block-sparse attention: random shapes / dtypes / block sizes / masks / layouts
-either match the float64 reference or raise a clean RuntimeError / ValueError -- never crash.
+either match the float64 reference (output, lse and gradients) or raise a clean RuntimeError /
+ValueError -- never crash.
 Skipped where hypothesis is not installed (GPU machines)."""
 
 import os
@@ -13,6 +14,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import genaccel  # noqa: E402
 from conftest import DTYPES, devices  # noqa: E402
+from genaccel.attention.reference import block_sparse_attention_reference  # noqa: E402
 from test_block_sparse_attention import BAD, check_against_reference, make_input, make_mask  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -64,3 +66,22 @@ def test_fuzz_matches_reference_or_refuses_cleanly(device, c):
         return
     assert valid, "an invalid configuration was accepted"
     check_against_reference(out, lse, q, k, v, mask, (bq, bk), c["scale"], c["dtype"])
+    check_gradients(q, k, v, mask, bs, c["scale"], gen)
+
+
+def check_gradients(q, k, v, mask, block_size, scale, gen):
+    """Gradients of sum(out * go) against autograd through the float64 reference: relative, plus a
+    rounding floor on the scale of go for gradients that cancel to zero (one key: dq = 0)."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = genaccel.block_sparse_attention(*leaves, mask, block_size, scale=scale)
+    go = torch.randn(out.shape, generator=gen).to(out.dtype).to(out.device)
+    grads = torch.autograd.grad(out, leaves, go)
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+    ref = block_sparse_attention_reference(*ref_leaves, mask.cpu(), (bq, bk), scale)[0]
+    expected = torch.autograd.grad(ref, ref_leaves, go.cpu().double())
+    rel, floor = (1e-4, 1e-5) if q.dtype == torch.float32 else (2e-2, 1e-3)
+    for name, g, e in zip("qkv", grads, expected):
+        assert g.shape == e.shape and g.dtype == q.dtype, name
+        err = (g.cpu().double() - e).norm()
+        assert err <= rel * e.norm() + floor * go.double().norm(), (name, err.item(), e.norm().item())
