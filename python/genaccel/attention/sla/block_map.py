@@ -53,8 +53,8 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     bq, bk = _block_size(block_size)
     topk, low_k = check_sla_fractions(topk, low_k)
     for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[3] < 1:
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D) with D >= 1, got {getattr(t, 'shape', type(t))}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head dim")
     if k.shape[1] == 0 or q.shape[1] == 0:

@@ -41,16 +41,14 @@ def sparse_linear_attention(
     bq, bk = _block_size(block_size)
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
-    if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[-1] < 1:
-        raise ValueError(f"q must be a 4-D tensor (B, H, N, D) with D >= 1, got {getattr(q, 'shape', type(q))}")
-    D = q.shape[-1]
     if proj_weight is None and proj_bias is not None:
         raise ValueError("proj_bias needs proj_weight")
+    codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))  # also checks q and k
+    D = q.shape[-1]
     for name, t, shape in (("proj_weight", proj_weight, (D, D)), ("proj_bias", proj_bias, (D,))):
         if t is not None and (not t.is_floating_point() or tuple(t.shape) != shape):
             raise ValueError(f"{name} must be a floating-point tensor of shape {shape}, got "
                              f"{t.dtype} {tuple(t.shape)}")
-    codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))
     scale = 1.0 / math.sqrt(D)
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
         q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys
