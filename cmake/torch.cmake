@@ -35,3 +35,25 @@ execute_process(
   COMMAND "${Python_EXECUTABLE}" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"
   OUTPUT_VARIABLE _torch_abi OUTPUT_STRIP_TRAILING_WHITESPACE)
 target_compile_definitions(torch_min INTERFACE _GLIBCXX_USE_CXX11_ABI=${_torch_abi})
+
+# The module must share torch's libstdc++: streams and locales hold process-wide state. A GCC that
+# ships libstdc++ only as a static archive (the GPU image's /opt/gcc 13.3) links a private copy into
+# the module instead, and there formatting an integer into an error message crashed
+# (bench/results/h200/CHECKS.md). With such a compiler, link the libstdc++.so.6 torch has loaded;
+# the archive is then never searched for symbols the shared library already resolved.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  execute_process(COMMAND "${CMAKE_CXX_COMPILER}" -print-file-name=libstdc++.so
+    OUTPUT_VARIABLE _gxx_libstdcxx OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT IS_ABSOLUTE "${_gxx_libstdcxx}")
+    execute_process(
+      COMMAND "${Python_EXECUTABLE}" -c
+        "import torch; print(next(l.split()[-1] for l in open('/proc/self/maps') if '/libstdc++.so' in l))"
+      OUTPUT_VARIABLE TORCH_LIBSTDCXX OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _torch_rc)
+    if(NOT _torch_rc EQUAL 0 OR NOT EXISTS "${TORCH_LIBSTDCXX}")
+      message(FATAL_ERROR "genaccel: ${CMAKE_CXX_COMPILER} has no shared libstdc++ and the one torch "
+        "loads was not found; build with a compiler that has libstdc++.so")
+    endif()
+    message(STATUS "genaccel: ${CMAKE_CXX_COMPILER} has no shared libstdc++; linking torch's ${TORCH_LIBSTDCXX}")
+    target_link_libraries(torch_min INTERFACE "${TORCH_LIBSTDCXX}")
+  endif()
+endif()
