@@ -1,4 +1,5 @@
-"""Small CUDA block-sparse attention runs, forward and backward, checked against the float64 reference.
+"""Small CUDA block-sparse attention and SLA runs, forward and backward, checked against the float64
+reference.
 
 Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
@@ -44,6 +45,16 @@ CASES = [
     ("float32", 1, 2, 2, 130, 130, 64, torch.float32, (64, 64), 0.5, False, "bhnd", False),
 ]
 DESCENDING_PLAN = {"descending plan, partial tile first"}
+
+# SLA (sparse_linear_attention with a projection), forward and backward: the linear branch's row
+# kernels and GEMM operands at the same edges. name, B, H, Hkv, Nq, Nk, D, dtype, block, feature
+# map, linear_over_all_keys, layout, GENACCEL_SLA_CHUNK_BYTES (None: default)
+SLA_CASES = [
+    ("SLA GQA 2:1, partial blocks", 1, 4, 2, 300, 260, 64, torch.bfloat16, (64, 64), "softmax", False, "bhnd", None),
+    ("SLA D=128 128x64, MQA, chunk/pair", 2, 2, 1, 200, 330, 128, torch.bfloat16, (128, 64), "elu", False, "bhnd", "1"),
+    ("SLA N below one block, fp16", 1, 3, 3, 40, 50, 128, torch.float16, (64, 128), "relu", True, "bhnd", None),
+    ("SLA non-contiguous (B, N, H, D)", 1, 4, 4, 190, 190, 64, torch.bfloat16, (64, 64), "softmax", False, "bnhd", None),
+]
 
 
 def descending_plan(mask):
@@ -133,6 +144,49 @@ def run_case(case, gen) -> str:
             f"dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)}")
 
 
+def run_sla_case(case, gen) -> str:
+    """SLA forward and backward (q, k, v, projection) against autograd through the reference."""
+    import os
+
+    import genaccel
+    from genaccel.attention.sla import sla_block_map
+    from genaccel.attention.sla.reference import sparse_linear_attention_reference
+
+    name, B, H, Hkv, Nq, Nk, D, dtype, bs, fmap, all_keys, layout, chunk = case
+    q = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
+    k, v = (torch.randn(B, Hkv, Nk, D, generator=gen).to(dtype) for _ in range(2))
+    w = 0.2 * torch.randn(D, D, generator=gen)
+    go = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
+    leaves = []
+    for t in (q, k, v):
+        c = t.cuda()
+        if layout == "bnhd":  # same values, a (B, N, H, D) tensor seen as (B, H, N, D)
+            c = c.transpose(1, 2).contiguous().transpose(1, 2)
+        leaves.append(c.requires_grad_())
+    wc = w.cuda().requires_grad_()
+    if chunk is not None:
+        os.environ["GENACCEL_SLA_CHUNK_BYTES"] = chunk
+    try:
+        out = genaccel.sparse_linear_attention(*leaves, wc, None, 0.2, 0.1, bs, fmap, linear_over_all_keys=all_keys)
+        grads = torch.autograd.grad((out * go.cuda()).float().sum(), (*leaves, wc))
+        torch.cuda.synchronize()
+    finally:
+        os.environ.pop("GENACCEL_SLA_CHUNK_BYTES", None)
+    codes = sla_block_map(leaves[0], leaves[1], 0.2, 0.1, bs)[0].cpu()
+    ref_in = [t.double().requires_grad_() for t in (q, k, v, w)]
+    ref = sparse_linear_attention_reference(*ref_in[:3], codes, ref_in[3], None, bs, fmap,
+                                            linear_over_all_keys=all_keys)[0]
+    expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
+    err = rel_err(out.detach().cpu(), ref.detach())
+    grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
+    tol = TOL[dtype]
+    if not torch.isfinite(out).all() or err > tol:
+        return f"FAIL forward rel err {err:.2e} (tol {tol:.0e})"
+    if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
+        return f"FAIL backward rel err dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
+    return f"ok   rel err out {err:.2e}, dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)}"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
@@ -145,10 +199,11 @@ def main() -> int:
     print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
     gen = torch.Generator().manual_seed(1234)
     failed = passed = 0
-    for case in CASES:
-        name, required = case[0], case[-1]
+    runs = [(run_case, case, case[-1]) for case in CASES] + [(run_sla_case, case, True) for case in SLA_CASES]
+    for run, case, required in runs:
+        name = case[0]
         try:
-            result = run_case(case, gen)
+            result = run(case, gen)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             if not required:
@@ -160,7 +215,7 @@ def main() -> int:
         failed += bad
         passed += result.startswith("ok")
         print(f"{'FAIL' if bad else 'pass'}  {name:<34} {result}", flush=True)
-    print(f"cuda_smoke: {passed} ok, {failed} failed, {len(CASES) - passed - failed} unsupported optional")
+    print(f"cuda_smoke: {passed} ok, {failed} failed, {len(runs) - passed - failed} unsupported optional")
     return 1 if failed else 0
 
 

@@ -85,13 +85,12 @@ std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
   return {offsets, sorted.remainder(Tq).to(at::kInt)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
-    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale) {
-  constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
-                                     kv_counts_in, block_q, block_k, scale);
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, const char* op) {
   c10::cuda::CUDAGuard guard(q_in.device());
   if (q_in.numel() == 0 || k_in.numel() == 0)
     return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
@@ -120,6 +119,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
   const int err = cuda::block_sparse_bwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
   return {dq, dk, dv};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+  check_block_sparse_attn_bwd_inputs(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
+                                     scale);
+  return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
+                                   scale, "block_sparse_attn_bwd");
 }
 
 }  // namespace

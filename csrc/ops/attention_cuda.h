@@ -1,4 +1,5 @@
-// The CUDA block-sparse attention forward as a tensor function, for the ops built on it (SLA).
+// The CUDA block-sparse attention forward and backward as tensor functions, for the ops built on
+// them (SLA).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -11,6 +12,13 @@ namespace genaccel::ops {
 // once; raises when the kernel does not support the dtype, head dim or block sizes.
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op);
+
+// dq, dk, dv (in the dtypes of q, k, v) of block_sparse_attn_bwd on CUDA tensors whose inputs were
+// already checked (check_block_sparse_attn_bwd_inputs or an op's own checks); `op` as above.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op);
 
 }  // namespace genaccel::ops

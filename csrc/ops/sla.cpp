@@ -80,6 +80,36 @@ void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x) {
               " and ", x.device());
 }
 
+void check_sla_bwd_inputs(
+    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
+    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
+    bool /*linear_over_all_keys*/) {
+  check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+  parse_sla_feature_map(std::string(feature_map), kBwdOp);
+  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
+  const std::pair<const at::Tensor*, const char*> like_q[] = {
+      {&grad_sparse, "grad_sparse"}, {&grad_linear, "grad_linear"}, {&out_sparse, "out_sparse"},
+      {&out_linear, "out_linear"}};
+  for (const auto& [t, name] : like_q) {
+    auto dt = t->scalar_type();
+    TORCH_CHECK(t->sizes() == q.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
+                " must be float32, float16 or bfloat16, got ", dt);
+    TORCH_CHECK(t->device() == q.device(), kBwdOp, ": ", name, " must be on the device of q (",
+                q.device(), "), got ", t->device());
+  }
+  const auto rows = q.sizes().slice(0, 3);
+  const std::pair<const at::Tensor*, const char*> per_row[] = {
+      {&lse, "lse"}, {&delta, "delta"}, {&denom, "denom"}};
+  for (const auto& [t, name] : per_row)
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
+                ": ", name, " must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+}
+
 namespace {
 
 // V's columns zero-padded to the micro-kernel width: the linear branch streams V rows as GEMM B.
@@ -168,40 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   return {out_sparse.to(dt), lse, out_linear.to(dt), denom};
 }
 
-// The inputs of sla_bwd; also op check_sla_bwd_inputs, which the CUDA backward (written in Python
-// for now) calls first.
-void check_sla_bwd_inputs(
-    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
-    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
-    bool /*linear_over_all_keys*/) {
-  check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
-  parse_sla_feature_map(std::string(feature_map), kBwdOp);
-  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
-  const std::pair<const at::Tensor*, const char*> like_q[] = {
-      {&grad_sparse, "grad_sparse"}, {&grad_linear, "grad_linear"}, {&out_sparse, "out_sparse"},
-      {&out_linear, "out_linear"}};
-  for (const auto& [t, name] : like_q) {
-    auto dt = t->scalar_type();
-    TORCH_CHECK(t->sizes() == q.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q.sizes(),
-                ", got ", t->sizes());
-    TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
-                " must be float32, float16 or bfloat16, got ", dt);
-    TORCH_CHECK(t->device() == q.device(), kBwdOp, ": ", name, " must be on the device of q (",
-                q.device(), "), got ", t->device());
-  }
-  const auto rows = q.sizes().slice(0, 3);
-  const std::pair<const at::Tensor*, const char*> per_row[] = {
-      {&lse, "lse"}, {&delta, "delta"}, {&denom, "denom"}};
-  for (const auto& [t, name] : per_row)
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
-                ": ", name, " must be float32 of shape ", rows, " on ", q.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
-}
-
-// A float32 GEMM: the CPU kernels do not use this op; it serves the device-generic CUDA backward
-// when that runs on CPU tensors (tests).
+// A float32 GEMM: the CPU kernels do not use this op (their linear branch pre-aggregates per row);
+// it gives the op a CPU kernel to compare the CUDA one with.
 at::Tensor sla_mask_matmul_cpu(const at::Tensor& mask, const at::Tensor& x) {
   check_sla_mask_matmul_inputs(mask, x);
   return at::bmm(mask.to(at::kFloat), x);
@@ -271,15 +269,6 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   // out[c] = mask[c] @ x[c] with float32 accuracy: per row of the mask, the sum of the rows of x it
   // selects (SLA's per-query-block sums H_i = sum_j M_ij h_j and their transposes).
   m.def("sla_mask_matmul(Tensor mask, Tensor x) -> Tensor");
-  m.def(
-      "check_sla_bwd_inputs(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, "
-      "Tensor codes, Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
-      "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
-      "bool linear_over_all_keys) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(genaccel, CompositeExplicitAutograd, m) {
-  m.impl("check_sla_bwd_inputs", &genaccel::ops::check_sla_bwd_inputs);
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {

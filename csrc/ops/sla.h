@@ -17,6 +17,15 @@ void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                           int64_t block_q, int64_t block_k);
 
+// Checks the inputs of sla_bwd (those of sla_fwd, the gradients and saved outputs, lse, delta and
+// denom) and raises a c10::Error naming sla_bwd on the first violation.
+void check_sla_bwd_inputs(
+    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
+    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
+    bool linear_over_all_keys);
+
 // The ops' `feature_map` argument ("softmax", "elu" or "relu"); raises naming `op` otherwise.
 attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op);
 

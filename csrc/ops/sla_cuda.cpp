@@ -1,14 +1,21 @@
-// CUDA registration of sla_fwd and sla_mask_matmul. The sparse branch is the block-sparse attention
-// kernel over the critical blocks (csrc/cuda/attention/block_sparse_fwd.cu); the linear branch runs
-// as batched cuBLAS GEMMs around two elementwise kernels (csrc/cuda/attention/sla_linear.cu), not
-// yet fused into the attention mainloop:
-//   h_j = phi(K_j)^T V_j, z_j = colsum phi(K_j)        per key block, float32
-//   H_i = sum_j M_ij h_j, Z_i = sum_j M_ij z_j         M = marginal mask (all ones with all_keys)
-//   O^l_i = phi(Q_i) H_i / (phi(Q_i) . Z_i)
-// H_i is the big product ((Tq x Tk) x (Tk x D^2) per head): mask_matmul below runs it on bf16 tensor
-// cores at float32 accuracy (op sla_mask_matmul; the CUDA backward's transposed sums use it too). It
-// sums the marginal blocks directly: on a GEMM that costs what pre-aggregation would, without its
-// cancellation. The other products are float32 cuBLAS GEMMs (TF32 only where the user enabled it).
+// CUDA registration of sla_fwd, sla_bwd and sla_mask_matmul. The sparse branch is the block-sparse
+// attention kernels over the critical blocks (csrc/cuda/attention/block_sparse_{fwd,bwd}.cu); the
+// linear branch runs as batched cuBLAS GEMMs between per-token row kernels
+// (csrc/cuda/attention/sla_linear.cu), not yet fused into the attention mainloop.
+//
+// V is augmented with a column of ones, v_aug = [V, 1, 0, 0, 0] (W = D + 4 columns, 16-byte rows),
+// so that one product carries the linear branch's matrix and vector sums together:
+//   h_j = phi(K_j)^T v_aug_j = [phi(K_j)^T V_j, z_j]     per key block, D x W, float32
+//   H_i = sum_j M_ij h_j = [H_i, Z_i]                    M = marginal mask (all ones with all_keys)
+//   phi(Q_i) H_i = [numerator, denominator]              O^l_i = numerator / denominator
+// Backward, with g_aug = [dO^l / den, -<dO^l, O^l> / den, 0...] per row (the gradient of the
+// augmented numerator row):
+//   dphi(Q_i) = g_aug_i H_i^T,  dH_i = phi(Q_i)^T g_aug_i,  dh_j = sum_i M_ij dH_i,
+//   dphi(K_j) = v_aug_j dh_j^T,  [dV_j, .] = phi(K_j) dh_j,  then the gradients through phi.
+// The sums over the mask ((Tq x Tk) x (Tk x D W) per head) run on bf16 tensor cores at float32
+// accuracy (mask_matmul, also op sla_mask_matmul); they add the marginal blocks directly, which on a
+// GEMM costs what pre-aggregation would, without its cancellation. The other products are float32
+// cuBLAS GEMMs (TF32 only where the user enabled it).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda/attention/sla_linear.h"
 #include "ops/attention_cuda.h"
@@ -25,14 +33,16 @@ namespace genaccel::ops {
 namespace {
 
 constexpr const char* kOp = "sla_fwd";
-// Bytes of per-block sums (h, its bf16 parts, H_i) materialised at once; larger problems run in
-// chunks of (batch, kv head) pairs.
-constexpr int64_t kMaxBlockSumBytes = int64_t{1} << 30;
+constexpr const char* kBwdOp = "sla_bwd";
+// Columns of v_aug beyond D: the ones column, then zeros up to a 16-byte row.
+constexpr int64_t kAugColumns = 4;
 
-// (C, N, D) -> contiguous (C, T * block, D) with zero rows appended (zero features add nothing).
-at::Tensor pad_rows(const at::Tensor& x, int64_t block) {
-  const int64_t n = x.size(-2), t = (n + block - 1) / block;
-  return t * block == n ? x.contiguous() : at::constant_pad_nd(x, {0, 0, 0, t * block - n});
+// Pairs of (batch, kv head) per chunk, so that the per-block sums of one chunk (bytes_per_pair each)
+// stay within GENACCEL_SLA_CHUNK_BYTES (default 1 GiB; the tests set it small to cover chunking).
+int64_t pairs_per_chunk(int64_t bytes_per_pair) {
+  const char* env = std::getenv("GENACCEL_SLA_CHUNK_BYTES");
+  const int64_t limit = env != nullptr && std::atoll(env) > 0 ? std::atoll(env) : int64_t{1} << 30;
+  return std::max<int64_t>(1, limit / std::max<int64_t>(bytes_per_pair, 1));
 }
 
 void check_launch(int err, const char* what, const char* op = kOp) {
@@ -61,85 +71,173 @@ at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
   return mask_matmul(mask, x, "sla_mask_matmul");
 }
 
-// O^l (in the dtype of `out`) and its denominator for the (batch, kv head) pairs of one chunk:
-//   phi_q (C, G*Nq, D) f32, phi_k (C, Nk, D) f32, v (C, Nk, D), marginal (C, G*Tq, Tk) bool,
-//   out (C, G*Nq, D) and denom (C, G*Nq) contiguous.
-void linear_branch(const at::Tensor& phi_q, const at::Tensor& phi_k, const at::Tensor& v,
-                   const at::Tensor& marginal, int64_t group, int64_t block_q, int64_t block_k,
-                   float eps, const at::Tensor& out, const at::Tensor& denom) {
-  const int64_t C = phi_k.size(0), D = phi_k.size(2), Tk = marginal.size(2);
-  const int64_t Tq = marginal.size(1) / group, nq = phi_q.size(1) / group;
+// Row `row` of a contiguous (..., D) tensor (the first row of a chunk's sequences).
+void* row_address(const at::Tensor& t, int64_t row) {
+  return static_cast<char*>(t.data_ptr()) + row * t.size(-1) * t.element_size();
+}
+
+DType dtype_of(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf ? DType::kFloat16 : DType::kBFloat16;
+}
+
+// The shapes of one SLA problem's linear branch, seen as B * Hkv (batch, kv head) pairs whose G
+// query heads share the kv head's h_j (so they form one GEMM).
+struct LinearShape {
+  int64_t pairs, group, nq, nk, D, W, block_q, block_k, Tq, Tk;
+  attention::SlaFeatureMap fmap;
+  DType dtype;
+
+  LinearShape(const at::Tensor& q, const at::Tensor& k, int64_t tq, int64_t tk, int64_t bq, int64_t bk,
+              attention::SlaFeatureMap f)
+      : pairs(k.size(0) * k.size(1)), group(q.size(1) / k.size(1)), nq(q.size(2)), nk(k.size(2)),
+        D(q.size(3)), W(q.size(3) + kAugColumns), block_q(bq), block_k(bk), Tq(tq), Tk(tk), fmap(f),
+        dtype(dtype_of(q)) {}
+  // Bytes per pair of the per-block sums alive at once: h_j (float32) and its three bf16 parts, H_i,
+  // and in the backward dH_i with its parts.
+  int64_t bytes_per_pair(bool backward) const { return (10 * Tk + (backward ? 14 : 4) * group * Tq) * D * W; }
+};
+
+// marginal (B, H, Tq, Tk) as (pairs, G * Tq, Tk): all ones with all_keys.
+at::Tensor marginal_mask(const at::Tensor& codes, const LinearShape& s, int64_t B, int64_t H, bool all_keys) {
+  return (all_keys ? at::ones_like(codes, codes.options().dtype(at::kBool)) : codes.eq(0))
+      .expand({B, H, s.Tq, s.Tk})
+      .reshape({s.pairs, s.group * s.Tq, s.Tk});
+}
+
+// phi(K) (n, Tk * bk, D) and v_aug (n, Tk * bk, W) of the n pairs from c0, and H_i = [H_i, Z_i]
+// (n * G * Tq, D, W) summed over their marginal blocks.
+struct KeySide {
+  at::Tensor phi_k, v_aug, H;
+};
+
+KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& marginal, const LinearShape& s,
+                 int64_t c0, int64_t n, const char* op) {
+  const int64_t rows = s.Tk * s.block_k;
+  auto opts = k.options().dtype(at::kFloat);
+  KeySide out{at::empty({n, rows, s.D}, opts), at::empty({n, rows, s.W}, opts), {}};
+  check_launch(cuda::sla_feature_rows(row_address(k, c0 * s.nk), row_address(v, c0 * s.nk),
+                                      out.phi_k.mutable_data_ptr<float>(), out.v_aug.mutable_data_ptr<float>(),
+                                      s.dtype, s.fmap, n, s.nk, rows, s.D, s.W,
+                                      c10::cuda::getCurrentCUDAStream().stream()),
+               "key rows", op);
+  auto h = at::bmm(out.phi_k.view({n * s.Tk, s.block_k, s.D}).transpose(1, 2),
+                   out.v_aug.view({n * s.Tk, s.block_k, s.W}))
+               .view({n, s.Tk, s.D * s.W});
+  out.H = mask_matmul(marginal.narrow(0, c0, n), std::move(h), op).view({n * s.group * s.Tq, s.D, s.W});
+  return out;
+}
+
+// O^l and its denominator for the pairs [c0, c0 + n): q, k, v contiguous; out (pairs * G, nq, D) and
+// denom (pairs * G, nq) contiguous.
+void linear_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& marginal,
+                    const LinearShape& s, int64_t c0, int64_t n, float eps, const at::Tensor& out,
+                    const at::Tensor& denom) {
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
-  auto kb = pad_rows(phi_k, block_k).view({C * Tk, block_k, D});
-  auto vb = pad_rows(v.to(at::kFloat), block_k).view({C * Tk, block_k, D});
-  auto h = at::bmm(kb.transpose(1, 2), vb).view({C, Tk, D * D});
-  auto z = kb.sum(1).view({C, Tk, D});
-  auto Hi = mask_matmul(marginal, std::move(h));                            // (C, G*Tq, D*D)
-  auto Zi = at::bmm(marginal.to(at::kFloat), z);                             // (C, G*Tq, D)
-  auto qb = pad_rows(phi_q.reshape({C * group, nq, D}), block_q).view({C * group * Tq, block_q, D});
-  auto num = at::bmm(qb, Hi.view({C * group * Tq, D, D}));                   // (C*G*Tq, bq, D)
-  auto den = at::bmm(qb, Zi.view({C * group * Tq, D, 1}));                   // (C*G*Tq, bq, 1)
-  const DType dtype = out.scalar_type() == at::kHalf ? DType::kFloat16 : DType::kBFloat16;
-  check_launch(cuda::sla_linear_normalize(num.const_data_ptr<float>(), den.const_data_ptr<float>(),
-                                          out.mutable_data_ptr(), denom.mutable_data_ptr<float>(), dtype,
-                                          C * group, nq, Tq * block_q, D, eps, stream),
+  auto keys = key_side(k, v, marginal, s, c0, n, kOp);
+  const int64_t seqs = n * s.group, rows = s.Tq * s.block_q, first_row = c0 * s.group * s.nq;
+  auto phi_q = at::empty({seqs, rows, s.D}, q.options().dtype(at::kFloat));
+  check_launch(cuda::sla_feature_rows(row_address(q, first_row), nullptr, phi_q.mutable_data_ptr<float>(), nullptr,
+                                      s.dtype, s.fmap, seqs, s.nq, rows, s.D, s.W, stream),
+               "query rows");
+  auto num = at::bmm(phi_q.view({seqs * s.Tq, s.block_q, s.D}), keys.H);   // (.., bq, W)
+  check_launch(cuda::sla_linear_normalize(num.const_data_ptr<float>(), s.W, row_address(out, first_row),
+                                          denom.mutable_data_ptr<float>() + first_row, s.dtype, seqs, s.nq, rows,
+                                          s.D, eps, stream),
                "normalisation");
 }
 
-// phi(x) in float32 (see the CPU version, csrc/cpu/attention/sla_feature_map.cpp).
-at::Tensor feature_map(const at::Tensor& x, attention::SlaFeatureMap f) {
-  switch (f) {
-    case attention::SlaFeatureMap::kSoftmax:
-      return at::softmax(x, -1, at::kFloat);
-    case attention::SlaFeatureMap::kElu: {
-      auto xf = x.to(at::kFloat);
-      return at::where(xf > 0, xf + 1, at::exp(xf));
-    }
-    case attention::SlaFeatureMap::kRelu:
-      break;
-  }
-  return at::relu(x.to(at::kFloat));
+// Adds the linear branch's gradients of the pairs [c0, c0 + n) into dq, dk, dv (contiguous, in the
+// dtypes of q, k, v, holding the sparse branch's gradients): q, k, v, grad (= dO^l), out (= O^l)
+// contiguous, denom (pairs * G, nq).
+void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad,
+                     const at::Tensor& out, const at::Tensor& denom, const at::Tensor& marginal,
+                     const LinearShape& s, int64_t c0, int64_t n, const at::Tensor& dq, const at::Tensor& dk,
+                     const at::Tensor& dv) {
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  auto keys = key_side(k, v, marginal, s, c0, n, kBwdOp);
+  const int64_t seqs = n * s.group, rows_q = s.Tq * s.block_q, rows_k = s.Tk * s.block_k;
+  const int64_t first_q = c0 * s.group * s.nq, first_k = c0 * s.nk;
+  auto opts = q.options().dtype(at::kFloat);
+  auto phi_q = at::empty({seqs, rows_q, s.D}, opts), g_aug = at::empty({seqs, rows_q, s.W}, opts);
+  check_launch(cuda::sla_query_grad_rows(row_address(q, first_q), row_address(grad, first_q), row_address(out, first_q),
+                                         denom.const_data_ptr<float>() + first_q, phi_q.mutable_data_ptr<float>(),
+                                         g_aug.mutable_data_ptr<float>(), s.dtype, s.fmap, seqs, s.nq, rows_q, s.D,
+                                         s.W, stream),
+               "query gradient rows", kBwdOp);
+  auto phi_qb = phi_q.view({seqs * s.Tq, s.block_q, s.D});
+  auto g_augb = g_aug.view({seqs * s.Tq, s.block_q, s.W});
+  auto d_phi_q = at::bmm(g_augb, keys.H.transpose(1, 2));                        // (.., bq, D)
+  keys.H = at::Tensor();
+  auto dH = at::bmm(phi_qb.transpose(1, 2), g_augb).view({n, s.group * s.Tq, s.D * s.W});
+  auto dh = mask_matmul(marginal.narrow(0, c0, n).transpose(1, 2), std::move(dH), kBwdOp)
+                .view({n * s.Tk, s.D, s.W});
+  auto d_phi_k = at::bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), dh.transpose(1, 2));   // (.., bk, D)
+  auto dv_aug = at::bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), dh);                    // (.., bk, W)
+  // Into the sparse branch's gradients, in place: sequences of `rows` rows from row `first`.
+  auto add = [&](const at::Tensor& grads, int64_t first, const float* phi, const at::Tensor& d, int64_t ld,
+                 int64_t sq, int64_t rows, int64_t padded, const char* what) {
+    void* p = row_address(grads, first);
+    check_launch(cuda::sla_add_grad_rows(p, phi, d.const_data_ptr<float>(), ld, p, dtype_of(grads), s.fmap, sq, rows,
+                                         padded, s.D, stream),
+                 what, kBwdOp);
+  };
+  add(dq, first_q, phi_q.const_data_ptr<float>(), d_phi_q, s.D, seqs, s.nq, rows_q, "dq rows");
+  add(dk, first_k, keys.phi_k.const_data_ptr<float>(), d_phi_k, s.D, n, s.nk, rows_k, "dk rows");
+  add(dv, first_k, nullptr, dv_aug, s.W, n, s.nk, rows_k, "dv rows");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& codes,
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes,
     const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q, int64_t block_k,
     double scale, c10::string_view feature_map_name, bool linear_over_all_keys) {
-  check_sla_fwd_inputs(q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+  check_sla_fwd_inputs(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
-  c10::cuda::CUDAGuard guard(q.device());
+  c10::cuda::CUDAGuard guard(q_in.device());
   auto [out_sparse, lse] =
-      run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, kOp);
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
-  const int64_t Hkv = k.size(1), group = Hkv > 0 ? H / Hkv : 1;
-  auto out_linear = at::empty({B, H, Nq, D}, q.options());
-  auto denom = at::empty({B, H, Nq}, q.options().dtype(at::kFloat));
-  if (out_linear.numel() == 0 || k.size(2) == 0) {
+      run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
+  const int64_t B = q_in.size(0), H = q_in.size(1), Nq = q_in.size(2), D = q_in.size(3);
+  auto out_linear = at::empty({B, H, Nq, D}, q_in.options());
+  auto denom = at::empty({B, H, Nq}, q_in.options().dtype(at::kFloat));
+  const float eps = linear_over_all_keys ? kSlaAllKeysEps : 0.f;
+  if (out_linear.numel() == 0 || k_in.size(2) == 0) {
     out_linear.zero_();
-    denom.fill_(linear_over_all_keys ? kSlaAllKeysEps : 0.f);
+    denom.fill_(eps);
     return {out_sparse, lse, out_linear, denom};
   }
-  const int64_t Tq = kv_indices.size(2), Tk = codes.size(3);
-  // (B, Hkv, G*Tq, Tk): the query heads of one kv head share its h_j, so they form one GEMM.
-  auto marginal = (linear_over_all_keys ? at::ones_like(codes, codes.options().dtype(at::kBool))
-                                        : codes.eq(0))
-                      .expand({B, H, Tq, Tk})
-                      .reshape({B * Hkv, group * Tq, Tk});
-  auto pq = feature_map(q, fmap).reshape({B * Hkv, group * Nq, D});
-  auto pk = feature_map(k, fmap).reshape({B * Hkv, k.size(2), D});
-  auto vv = v.reshape({B * Hkv, k.size(2), D});
-  auto ol = out_linear.view({B * Hkv, group * Nq, D});
-  auto dn = denom.view({B * Hkv, group * Nq});
-  const int64_t pair_bytes = (Tk * 10 + group * Tq * 4) * D * D;  // h + its parts, then H_i
-  const int64_t chunk = std::max<int64_t>(1, kMaxBlockSumBytes / std::max<int64_t>(pair_bytes, 1));
-  for (int64_t c0 = 0; c0 < B * Hkv; c0 += chunk) {
-    const int64_t n = std::min(chunk, B * Hkv - c0);
-    linear_branch(pq.narrow(0, c0, n), pk.narrow(0, c0, n), vv.narrow(0, c0, n),
-                  marginal.narrow(0, c0, n), group, block_q, block_k,
-                  linear_over_all_keys ? kSlaAllKeysEps : 0.f, ol.narrow(0, c0, n), dn.narrow(0, c0, n));
-  }
+  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
+  auto marginal = marginal_mask(codes, s, B, H, linear_over_all_keys);
+  const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false));
+  for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
+    linear_forward(q, k, v, marginal, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
   return {out_sparse, lse, out_linear, denom};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
+    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
+    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map_name,
+    bool linear_over_all_keys) {
+  check_sla_bwd_inputs(grad_sparse, grad_linear, q_in, k_in, v_in, codes, kv_indices, kv_counts, out_sparse, lse,
+                       delta, out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys);
+  const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kBwdOp);
+  c10::cuda::CUDAGuard guard(q_in.device());
+  // Sparse branch; its outputs are fresh contiguous tensors that the linear branch adds into.
+  auto [dq, dk, dv] = run_block_sparse_bwd_cuda(grad_sparse, q_in, k_in, v_in, delta, lse, kv_indices, kv_counts,
+                                                block_q, block_k, scale, kBwdOp);
+  if (q_in.numel() == 0 || k_in.numel() == 0) return {dq, dk, dv};
+  const auto dt = q_in.scalar_type();  // shared by k and v (checked)
+  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  auto grad = grad_linear.to(dt).contiguous(), out = out_linear.to(dt).contiguous();
+  const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
+  auto marginal = marginal_mask(codes, s, q.size(0), q.size(1), linear_over_all_keys);
+  auto den = denom.contiguous();
+  const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true));
+  for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
+    linear_backward(q, k, v, grad, out, den, marginal, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv);
+  return {dq, dk, dv};
 }
 
 }  // namespace
@@ -147,5 +245,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
 
 TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
   m.impl("sla_fwd", &genaccel::ops::sla_fwd_cuda);
+  m.impl("sla_bwd", &genaccel::ops::sla_bwd_cuda);
   m.impl("sla_mask_matmul", &genaccel::ops::sla_mask_matmul_cuda);
 }

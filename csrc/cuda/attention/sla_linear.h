@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "genaccel/attention/block_sparse_params.h"
+#include "genaccel/attention/sla_params.h"
 
 namespace genaccel::cuda {
 
@@ -14,12 +15,35 @@ namespace genaccel::cuda {
 int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, int parts,
                     void* stream);
 
-// num (groups, padded_rows, dim) and den (groups, padded_rows) float32, contiguous -> out (groups,
-// rows, dim) in `dtype` and denom (groups, rows) float32: denom = den + eps, out = num / denom where
-// denom > 0, else 0 (a row with no marginal key block). dim must be a multiple of 4 and out 8-byte
-// aligned (else cudaErrorInvalidValue).
-int sla_linear_normalize(const float* num, const float* den, void* out, float* denom, DType dtype,
+// num (groups, padded_rows, width) float32, contiguous, whose column `dim` is the denominator ->
+// out (groups, rows, dim) in `dtype` and denom (groups, rows) float32: denom = den + eps, out =
+// num[:, :, :dim] / denom where denom > 0, else 0 (a row with no marginal key block). dim and width
+// must be multiples of 4 with width > dim, and out 8-byte aligned (else cudaErrorInvalidValue).
+int sla_linear_normalize(const float* num, int64_t width, void* out, float* denom, DType dtype,
                          int64_t groups, int64_t rows, int64_t padded_rows, int64_t dim, float eps,
                          void* stream);
+
+// The per-token rows around the linear branch's GEMMs, over `seqs` sequences of `rows` tokens in
+// `dtype` (bf16 or fp16; dim 64 or 128, else cudaErrorInvalidValue), inputs contiguous (seqs, rows,
+// dim), float32 outputs contiguous with `padded_rows` rows per sequence, the rows past `rows` zero.
+//
+// phi = feature map f of x (seqs, padded_rows, dim); with v (else nullptr) also v_aug (seqs,
+// padded_rows, width) = [v, 1, 0...]: phi(K)^T v_aug then holds h_j and z_j side by side.
+int sla_feature_rows(const void* x, const void* v, float* phi, float* v_aug, DType dtype,
+                     attention::SlaFeatureMap f, int64_t seqs, int64_t rows, int64_t padded_rows,
+                     int64_t dim, int64_t width, void* stream);
+
+// The backward's query rows: phi = f(q) and g_aug = [g / den, -<g, o> / den, 0...] (seqs,
+// padded_rows, width) with g = dO^l, o = O^l and den = denom (seqs, rows); rows with den <= 0 get 0.
+int sla_query_grad_rows(const void* q, const void* grad, const void* out, const float* denom, float* phi,
+                        float* g_aug, DType dtype, attention::SlaFeatureMap f, int64_t seqs, int64_t rows,
+                        int64_t padded_rows, int64_t dim, int64_t width, void* stream);
+
+// out (seqs, rows, dim) = base + J_f^T dphi at phi (both float32 (seqs, padded_rows, .), dphi rows
+// `ld` floats apart), or base + dphi[:, :, :dim] when phi is nullptr; rounded once to `dtype`.
+// out may be base.
+int sla_add_grad_rows(const void* base, const float* phi, const float* dphi, int64_t ld, void* out,
+                      DType dtype, attention::SlaFeatureMap f, int64_t seqs, int64_t rows, int64_t padded_rows,
+                      int64_t dim, void* stream);
 
 }  // namespace genaccel::cuda

@@ -1,6 +1,5 @@
 """SLA: sparse-linear attention (critical blocks exact, marginal blocks linear, negligible skipped)."""
 
-from . import gemm_backward  # noqa: F401  (registers the CUDA kernel of genaccel::sla_bwd)
 from .block_map import sla_block_map
 from .sparse_linear import sparse_linear_attention
 
