@@ -76,3 +76,14 @@ def test_info(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["torch"] == torch.__version__ and "genaccel" in info
+
+
+def test_bench_backward_rows(tmp_path):
+    """With backward on (the CUDA default), each row also times the backward of one forward's graph
+    against SDPA's."""
+    out = tmp_path / "bwd.json"
+    assert main(["bench", "--quick", "--no-progress", "--json", str(out), *TINY, "--set", "densities=0.5",
+                 "--set", "backward=true"]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["bwd_timings"]) == {"sdpa", "genaccel"}
+    assert row["bwd_genaccel_ms"] > 0 and row["bwd_speedup_vs_sdpa"] == row["bwd_sdpa_ms"] / row["bwd_genaccel_ms"]

@@ -47,8 +47,10 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
   auto used = at::arange(M, counts.options()).view({1, 1, 1, M}) < counts.unsqueeze(-1);
   auto listed = codes.expand({B, H, Tq, Tk}).gather(
       -1, at::where(used, kv_indices.to(at::kLong).expand({B, H, Tq, M}), 0));
-  const bool consistent = at::logical_or(listed.eq(1), used.logical_not()).all().item<bool>() &&
-                          codes.eq(1).sum(-1).expand({B, H, Tq}).eq(counts).all().item<bool>();
+  // One device-to-host sync for both conditions.
+  const bool consistent = at::logical_and(at::logical_or(listed.eq(1), used.logical_not()).all(),
+                                          codes.eq(1).sum(-1).expand({B, H, Tq}).eq(counts).all())
+                              .item<bool>();
   TORCH_CHECK(consistent, op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
               "(code 1) of every query block, as sla_block_map returns them");
 }

@@ -11,7 +11,7 @@ namespace genaccel::cuda {
 
 // x (batch, rows, cols) float32, contiguous -> out (batch, parts * rows, cols) bfloat16, contiguous:
 // row r of part p lands at row p * rows + r, and x = part 0 + part 1 + ... (each part the bf16
-// rounding of what the earlier ones left). One pass; parts in [1, 3].
+// rounding of what the earlier ones left). One pass; parts must be 3 (else cudaErrorInvalidValue).
 int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, int parts,
                     void* stream);
 

@@ -3,7 +3,8 @@
 For each configuration and density: one set of random q/k/v shared by all candidates, a random
 block mask with the same number of key blocks in every (b, h, query block) row, planning timed on its
 own, then dense SDPA, genaccel's op on the planned indices and (full runs) compiled FlexAttention on
-the same block mask, timed interleaved. Correctness: genaccel (and FlexAttention) against the float64
+the same block mask, timed interleaved; with `backward` (default on CUDA) also the backward of one
+forward's graph replayed, genaccel against SDPA's backward (bwd_* fields). Correctness: genaccel (and FlexAttention) against the float64
 reference on a few whole query blocks, because the full float64 reference at N=16k-32k would need
 tens of GB.
 """
@@ -40,6 +41,9 @@ class AttnConfig:
     block_k: int = 64
     densities: List[float] = field(default_factory=lambda: list(DENSITIES))
     flex: bool = True  # time FlexAttention (full runs only)
+    # Also time the backward (replayed on one forward's graph) against SDPA's backward; on by
+    # default on CUDA only (a dense CPU backward round at the CPU shape takes tens of seconds).
+    backward: bool = False
     err_blocks: int = 3  # query blocks checked against the float64 reference
     seed: int = 0
     # Timing plan: rounds fill about target_s per row, within [min_rounds, max_rounds].
@@ -71,7 +75,7 @@ def default_configs(device: str, quick: bool) -> List[AttnConfig]:
     and a video-DiT-sized CUDA shape (N=32760 is not a multiple of 64: the last block is partial)."""
     if device == "cuda":
         cfg = AttnConfig(B=1, H=12, N=8192 if quick else 32760, D=128, dtype="bfloat16",
-                         min_rounds=5, max_rounds=50, target_s=1.0)
+                         min_rounds=5, max_rounds=50, target_s=1.0, backward=True)
     else:
         # min_rounds=3: one round at full density is ~5 s of dense work on 2 cores.
         cfg = AttnConfig(B=1, H=4, N=4096 if quick else 16384, D=64, dtype="float32", min_rounds=3)
@@ -87,21 +91,9 @@ def apply_overrides(configs: List[AttnConfig], overrides: Optional[dict]) -> Lis
 
 
 def _coerce(key: str, value, sample: Optional[AttnConfig]):
-    if not isinstance(value, str):
-        return value
-    if key == "densities":
-        return [float(x) for x in value.split(",") if x]
-    if key == "dtype":
-        if value not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {value!r}")
-        return value
-    if key == "flex":
-        return value.lower() in ("1", "true", "yes", "on")
-    if key == "Hkv":
-        return None if value.lower() == "none" else int(value)
-    if key == "target_s":
-        return float(value)
-    return int(value)
+    if key == "dtype" and isinstance(value, str) and value not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {value!r}")
+    return common.coerce_from_type(AttnConfig, key, value)
 
 
 def random_block_mask(B: int, H: int, tq: int, tk: int, density: float, gen: torch.Generator) -> torch.Tensor:
@@ -243,6 +235,7 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
     q = torch.randn(B, H, N, D, device=device, dtype=dtype, generator=dev_gen)
     k = torch.randn(B, Hkv, N, D, device=device, dtype=dtype, generator=dev_gen)
     v = torch.randn(B, Hkv, N, D, device=device, dtype=dtype, generator=dev_gen)
+    grad_out = torch.randn(B, H, N, D, device=device, dtype=dtype, generator=dev_gen) if cfg.backward else None
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     sdpa_fn, sdpa_backend, sdpa_note, sdpa_default = common.sdpa_candidate(q, k, v, scale, device, dtype)
@@ -322,6 +315,10 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
             if "genaccel_ms" in row:
                 row["speedup_vs_flex"] = row["flex_ms"] / row["genaccel_ms"]
 
+        if cfg.backward and "genaccel" in timings:
+            progress.status(f"{cfg.label()} density {density:g}: timing the backward")
+            time_backward(row, q, k, v, grad_out, mask, (bq, bk), scale, device, dtype, plan)
+
         # Correctness on the sampled query blocks. The float64 reference depends on the mask, so it
         # is computed per density; it runs after timing so it cannot disturb the caches timed.
         if ours_out is not None or flex_out is not None:
@@ -343,6 +340,29 @@ def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Pro
     return rows
 
 
+def time_backward(row: dict, q, k, v, grad_out, mask, block_size, scale, device, dtype, plan: TimingPlan) -> None:
+    """Adds bwd_* fields to the row: the backward of one forward's graph replayed (gradients of q,
+    k, v), genaccel.block_sparse_attention against SDPA's backward (flash on CUDA, and torch's
+    default backend beside it), interleaved."""
+    import genaccel
+
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    sdpa, _, _, sdpa_default = common.sdpa_candidate(*leaves, scale, device, dtype)
+    candidates = {"sdpa": common.gradients(sdpa, leaves, grad_out, True),
+                  "genaccel": common.gradients(lambda: genaccel.block_sparse_attention(
+                      *leaves, mask, block_size, scale=scale), leaves, grad_out, True)}
+    if sdpa_default is not None:
+        candidates["sdpa_default"] = common.gradients(sdpa_default, leaves, grad_out, True)
+    timings = time_interleaved(candidates, device, plan)
+    row["bwd_timings"] = {name: t.as_dict() for name, t in timings.items()}
+    row["bwd_sdpa_ms"] = timings["sdpa"].median_ms
+    row["bwd_genaccel_ms"] = timings["genaccel"].median_ms
+    row["bwd_speedup_vs_sdpa"] = row["bwd_sdpa_ms"] / row["bwd_genaccel_ms"]
+    if "sdpa_default" in timings:
+        row["bwd_sdpa_default_ms"] = timings["sdpa_default"].median_ms
+        row["bwd_speedup_vs_sdpa_default"] = row["bwd_sdpa_default_ms"] / row["bwd_genaccel_ms"]
+
+
 # ---- output -----------------------------------------------------------------------------------------
 
 _COLUMNS = [
@@ -358,6 +378,8 @@ _COLUMNS = [
     ("%ideal", 6, lambda r: _f(None if r.get("fraction_of_ideal") is None else 100 * r["fraction_of_ideal"], ".0f", "%")),
     ("flex ms", 9, lambda r: _f(r.get("flex_ms"), ".2f")),
     ("vs flex", 7, lambda r: _f(r.get("speedup_vs_flex"), ".2f", "x")),
+    ("bwd ms", 8, lambda r: _f(r.get("bwd_genaccel_ms"), ".2f")),
+    ("bwd vs", 7, lambda r: _f(r.get("bwd_speedup_vs_sdpa"), ".2f", "x")),
     ("rel err", 9, lambda r: _f(r.get("rel_err"), ".1e") + ("!" if r.get("rel_err_ok") is False else "")),
 ]
 

@@ -197,3 +197,20 @@ def record_sdpa_default(row: dict, timings: dict) -> None:
         row["sdpa_default_ms"] = timings["sdpa_default"].median_ms
         if row.get("genaccel_ms"):
             row["speedup_vs_sdpa_default"] = row["sdpa_default_ms"] / row["genaccel_ms"]
+
+
+def gradients(forward: Callable, inputs: List[torch.Tensor], grad_out: torch.Tensor, backward_only: bool) -> Callable:
+    """A callable returning the gradients of sum(forward() * grad_out) in `inputs`: each call runs
+    the forward and its backward, or (backward_only) the first call runs the forward once and every
+    call the backward of that graph, retained for the next."""
+    graph: List[torch.Tensor] = []
+
+    def run():
+        with torch.enable_grad():
+            if not backward_only:
+                return torch.autograd.grad(forward(), inputs, grad_out)
+            if not graph:
+                graph.append(forward())
+            return torch.autograd.grad(graph[0], inputs, grad_out, retain_graph=True)
+
+    return run

@@ -110,23 +110,6 @@ def _linear_flops(B: int, H: int, N: int, D: int) -> float:
     return B * H * (4.0 * N * D * D + 2.0 * N * D)
 
 
-def gradients(forward: Callable, inputs: List[torch.Tensor], grad_out: torch.Tensor, backward_only: bool) -> Callable:
-    """A callable returning the gradients of sum(forward() * grad_out) in `inputs`: each call runs
-    the forward and its backward, or (backward_only) the first call runs the forward once and every
-    call the backward of that graph, retained for the next."""
-    graph: List[torch.Tensor] = []
-
-    def run():
-        with torch.enable_grad():
-            if not backward_only:
-                return torch.autograd.grad(forward(), inputs, grad_out)
-            if not graph:
-                graph.append(forward())
-            return torch.autograd.grad(graph[0], inputs, grad_out, retain_graph=True)
-
-    return run
-
-
 def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List[dict]:
     """Rows (one per topk and mode) for one configuration."""
     import genaccel
@@ -199,10 +182,10 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
                 # autograd.grad rather than .backward(): nothing accumulates in .grad between calls.
                 leaf_sdpa, _, _, leaf_sdpa_default = common.sdpa_candidate(*leaves, scale, device, dtype)
                 only_bwd = mode == "bwd"
-                sdpa = gradients(leaf_sdpa, leaves, grad_out, only_bwd)
+                sdpa = common.gradients(leaf_sdpa, leaves, grad_out, only_bwd)
                 if leaf_sdpa_default is not None:
-                    sdpa_default = gradients(leaf_sdpa_default, leaves, grad_out, only_bwd)
-                ours = gradients(lambda leaves=leaves, w=w_leaf, b=b_leaf: genaccel.sparse_linear_attention(
+                    sdpa_default = common.gradients(leaf_sdpa_default, leaves, grad_out, only_bwd)
+                ours = common.gradients(lambda leaves=leaves, w=w_leaf, b=b_leaf: genaccel.sparse_linear_attention(
                     *leaves, w, b, **sla_kw), [*leaves, w_leaf, b_leaf], grad_out, only_bwd)
 
             candidates["sdpa"] = sdpa

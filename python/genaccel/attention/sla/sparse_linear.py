@@ -69,8 +69,10 @@ def sparse_linear_attention(
         if proj_bias is not None:
             out = out.add_(proj_bias)  # addmm does not keep its output for backward
     else:
-        # Projection in the parameters' dtype (float32 for the module; autocast applies its rules).
-        out = out_sparse + torch.nn.functional.linear(out_linear.to(proj_weight.dtype), proj_weight, proj_bias)
+        # Projection in the parameters' dtype (float32 for the module), or under autocast by its
+        # rules, which cast O^l themselves (a float32 copy first would be a wasted pass).
+        lin = out_linear if torch.is_autocast_enabled(q.device.type) else out_linear.to(proj_weight.dtype)
+        out = out_sparse + torch.nn.functional.linear(lin, proj_weight, proj_bias)
     out = out.to(q.dtype)
     if return_sparsity:
         return out, kv_indices.shape[-1] / max(codes.shape[-1], 1)
