@@ -78,12 +78,14 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     # The reference's order (a stable descending sort: ties to the lower block index) as distinct
     # integer keys, so that two topk calls replace sorting every row (several times slower).
     key = _stable_descending_keys(scores)
-    critical = tk - 1 - torch.remainder(torch.topk(key, n_crit, dim=-1).values, tk)
-    codes = torch.zeros(scores.shape, dtype=torch.int8, device=q.device)
-    codes.scatter_(-1, critical, CRITICAL)
+    top = torch.topk(key, n_crit, dim=-1).values                      # descending
+    critical = tk - 1 - torch.remainder(top, tk)
+    # Codes by comparing each (distinct) key with its row's thresholds, not by scattering into an
+    # int8 tensor: under torch.compile with inductor on CUDA (torch 2.11) that scatter came out int64.
+    codes = (key >= top[..., -1:]).to(torch.int8) * CRITICAL
     if n_neg:
-        negligible = tk - 1 - torch.remainder(torch.topk(key, n_neg, dim=-1, largest=False).values, tk)
-        codes.scatter_(-1, negligible, NEGLIGIBLE)
+        low = torch.topk(key, n_neg, dim=-1, largest=False).values     # ascending
+        codes = codes + (key <= low[..., -1:]).to(torch.int8) * NEGLIGIBLE
     # Every row has exactly n_crit critical blocks: the plan is their ids in ascending order, the
     # format of block_mask_to_indices without its padding.
     kv_indices = torch.sort(critical, dim=-1).values.to(torch.int32).contiguous()
