@@ -560,3 +560,15 @@ def test_feature_maps_large_inputs(fmap, gen):
     fq, fk = feature_map(q.double(), fmap), feature_map(k.double(), fmap)
     marginal = (codes == 0).repeat_interleave(32, 2)[:, :, :150].repeat_interleave(32, 3)[..., :140]
     assert rel_err(denom, ((fq @ fk.transpose(-1, -2)) * marginal).sum(-1)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_block_map_is_the_same_under_autocast(dtype, gen):
+    """The scores stay float32 under autocast (the module's training setting): a half-precision
+    matmul there would change which blocks are critical."""
+    q, k = (torch.randn(1, 4, 1024, 64, generator=gen).to(dtype) for _ in range(2))
+    plain = sla_block_map(q, k, 0.1, 0.2, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = sla_block_map(q, k, 0.1, 0.2, 64)
+    for a, b in zip(plain, amp):
+        assert torch.equal(a, b)

@@ -65,6 +65,20 @@ def test_sla_family_backward_only_mode(tmp_path):
     assert rows[1]["target_speedup"] == sla_bench.TARGETS["cpu"]["fwd"]
 
 
+def test_sla_family_under_autocast(tmp_path):
+    """autocast=true (the module's training setting) runs SLA under torch.autocast in the config's
+    half dtype and stays within its error bound; a float32 config refuses it."""
+    path = tmp_path / "sla.json"
+    rc = run_bench("sla", quick=True, json_path=str(path), progress=False,
+                   overrides=dict(TINY_SLA, topks="0.5", modes="fwd,bwd", dtype="bfloat16", autocast="true"))
+    assert rc == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["config"].endswith(" amp") for r in rows] == [True, True]
+    assert all(r["rel_err_ok"] and r["genaccel_ms"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="autocast=true needs a bfloat16 or float16 config"):
+        run_bench("sla", quick=True, progress=False, overrides=dict(TINY_SLA, autocast="true"))
+
+
 def test_gradients_backward_only_replays_one_forward(gen):
     x = torch.randn(5, 3, generator=gen).requires_grad_()
     grad_out = torch.randn(5, 3, generator=gen)

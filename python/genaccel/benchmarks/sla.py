@@ -52,6 +52,9 @@ class SlaConfig:
     feature_map: str = "softmax"
     modes: List[str] = field(default_factory=lambda: list(DEFAULT_MODES["cpu"]))
     proj_std: float = 0.05  # std of the random projection weights (times 1/sqrt(D))
+    # SLA under torch.autocast in the config's half dtype: the module's training setting (float32
+    # parameters, so the projection runs in the half dtype too). Off: a float32 projection.
+    autocast: bool = False
     err_blocks: int = 3  # query blocks checked against the float64 reference
     seed: int = 0
     warmup: int = 1
@@ -61,7 +64,7 @@ class SlaConfig:
 
     def label(self) -> str:
         return (f"B{self.B} H{self.H} N{self.N} D{self.D} {SHORT_DTYPE.get(self.dtype, self.dtype)} "
-                f"{self.block_q}x{self.block_k}")
+                f"{self.block_q}x{self.block_k}" + (" amp" if self.autocast else ""))
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -117,6 +120,8 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
 
     targets = TARGETS[device.type]
     dtype = DTYPES[cfg.dtype]
+    if cfg.autocast and dtype == torch.float32:
+        raise ValueError("autocast=true needs a bfloat16 or float16 config")
     B, H, N, D = cfg.B, cfg.H, cfg.N, cfg.D
     bq, bk = cfg.block_q, cfg.block_k
     tq = math.ceil(N / bq)
@@ -138,6 +143,10 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
     err_rows = err_rows.to(device)
     # The baseline: SDPA's flash backend on CUDA (the issue's), torch's default backend timed beside it.
     sdpa_fwd, sdpa_backend, sdpa_note, sdpa_fwd_default = common.sdpa_candidate(q, k, v, scale, device, dtype)
+
+    def sla(*args, **kwargs):
+        with torch.autocast(device.type, dtype=dtype, enabled=cfg.autocast):
+            return genaccel.sparse_linear_attention(*args, **kwargs)
 
     rows = []
     for topk in cfg.topks:
@@ -175,7 +184,7 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
 
                 def ours():
                     with torch.no_grad():
-                        return genaccel.sparse_linear_attention(q, k, v, proj_w, proj_b, **sla_kw)
+                        return sla(q, k, v, proj_w, proj_b, **sla_kw)
             else:
                 leaves = [t.detach().requires_grad_() for t in (q, k, v)]
                 w_leaf, b_leaf = proj_w.detach().requires_grad_(), proj_b.detach().requires_grad_()
@@ -185,7 +194,7 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
                 sdpa = common.gradients(leaf_sdpa, leaves, grad_out, only_bwd)
                 if leaf_sdpa_default is not None:
                     sdpa_default = common.gradients(leaf_sdpa_default, leaves, grad_out, only_bwd)
-                ours = common.gradients(lambda leaves=leaves, w=w_leaf, b=b_leaf: genaccel.sparse_linear_attention(
+                ours = common.gradients(lambda leaves=leaves, w=w_leaf, b=b_leaf: sla(
                     *leaves, w, b, **sla_kw), [*leaves, w_leaf, b_leaf], grad_out, only_bwd)
 
             candidates["sdpa"] = sdpa
@@ -217,7 +226,7 @@ def run_config(cfg: SlaConfig, device: torch.device, progress: Progress) -> List
             if forward_out is None:
                 try:
                     with torch.no_grad():
-                        forward_out = genaccel.sparse_linear_attention(q, k, v, proj_w, proj_b, **sla_kw)
+                        forward_out = sla(q, k, v, proj_w, proj_b, **sla_kw)
                 except Exception:
                     forward_out = None  # the error is already on the rows
             if forward_out is not None:

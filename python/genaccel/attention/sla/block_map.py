@@ -72,7 +72,10 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     sizes = torch.full((pooled_k.shape[-2], 1), float(bk), device=k.device)
     sizes[-1] = nk - (pooled_k.shape[-2] - 1) * bk
     pooled_k = pooled_k - (pooled_k * sizes).sum(dim=-2, keepdim=True) / nk
-    scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
+    # float32 scores also under autocast (which would run this matmul in half precision and so
+    # change which blocks are critical).
+    with torch.autocast(q.device.type, enabled=False):
+        scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     tk = scores.shape[-1]
     n_crit, n_neg = block_counts(tk, topk, low_k)
     # The reference's order (a stable descending sort: ties to the lower block index) as distinct
