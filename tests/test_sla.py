@@ -369,6 +369,22 @@ def test_module_under_bf16_autocast(gen):
     assert torch.isfinite(layer.proj.weight.grad).all()
 
 
+def test_float32_inputs_under_autocast_run_in_the_autocast_dtype(gen):
+    """As SDPA: under autocast, float32 q, k, v are cast to the autocast dtype (on CUDA the kernels
+    take half precision only), and gradients reach the float32 leaves."""
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 1, 130, 100, 16, torch.float32))
+    layer = genaccel.nn.SparseLinearAttention(16, topk=0.3, low_k=0.1, block_size=32)
+    torch.nn.init.normal_(layer.proj.weight, std=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(q, k, v)
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        expected = layer(*(t.detach().bfloat16() for t in (q, k, v)))
+    assert rel_err(out.float(), expected.float()) <= 2e-2
+    grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 def test_module_rejects_bad_configuration():
     with pytest.raises(ValueError, match="feature_map must be one of"):
         genaccel.nn.SparseLinearAttention(16, feature_map="hedgehog")

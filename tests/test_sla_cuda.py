@@ -65,6 +65,16 @@ def test_rows_without_marginal_blocks_are_zero_not_nan(gen):
     assert torch.isfinite(out).all()
 
 
+def test_float32_under_autocast_runs_in_half_precision(gen):
+    """A float32 model under autocast: q, k, v are cast to the autocast dtype, as for SDPA."""
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 2, 200, 200, 64, torch.float32))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = genaccel.nn.SparseLinearAttention(64).cuda()(q, k, v)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 def test_float32_is_refused_clearly(gen):
     q, k, v = inputs(gen, 1, 2, 2, 128, 128, 64, torch.float32)
     with pytest.raises(RuntimeError, match="bfloat16 and float16"):

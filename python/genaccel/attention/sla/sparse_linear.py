@@ -35,10 +35,17 @@ def sparse_linear_attention(
     branch with feature map phi in {"softmax" (over the feature dim), "elu" (elu+1), "relu"}, whose
     output goes through Proj = F.linear(., proj_weight, proj_bias) (identity when proj_weight is
     None). `linear_over_all_keys=True` is the original repository's main-branch variant (linear
-    attention over every key, denominator + 1e-5). Returns out in the dtype of q, and with
+    attention over every key, denominator + 1e-5). Under autocast q, k, v are cast to the autocast
+    dtype first, as SDPA's are. Returns out in the dtype of q (after that cast), and with
     return_sparsity also the fraction of key blocks computed exactly.
     """
     bq, bk = _block_size(block_size)
+    autocast = isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type)
+    if autocast:
+        # As SDPA under autocast: the attention runs in the autocast dtype (the CUDA kernels take
+        # half precision only, so a float32 model under autocast would otherwise be refused).
+        amp = torch.get_autocast_dtype(q.device.type)
+        q, k, v = (t.to(amp) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (q, k, v))
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
     if proj_weight is None and proj_bias is not None:
@@ -63,7 +70,7 @@ def sparse_linear_attention(
         flat, lin = out_sparse.reshape(-1, D), out_linear.reshape(-1, D)
         grads = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, proj_weight, proj_bias))
-        in_place = not grads and not torch.is_autocast_enabled(q.device.type)
+        in_place = not grads and not autocast
         out = (flat.addmm_(lin, proj_weight.t()) if in_place else torch.addmm(flat, lin, proj_weight.t())).view(
             out_sparse.shape)
         if proj_bias is not None:
@@ -71,7 +78,7 @@ def sparse_linear_attention(
     else:
         # Projection in the parameters' dtype (float32 for the module), or under autocast by its
         # rules, which cast O^l themselves (a float32 copy first would be a wasted pass).
-        lin = out_linear if torch.is_autocast_enabled(q.device.type) else out_linear.to(proj_weight.dtype)
+        lin = out_linear if autocast else out_linear.to(proj_weight.dtype)
         out = out_sparse + torch.nn.functional.linear(lin, proj_weight, proj_bias)
     out = out.to(q.dtype)
     if return_sparsity:
