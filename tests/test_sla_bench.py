@@ -79,6 +79,13 @@ def test_sla_family_under_autocast(tmp_path):
         run_bench("sla", quick=True, progress=False, overrides=dict(TINY_SLA, autocast="true"))
 
 
+def test_cuda_defaults_add_an_autocast_config():
+    cfgs = sla_bench.default_configs("cuda", quick=False)
+    assert [c.autocast for c in cfgs] == [False, True] and cfgs[1].topks == [0.05]
+    assert [c.autocast for c in sla_bench.apply_overrides(cfgs, {"dtype": "float32"})] == [False]
+    assert [c.autocast for c in sla_bench.default_configs("cpu", quick=False)] == [False]
+
+
 def test_gradients_backward_only_replays_one_forward(gen):
     x = torch.randn(5, 3, generator=gen).requires_grad_()
     grad_out = torch.randn(5, 3, generator=gen)
