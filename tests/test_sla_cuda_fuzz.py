@@ -19,45 +19,28 @@ from hypothesis import strategies as st  # noqa: E402
 
 import genaccel  # noqa: E402
 from genaccel.attention.sla import sla_block_map  # noqa: E402
-from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference  # noqa: E402
+from genaccel.attention.sla.reference import sparse_linear_attention_reference  # noqa: E402
+from test_sla_fuzz import fuzz_inputs, sla_configs  # noqa: E402
 
-
-@st.composite
-def cuda_sla_configs(draw):
-    H = draw(st.sampled_from([1, 2, 4]))
-    topk = draw(st.floats(0.0, 1.0))
-    return dict(
-        B=draw(st.integers(1, 2)), H=H, Hkv=draw(st.sampled_from([d for d in (1, 2, 4) if H % d == 0])),
-        D=draw(st.sampled_from([64, 128])), Nq=draw(st.integers(1, 400)), Nk=draw(st.integers(1, 400)),
-        bq=draw(st.sampled_from([64, 128])), bk=draw(st.sampled_from([64, 128, 192, 256])),
-        topk=topk, low_k=draw(st.floats(0.0, 1.0)) * (1.0 - topk),
-        fmap=draw(st.sampled_from(FEATURE_MAPS)), all_keys=draw(st.booleans()),
-        dtype=draw(st.sampled_from([torch.bfloat16, torch.float16])), transposed=draw(st.booleans()),
-        with_proj=draw(st.booleans()), chunk_per_pair=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)),
-    )
+CUDA_CONFIGS = sla_configs(head_dims=(64, 128), q_blocks=st.sampled_from([64, 128]),
+                           k_blocks=st.sampled_from([64, 128, 192, 256]),
+                           dtypes=(torch.bfloat16, torch.float16), max_len=400)
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(c=cuda_sla_configs())
-def test_cuda_fuzz_matches_reference(c, monkeypatch_session):
+@given(c=CUDA_CONFIGS, chunk_per_pair=st.booleans())
+def test_cuda_fuzz_matches_reference(c, chunk_per_pair, monkeypatch_session):
     if os.environ.get("GENACCEL_FUZZ_VERBOSE") == "1":
-        print("cuda sla", c, flush=True)
+        print("cuda sla", c, "chunk_per_pair", chunk_per_pair, flush=True)
     gen = torch.Generator().manual_seed(c["seed"])
-
-    def tensor(heads, n):
-        if c["transposed"]:  # (B, N, H, D) storage seen as (B, H, N, D)
-            return torch.randn(c["B"], n, heads, c["D"], generator=gen).to(c["dtype"]).transpose(1, 2)
-        return torch.randn(c["B"], heads, n, c["D"], generator=gen).to(c["dtype"])
-
-    cpu = [tensor(c["H"], c["Nq"]), tensor(c["Hkv"], c["Nk"]), tensor(c["Hkv"], c["Nk"])]
-    if c["with_proj"]:
-        cpu += [0.3 * torch.randn(c["D"], c["D"], generator=gen), 0.3 * torch.randn(c["D"], generator=gen)]
+    qkv, proj = fuzz_inputs(c, gen)
+    cpu = qkv + proj
     leaves = [t.cuda().requires_grad_() for t in cpu]
-    q, k, v, *proj = leaves
+    q, k, v = leaves[:3]
+    w, b = leaves[3:] or (None, None)
     block = (c["bq"], c["bk"])
-    monkeypatch_session.setenv("GENACCEL_SLA_CHUNK_BYTES", "1" if c["chunk_per_pair"] else str(1 << 30))
-    out = genaccel.sparse_linear_attention(q, k, v, *(proj or [None, None]), c["topk"], c["low_k"], block,
-                                           c["fmap"], c["all_keys"])
+    monkeypatch_session.setenv("GENACCEL_SLA_CHUNK_BYTES", "1" if chunk_per_pair else str(1 << 30))
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, c["topk"], c["low_k"], block, c["fmap"], c["all_keys"])
     go = torch.randn(out.shape, generator=gen).to(c["dtype"])
     grads = torch.autograd.grad(out, leaves, go.cuda())
     codes = sla_block_map(q, k, c["topk"], c["low_k"], block)[0].cpu()

@@ -17,35 +17,45 @@ from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attenti
 
 
 @st.composite
-def sla_configs(draw):
+def sla_configs(draw, head_dims=(1, 5, 8, 16, 33), q_blocks=st.integers(1, 48), k_blocks=st.integers(1, 48),
+                dtypes=tuple(DTYPES), max_len=120):
+    """A random SLA call: shapes, GQA, block sizes, fractions, feature map, semantics, dtype,
+    layout, projection and seed (the CUDA fuzz narrows head dims, blocks and dtypes to its kernels)."""
     H = draw(st.sampled_from([1, 2, 4]))
     topk = draw(st.floats(0.0, 1.0))
     return dict(
         B=draw(st.integers(1, 2)), H=H, Hkv=draw(st.sampled_from([d for d in (1, 2, 4) if H % d == 0])),
-        D=draw(st.sampled_from([1, 5, 8, 16, 33])),
-        Nq=draw(st.integers(1, 120)), Nk=draw(st.integers(1, 120)),
-        bq=draw(st.integers(1, 48)), bk=draw(st.integers(1, 48)),
+        D=draw(st.sampled_from(head_dims)),
+        Nq=draw(st.integers(1, max_len)), Nk=draw(st.integers(1, max_len)),
+        bq=draw(q_blocks), bk=draw(k_blocks),
         topk=topk, low_k=draw(st.floats(0.0, 1.0)) * (1.0 - topk),
         fmap=draw(st.sampled_from(FEATURE_MAPS)), all_keys=draw(st.booleans()),
-        dtype=draw(st.sampled_from(DTYPES)), transposed=draw(st.booleans()),
+        dtype=draw(st.sampled_from(dtypes)), transposed=draw(st.booleans()),
         with_proj=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+def fuzz_inputs(c, gen):
+    """q, k, v of config c (a (B, N, H, D) storage seen as (B, H, N, D) when c["transposed"]) and
+    the projection [w, b], or [] without one."""
+
+    def tensor(heads, n):
+        if c["transposed"]:
+            return torch.randn(c["B"], n, heads, c["D"], generator=gen).to(c["dtype"]).transpose(1, 2)
+        return torch.randn(c["B"], heads, n, c["D"], generator=gen).to(c["dtype"])
+
+    qkv = [tensor(c["H"], c["Nq"]), tensor(c["Hkv"], c["Nk"]), tensor(c["Hkv"], c["Nk"])]
+    if not c["with_proj"]:
+        return qkv, []
+    return qkv, [0.3 * torch.randn(c["D"], c["D"], generator=gen), 0.3 * torch.randn(c["D"], generator=gen)]
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=sla_configs())
 def test_fuzz_matches_reference(c):
     gen = torch.Generator().manual_seed(c["seed"])
-
-    def tensor(heads, n):
-        if c["transposed"]:  # (B, N, H, D) storage seen as (B, H, N, D)
-            return torch.randn(c["B"], n, heads, c["D"], generator=gen).to(c["dtype"]).transpose(1, 2)
-        return torch.randn(c["B"], heads, n, c["D"], generator=gen).to(c["dtype"])
-
-    q, k, v = tensor(c["H"], c["Nq"]), tensor(c["Hkv"], c["Nk"]), tensor(c["Hkv"], c["Nk"])
-    w = b = None
-    if c["with_proj"]:
-        w, b = 0.3 * torch.randn(c["D"], c["D"], generator=gen), 0.3 * torch.randn(c["D"], generator=gen)
+    (q, k, v), proj = fuzz_inputs(c, gen)
+    w, b = proj or (None, None)
     block = (c["bq"], c["bk"])
     float32 = c["dtype"] == torch.float32
     leaves = [t for t in (q, k, v, w, b) if t is not None]

@@ -14,7 +14,6 @@
 #include "ops/attention_cuda.h"
 
 namespace genaccel::ops {
-namespace {
 
 DType to_dtype(at::ScalarType t) {
   switch (t) {
@@ -23,6 +22,8 @@ DType to_dtype(at::ScalarType t) {
     default: return DType::kFloat32;
   }
 }
+
+namespace {
 
 // The kernel loads rows in 16-byte pieces: pointers 16-byte aligned and batch/head/row strides
 // multiples of 8 elements. Views that are not (sliced, oddly strided) are copied once.

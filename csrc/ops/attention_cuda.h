@@ -5,7 +5,12 @@
 
 #include <tuple>
 
+#include "genaccel/attention/block_sparse_params.h"
+
 namespace genaccel::ops {
+
+// The kernels' element type of a tensor dtype (float32 for anything but half and bfloat16).
+DType to_dtype(at::ScalarType t);
 
 // out, lse of block_sparse_attn_fwd on CUDA tensors whose inputs were already checked
 // (check_block_sparse_fwd_inputs); `op` names the calling op in errors. Copies misaligned views

@@ -76,10 +76,6 @@ void* row_address(const at::Tensor& t, int64_t row) {
   return static_cast<char*>(t.data_ptr()) + row * t.size(-1) * t.element_size();
 }
 
-DType dtype_of(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf ? DType::kFloat16 : DType::kBFloat16;
-}
-
 // The shapes of one SLA problem's linear branch, seen as B * Hkv (batch, kv head) pairs whose G
 // query heads share the kv head's h_j (so they form one GEMM).
 struct LinearShape {
@@ -91,7 +87,7 @@ struct LinearShape {
               attention::SlaFeatureMap f)
       : pairs(k.size(0) * k.size(1)), group(q.size(1) / k.size(1)), nq(q.size(2)), nk(k.size(2)),
         D(q.size(3)), W(q.size(3) + kAugColumns), block_q(bq), block_k(bk), Tq(tq), Tk(tk), fmap(f),
-        dtype(dtype_of(q)) {}
+        dtype(to_dtype(q.scalar_type())) {}
   // Bytes per pair of the per-block sums alive at once: h_j (float32) and its three bf16 parts, H_i,
   // and in the backward dH_i with its parts.
   int64_t bytes_per_pair(bool backward) const { return (10 * Tk + (backward ? 14 : 4) * group * Tq) * D * W; }
@@ -177,7 +173,7 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   auto add = [&](const at::Tensor& grads, int64_t first, const float* phi, const at::Tensor& d, int64_t ld,
                  int64_t sq, int64_t rows, int64_t padded, const char* what) {
     void* p = row_address(grads, first);
-    check_launch(cuda::sla_add_grad_rows(p, phi, d.const_data_ptr<float>(), ld, p, dtype_of(grads), s.fmap, sq, rows,
+    check_launch(cuda::sla_add_grad_rows(p, phi, d.const_data_ptr<float>(), ld, p, to_dtype(grads.scalar_type()), s.fmap, sq, rows,
                                          padded, s.D, stream),
                  what, kBwdOp);
   };
