@@ -56,8 +56,8 @@ void check_launch(int err, const char* what, const char* op = kOp) {
 at::Tensor mask_matmul(const at::Tensor& mask, at::Tensor x, const char* op = kOp) {
   const int64_t C = x.size(0), K = x.size(1), E = x.size(2);
   x = x.contiguous();
-  auto parts = at::empty({C, 3 * K, E}, x.options().dtype(at::kBFloat16));
-  check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), parts.mutable_data_ptr(), C, K, E, 3,
+  auto parts = at::empty({C, cuda::kSplitParts * K, E}, x.options().dtype(at::kBFloat16));
+  check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), parts.mutable_data_ptr(), C, K, E,
                                      c10::cuda::getCurrentCUDAStream().stream()),
                "bf16 split", op);
   x = at::Tensor();

@@ -291,17 +291,15 @@ bool with_row_types(DType dtype, int64_t dim, Fn&& fn) {
 
 }  // namespace
 
-int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, int parts,
-                    void* stream) {
+int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, void* stream) {
   const int64_t n = batch * rows * cols;
   if (n == 0) return cudaSuccess;
-  if (parts != 3) return cudaErrorInvalidValue;  // the only split the GEMMs use
   const auto s = static_cast<cudaStream_t>(stream);
   if (cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
-    split_bf16_rows_vec4_kernel<3><<<blocks_for(n / 4), kThreads, 0, s>>>(
+    split_bf16_rows_vec4_kernel<kSplitParts><<<blocks_for(n / 4), kThreads, 0, s>>>(
         reinterpret_cast<const float4*>(x), static_cast<uint2*>(out), rows * cols / 4, n / 4);
   } else {
-    split_bf16_rows_kernel<3><<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(out), rows, cols, n);
+    split_bf16_rows_kernel<kSplitParts><<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(out), rows, cols, n);
   }
   return cudaGetLastError();
 }
