@@ -14,9 +14,10 @@
 //   dphi(K_j) = v_aug_j dh_j^T,  [dV_j, .] = phi(K_j) dh_j,  then the gradients through phi.
 // The sums over the mask ((Tq x Tk) x (Tk x D W) per head) run on bf16 tensor cores at float32
 // accuracy (mask_matmul, also op sla_mask_matmul); they add the marginal blocks directly, which on a
-// GEMM costs what pre-aggregation would, without its cancellation. The other products are float32
-// cuBLAS GEMMs (TF32 only where the user enabled it).
+// GEMM costs what pre-aggregation would, without its cancellation. The other products (per block,
+// 64 x D x W) run on TF32 tensor cores with float32 accumulation (tf32_bmm).
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -24,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 #include "cuda/attention/sla_linear.h"
 #include "ops/attention_cuda.h"
@@ -47,6 +49,35 @@ int64_t pairs_per_chunk(int64_t bytes_per_pair) {
 
 void check_launch(int err, const char* what, const char* op = kOp) {
   TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
+}
+
+// Batched op(a) op(b) of float32 tensors on TF32 tensor cores, accumulating in float32: a is
+// (batch, M, K), or (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb; both
+// contiguous. TF32 rather than float32 because every operand here derives from half-precision
+// q, k, v and every result is rounded to bf16/fp16: TF32 rounds an operand by at most 2^-11 (V and
+// the augmentation columns are exact in it), a quarter of one bf16 rounding, while float32 SIMT
+// GEMMs took ~8x the time (a float model of this branch with TF32 operands moves O^l by ~1e-4 and
+// the gradients by ~1e-3 relative, before their bf16 rounding).
+at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.is_contiguous() &&
+                        b.is_contiguous() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
+  const int64_t batch = a.size(0), M = a.size(ta ? 2 : 1), K = a.size(ta ? 1 : 2), N = b.size(tb ? 1 : 2);
+  TORCH_INTERNAL_ASSERT(b.size(tb ? 2 : 1) == K);
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(batch <= kIntMax && M <= kIntMax && N <= kIntMax && K <= kIntMax, kOp,
+              ": linear-branch GEMM too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K);
+  auto c = at::empty({batch, M, N}, a.options());
+  if (c.numel() == 0) return c;
+  if (K == 0) return c.zero_();
+  const float alpha = 1.f, beta = 0.f;
+  // Row-major c (M x N) is column-major c^T (N x M) = op(b)^T op(a)^T, so cuBLAS takes b first.
+  TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
+      at::cuda::getCurrentCUDABlasHandle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, b.const_data_ptr<float>(), CUDA_R_32F,
+      static_cast<int>(tb ? K : N), K * N, a.const_data_ptr<float>(), CUDA_R_32F, static_cast<int>(ta ? M : K),
+      M * K, &beta, c.mutable_data_ptr<float>(), CUDA_R_32F, static_cast<int>(N), M * N, static_cast<int>(batch),
+      CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+  return c;
 }
 
 // mask (C, M, K) bool @ x (C, K, E) float32 on bf16 tensor cores with float32 accuracy: x split into
@@ -116,8 +147,8 @@ KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& mar
                                       s.dtype, s.fmap, n, s.nk, rows, s.D, s.W,
                                       c10::cuda::getCurrentCUDAStream().stream()),
                "key rows", op);
-  auto h = at::bmm(out.phi_k.view({n * s.Tk, s.block_k, s.D}).transpose(1, 2),
-                   out.v_aug.view({n * s.Tk, s.block_k, s.W}))
+  auto h = tf32_bmm(out.phi_k.view({n * s.Tk, s.block_k, s.D}), true, out.v_aug.view({n * s.Tk, s.block_k, s.W}),
+                    false)
                .view({n, s.Tk, s.D * s.W});
   out.H = mask_matmul(marginal.narrow(0, c0, n), std::move(h), op).view({n * s.group * s.Tq, s.D, s.W});
   return out;
@@ -135,7 +166,7 @@ void linear_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   check_launch(cuda::sla_feature_rows(row_address(q, first_row), nullptr, phi_q.mutable_data_ptr<float>(), nullptr,
                                       s.dtype, s.fmap, seqs, s.nq, rows, s.D, s.W, stream),
                "query rows");
-  auto num = at::bmm(phi_q.view({seqs * s.Tq, s.block_q, s.D}), keys.H);   // (.., bq, W)
+  auto num = tf32_bmm(phi_q.view({seqs * s.Tq, s.block_q, s.D}), false, keys.H, false);   // (.., bq, W)
   check_launch(cuda::sla_linear_normalize(num.const_data_ptr<float>(), s.W, row_address(out, first_row),
                                           denom.mutable_data_ptr<float>() + first_row, s.dtype, seqs, s.nq, rows,
                                           s.D, eps, stream),
@@ -162,13 +193,13 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                "query gradient rows", kBwdOp);
   auto phi_qb = phi_q.view({seqs * s.Tq, s.block_q, s.D});
   auto g_augb = g_aug.view({seqs * s.Tq, s.block_q, s.W});
-  auto d_phi_q = at::bmm(g_augb, keys.H.transpose(1, 2));                        // (.., bq, D)
+  auto d_phi_q = tf32_bmm(g_augb, false, keys.H, true);                        // (.., bq, D)
   keys.H = at::Tensor();
-  auto dH = at::bmm(phi_qb.transpose(1, 2), g_augb).view({n, s.group * s.Tq, s.D * s.W});
+  auto dH = tf32_bmm(phi_qb, true, g_augb, false).view({n, s.group * s.Tq, s.D * s.W});
   auto dh = mask_matmul(marginal.narrow(0, c0, n).transpose(1, 2), std::move(dH), kBwdOp)
                 .view({n * s.Tk, s.D, s.W});
-  auto d_phi_k = at::bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), dh.transpose(1, 2));   // (.., bk, D)
-  auto dv_aug = at::bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), dh);                    // (.., bk, W)
+  auto d_phi_k = tf32_bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), false, dh, true);   // (.., bk, D)
+  auto dv_aug = tf32_bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), false, dh, false);   // (.., bk, W)
   // Into the sparse branch's gradients, in place: sequences of `rows` rows from row `first`.
   auto add = [&](const at::Tensor& grads, int64_t first, const float* phi, const at::Tensor& d, int64_t ld,
                  int64_t sq, int64_t rows, int64_t padded, const char* what) {
