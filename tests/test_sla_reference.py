@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import genaccel
-from conftest import rel_err
-from genaccel.attention.sla import block_map, sla_block_map
+from conftest import devices, rel_err
+from genaccel.attention.sla import sla_block_map
 from genaccel.attention.sla.reference import (
     ALL_KEYS_EPS,
     FEATURE_MAPS,
@@ -70,13 +70,43 @@ def test_block_map_breaks_ties_like_a_stable_sort(kind, gen):
         assert (kv_indices == torch.tensor([0, 1, 2], dtype=torch.int32)).all()
 
 
-def test_stable_descending_keys_order_like_a_stable_sort(gen):
-    values = torch.tensor([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, float("inf"), -float("inf")])
-    scores = values[torch.randint(0, len(values), (50, 37), generator=gen)]
-    key = block_map._stable_descending_keys(scores)
-    assert (key.sort(dim=-1).values.diff(dim=-1) > 0).all()  # distinct within each row
-    order = (36 - torch.remainder(key.sort(dim=-1, descending=True).values, 37))
-    assert torch.equal(order, torch.sort(scores, dim=-1, descending=True, stable=True).indices)
+def _select_blocks_expected(scores, n_crit, n_neg):
+    """The op's specification: the reference's stable descending sort (NaN last, -0.0 == 0.0)."""
+    order = torch.sort(-scores, dim=-1, stable=True).indices
+    codes = torch.zeros(scores.shape, dtype=torch.int8)
+    codes.scatter_(-1, order[..., :n_crit], 1)
+    if n_neg:
+        codes.scatter_(-1, order[..., scores.shape[-1] - n_neg:], -1)
+    return codes, order[..., :n_crit].sort(dim=-1).values.to(torch.int32)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("tk,n_crit,n_neg", [(37, 5, 9), (37, 1, 36), (37, 37, 0), (1, 1, 0), (3, 2, 1),
+                                             (4096, 200, 400), (5000, 250, 500)])
+def test_select_blocks_orders_like_a_stable_sort(device, tk, n_crit, n_neg, gen):
+    """sla_select_blocks on scores full of ties (signed zeros, infinities, NaN) against the stable
+    sort; 5000 blocks take the CUDA kernel's global-memory path."""
+    values = torch.tensor([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, float("inf"), -float("inf"), float("nan"), 1e-30])
+    rows = (2, 3, 7) if tk < 1000 else (1, 2, 3)
+    scores = values[torch.randint(0, len(values), (*rows, tk), generator=gen)]
+    scores[0, 0, 0] = torch.randn(tk, generator=gen)  # and one row without ties
+    codes, kv_indices = torch.ops.genaccel.sla_select_blocks(scores.to(device), n_crit, n_neg)
+    want_codes, want_indices = _select_blocks_expected(scores, n_crit, n_neg)
+    assert codes.dtype == torch.int8 and kv_indices.dtype == torch.int32
+    assert torch.equal(codes.cpu(), want_codes) and torch.equal(kv_indices.cpu(), want_indices)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_select_blocks_errors_and_opcheck(device, gen):
+    scores = torch.randn(1, 2, 4, 10, generator=gen).to(device)
+    op = torch.ops.genaccel.sla_select_blocks
+    for args, match in [((scores.double(), 1, 0), "float32"), ((scores[0], 1, 0), "4-D"),
+                        ((scores, 0, 0), "n_critical must be in \\[1, 10\\]"),
+                        ((scores, 11, 0), "n_critical"), ((scores, 4, 7), "n_negligible must be in \\[0, 6\\]"),
+                        ((scores[..., :0], 1, 0), "1 to 2\\^30")]:
+        with pytest.raises(RuntimeError, match=match):
+            op(*args)
+    torch.library.opcheck(op, (scores, 3, 2), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_block_counts_floor_and_clamp():

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "cpu/attention/block_sparse_fwd.h"
+#include "cpu/attention/sla_block_select.h"
 #include "cpu/attention/sla_feature_map.h"
 #include "cpu/attention/sla_linear_bwd.h"
 #include "cpu/attention/sla_linear_fwd.h"
@@ -68,6 +69,18 @@ attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const ch
   if (name == "elu") return attention::SlaFeatureMap::kElu;
   TORCH_CHECK(name == "relu", op, ": feature_map must be one of softmax, elu, relu, got '", name, "'");
   return attention::SlaFeatureMap::kRelu;
+}
+
+void check_sla_select_blocks_inputs(const at::Tensor& scores, int64_t n_critical, int64_t n_negligible) {
+  constexpr const char* op = "sla_select_blocks";
+  TORCH_CHECK(scores.dim() == 4 && scores.scalar_type() == at::kFloat, op,
+              ": scores must be a 4-D (B, H, Tq, Tk) float32 tensor, got ", scores.scalar_type(), " ",
+              scores.sizes());
+  const int64_t tk = scores.size(3);
+  TORCH_CHECK(tk >= 1 && tk < (int64_t{1} << 30), op, ": scores need 1 to 2^30 - 1 key blocks per row, got ", tk);
+  TORCH_CHECK(n_critical >= 1 && n_critical <= tk, op, ": n_critical must be in [1, ", tk, "], got ", n_critical);
+  TORCH_CHECK(n_negligible >= 0 && n_negligible <= tk - n_critical, op, ": n_negligible must be in [0, ",
+              tk - n_critical, "] (Tk - n_critical), got ", n_negligible);
 }
 
 void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x) {
@@ -200,6 +213,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   return {out_sparse.to(dt), lse, out_linear.to(dt), denom};
 }
 
+std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cpu(const at::Tensor& scores_in, int64_t n_critical,
+                                                        int64_t n_negligible) {
+  check_sla_select_blocks_inputs(scores_in, n_critical, n_negligible);
+  cpu::check_capability("sla_select_blocks");
+  auto scores = scores_in.contiguous();
+  const int64_t tk = scores.size(3), rows = scores.numel() / tk;
+  auto codes = at::empty(scores.sizes(), scores.options().dtype(at::kChar));
+  auto indices = at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical},
+                           scores.options().dtype(at::kInt));
+  cpu::sla_block_select(scores.const_data_ptr<float>(), rows, tk, n_critical, n_negligible,
+                        codes.mutable_data_ptr<int8_t>(), indices.mutable_data_ptr<int32_t>());
+  return {codes, indices};
+}
+
 // A float32 GEMM: the CPU kernels do not use this op (their linear branch pre-aggregates per row);
 // it gives the op a CPU kernel to compare the CUDA one with.
 at::Tensor sla_mask_matmul_cpu(const at::Tensor& mask, const at::Tensor& x) {
@@ -271,10 +298,16 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   // out[c] = mask[c] @ x[c] with float32 accuracy: per row of the mask, the sum of the rows of x it
   // selects (SLA's per-query-block sums H_i = sum_j M_ij h_j and their transposes).
   m.def("sla_mask_matmul(Tensor mask, Tensor x) -> Tensor");
+  // SLA's block classification from the pooled scores (B, H, Tq, Tk) float32: per row the
+  // n_critical highest scores are critical (code 1), the n_negligible lowest negligible (-1), the
+  // rest marginal (0); ties to the lower block index, NaN lowest. kv_indices (B, H, Tq, n_critical)
+  // int32 lists the critical blocks of each row in ascending order.
+  m.def("sla_select_blocks(Tensor scores, int n_critical, int n_negligible) -> (Tensor codes, Tensor kv_indices)");
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("sla_fwd", &genaccel::ops::sla_fwd_cpu);
   m.impl("sla_bwd", &genaccel::ops::sla_bwd_cpu);
   m.impl("sla_mask_matmul", &genaccel::ops::sla_mask_matmul_cpu);
+  m.impl("sla_select_blocks", &genaccel::ops::sla_select_blocks_cpu);
 }

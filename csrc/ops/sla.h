@@ -29,6 +29,10 @@ void check_sla_bwd_inputs(
 // The ops' `feature_map` argument ("softmax", "elu" or "relu"); raises naming `op` otherwise.
 attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op);
 
+// Checks the inputs of sla_select_blocks: scores a 4-D float32 tensor with Tk >= 1 blocks per row
+// (under 2^30), 1 <= n_critical and 0 <= n_negligible <= Tk - n_critical.
+void check_sla_select_blocks_inputs(const at::Tensor& scores, int64_t n_critical, int64_t n_negligible);
+
 // Checks the inputs of sla_mask_matmul: mask bool (C, M, K), x float32 (C, K, E), one device.
 void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x);
 

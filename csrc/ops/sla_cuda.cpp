@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "cuda/attention/sla_block_select.h"
 #include "cuda/attention/sla_linear.h"
 #include "ops/attention_cuda.h"
 #include "ops/sla.h"
@@ -213,6 +214,25 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   add(dv, first_k, nullptr, dv_aug, s.W, n, s.nk, rows_k, "dv rows");
 }
 
+std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cuda(const at::Tensor& scores_in, int64_t n_critical,
+                                                         int64_t n_negligible) {
+  check_sla_select_blocks_inputs(scores_in, n_critical, n_negligible);
+  c10::cuda::CUDAGuard guard(scores_in.device());
+  auto scores = scores_in.contiguous();
+  const int64_t tk = scores.size(3), rows = scores.numel() / tk;
+  auto codes = at::empty(scores.sizes(), scores.options().dtype(at::kChar));
+  auto indices = at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical},
+                           scores.options().dtype(at::kInt));
+  const int64_t scratch_keys = cuda::sla_block_select_scratch(rows, tk);
+  auto scratch = at::empty({scratch_keys}, scores.options().dtype(at::kLong));
+  check_launch(cuda::sla_block_select(scores.const_data_ptr<float>(), rows, tk, n_critical, n_negligible,
+                                      codes.mutable_data_ptr<int8_t>(), indices.mutable_data_ptr<int32_t>(),
+                                      scratch_keys > 0 ? static_cast<uint64_t*>(scratch.data_ptr()) : nullptr,
+                                      c10::cuda::getCurrentCUDAStream().stream()),
+               "block selection", "sla_select_blocks");
+  return {codes, indices};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes,
     const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q, int64_t block_k,
@@ -274,4 +294,5 @@ TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
   m.impl("sla_fwd", &genaccel::ops::sla_fwd_cuda);
   m.impl("sla_bwd", &genaccel::ops::sla_bwd_cuda);
   m.impl("sla_mask_matmul", &genaccel::ops::sla_mask_matmul_cuda);
+  m.impl("sla_select_blocks", &genaccel::ops::sla_select_blocks_cuda);
 }

@@ -4,16 +4,16 @@ through the linear branch (marginal), or not at all (negligible).
 Scores are mean-pooled q . mean-pooled (k - mean_tokens(k)) (the "smooth-K" shift changes no
 row's order but keeps the pooled values small), pooled over the valid tokens of each block in
 float32. Per row, the top floor(topk * Tk) blocks (at least one) are critical and the bottom
-floor(low_k * Tk) negligible; ties go to the lower block index.
+floor(low_k * Tk) negligible; ties go to the lower block index (op sla_select_blocks, a CPU and a
+CUDA kernel).
 """
 
-import math
 from typing import Tuple
 
 import torch
 
 from ..block_sparse import BlockSize, _block_size
-from .reference import CRITICAL, NEGLIGIBLE, block_counts
+from .reference import block_counts
 
 
 def _check_fraction(name: str, x: float) -> float:
@@ -76,32 +76,16 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     # change which blocks are critical).
     with torch.autocast(q.device.type, enabled=False):
         scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
-    tk = scores.shape[-1]
-    n_crit, n_neg = block_counts(tk, topk, low_k)
-    # The reference's order (a stable descending sort: ties to the lower block index) as distinct
-    # integer keys, so that two topk calls replace sorting every row (several times slower).
-    key = _stable_descending_keys(scores)
-    top = torch.topk(key, n_crit, dim=-1).values                      # descending
-    critical = tk - 1 - torch.remainder(top, tk)
-    # Codes by comparing each (distinct) key with its row's thresholds, not by scattering into an
-    # int8 tensor: under torch.compile with inductor on CUDA (torch 2.11) that scatter came out int64.
-    codes = (key >= top[..., -1:]).to(torch.int8) * CRITICAL
-    if n_neg:
-        low = torch.topk(key, n_neg, dim=-1, largest=False).values     # ascending
-        codes = codes + (key <= low[..., -1:]).to(torch.int8) * NEGLIGIBLE
-    # Every row has exactly n_crit critical blocks: the plan is their ids in ascending order, the
-    # format of block_mask_to_indices without its padding.
-    kv_indices = torch.sort(critical, dim=-1).values.to(torch.int32).contiguous()
+    n_crit, n_neg = block_counts(scores.shape[-1], topk, low_k)
+    # Per row: the n_crit highest scores critical, the n_neg lowest negligible (ties to the lower
+    # block index, as the reference's stable sort), and the critical ids in ascending order: the
+    # format of block_mask_to_indices without its padding, since every row has n_crit of them.
+    codes, kv_indices = torch.ops.genaccel.sla_select_blocks(scores.contiguous(), n_crit, n_neg)
     kv_counts = torch.full(scores.shape[:-1], n_crit, dtype=torch.int32, device=q.device)
     return codes, kv_indices, kv_counts
 
 
-def _stable_descending_keys(scores: torch.Tensor) -> torch.Tensor:
-    """int64 keys, one per score, all distinct, whose descending order is the stable descending
-    order of the float32 scores (equal scores: lower index first): the score's bits mapped to an
-    order-preserving int32 (negative floats have their magnitude bits flipped), times Tk, plus
-    Tk - 1 - index. Block index j of a key is Tk - 1 - key mod Tk."""
-    tk = scores.shape[-1]
-    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes +0.0, equal as a float
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
-    return ordered * tk + (tk - 1 - torch.arange(tk, device=scores.device))
+@torch.library.register_fake("genaccel::sla_select_blocks")
+def _sla_select_blocks_fake(scores, n_critical, n_negligible):
+    codes = scores.new_empty(scores.shape, dtype=torch.int8)
+    return codes, scores.new_empty((*scores.shape[:-1], n_critical), dtype=torch.int32)
