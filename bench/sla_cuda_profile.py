@@ -58,6 +58,8 @@ def main():
         for name, fn in stages.items():
             print(f"{name:<40} {cuda_ms(fn):8.3f} ms")
         print(kernel_table(lambda: torch.ops.genaccel.sla_fwd(*op_args)))
+        print("sla_block_map:")
+        print(kernel_table(lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk))))
 
         # Backward stages, on the saved tensors of one forward.
         out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*op_args)
