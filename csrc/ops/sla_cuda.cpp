@@ -56,9 +56,11 @@ void check_launch(int err, const char* what, const char* op = kOp) {
 // (batch, M, K), or (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb; both
 // contiguous. TF32 rather than float32 because every operand here derives from half-precision
 // q, k, v and every result is rounded to bf16/fp16: TF32 rounds an operand by at most 2^-11 (V and
-// the augmentation columns are exact in it), a quarter of one bf16 rounding, while float32 SIMT
-// GEMMs took ~8x the time (a float model of this branch with TF32 operands moves O^l by ~1e-4 and
-// the gradients by ~1e-3 relative, before their bf16 rounding).
+// the augmentation columns are exact in it), a quarter of one bf16 rounding, while float32 GEMMs
+// run on CUDA cores at ~1/7 of the TF32 tensor-core peak (H100/H200 datasheets: 67 vs 495 TFLOP/s)
+// and took 1.1 ms of the forward and 2.5 ms of the backward at B1 H12 N32760 D128 on an H200. A
+// float model of this branch with TF32 operands moves O^l by ~1e-4 and the gradients by ~1e-3
+// relative, before their bf16 rounding.
 at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) {
   TORCH_INTERNAL_ASSERT(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.is_contiguous() &&
                         b.is_contiguous() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
