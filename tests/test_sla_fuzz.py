@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import genaccel  # noqa: E402
-from conftest import DTYPES, RTOL, rel_err  # noqa: E402
+from conftest import DTYPES, RTOL, devices, rel_err  # noqa: E402
 from genaccel.attention.sla import sla_block_map  # noqa: E402
 from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference  # noqa: E402
 
@@ -77,3 +77,25 @@ def test_fuzz_matches_reference(c):
             # Relative, plus a float32-rounding floor (on the scale of grad_out) for gradients that
             # cancel to 0 exactly (one key: dq = 0; one marginal key: O^l = v, dk = 0).
             assert (g.double() - e).norm() <= 1e-4 * e.norm() + 1e-5 * go.norm(), (i, rel_err(g, e))
+
+
+@pytest.mark.parametrize("device", devices())
+@settings(max_examples=60, deadline=None)
+@given(rows=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5)), tk=st.integers(1, 300),
+       crit=st.floats(0.0, 1.0), neg=st.floats(0.0, 1.0), tie_share=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**31 - 1))
+def test_select_blocks_fuzz(device, rows, tk, crit, neg, tie_share, seed):
+    """sla_select_blocks against the stable sort on scores mixing random values with a pool of
+    ties (signed zeros, infinities, NaN), for any block count and class sizes."""
+    from test_sla_reference import select_blocks_expected
+
+    gen = torch.Generator().manual_seed(seed)
+    n_crit = max(1, round(crit * tk))
+    n_neg = round(neg * (tk - n_crit))
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), float("nan")])
+    scores = torch.randn(*rows, tk, generator=gen)
+    tied = torch.rand(scores.shape, generator=gen) < tie_share
+    scores[tied] = pool[torch.randint(0, len(pool), (int(tied.sum()),), generator=gen)]
+    codes, kv_indices = torch.ops.genaccel.sla_select_blocks(scores.to(device), n_crit, n_neg)
+    want_codes, want_indices = select_blocks_expected(scores, n_crit, n_neg)
+    assert torch.equal(codes.cpu(), want_codes) and torch.equal(kv_indices.cpu(), want_indices)

@@ -70,7 +70,7 @@ def test_block_map_breaks_ties_like_a_stable_sort(kind, gen):
         assert (kv_indices == torch.tensor([0, 1, 2], dtype=torch.int32)).all()
 
 
-def _select_blocks_expected(scores, n_crit, n_neg):
+def select_blocks_expected(scores, n_crit, n_neg):
     """The op's specification: the reference's stable descending sort (NaN last, -0.0 == 0.0)."""
     order = torch.sort(-scores, dim=-1, stable=True).indices
     codes = torch.zeros(scores.shape, dtype=torch.int8)
@@ -91,7 +91,7 @@ def test_select_blocks_orders_like_a_stable_sort(device, tk, n_crit, n_neg, gen)
     scores = values[torch.randint(0, len(values), (*rows, tk), generator=gen)]
     scores[0, 0, 0] = torch.randn(tk, generator=gen)  # and one row without ties
     codes, kv_indices = torch.ops.genaccel.sla_select_blocks(scores.to(device), n_crit, n_neg)
-    want_codes, want_indices = _select_blocks_expected(scores, n_crit, n_neg)
+    want_codes, want_indices = select_blocks_expected(scores, n_crit, n_neg)
     assert codes.dtype == torch.int8 and kv_indices.dtype == torch.int32
     assert torch.equal(codes.cpu(), want_codes) and torch.equal(kv_indices.cpu(), want_indices)
 
