@@ -1,5 +1,5 @@
 """Small CUDA block-sparse attention and SLA runs, forward and backward, checked against the float64
-reference.
+reference, and SLA's block selection checked against its CPU kernel.
 
 Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
@@ -54,6 +54,15 @@ SLA_CASES = [
     ("SLA D=128 128x64, MQA, chunk/pair", 2, 2, 1, 200, 330, 128, torch.bfloat16, (128, 64), "elu", False, "bhnd", "1"),
     ("SLA N below one block, fp16", 1, 3, 3, 40, 50, 128, torch.float16, (64, 128), "relu", True, "bhnd", None),
     ("SLA non-contiguous (B, N, H, D)", 1, 4, 4, 190, 190, 64, torch.bfloat16, (64, 64), "softmax", False, "bnhd", None),
+]
+
+# SLA's block selection (op sla_select_blocks) against its CPU kernel, exactly: name, score shape,
+# n_critical, n_negligible. 4096 blocks fill the kernel's shared-memory sort; 5000 take its global
+# scratch path.
+SELECT_CASES = [
+    ("select 37 blocks, ties", (2, 3, 5, 37), 5, 9),
+    ("select 4096 blocks (shared memory)", (1, 2, 3, 4096), 200, 400),
+    ("select 5000 blocks (global scratch)", (1, 2, 3, 5000), 250, 500),
 ]
 
 
@@ -187,6 +196,19 @@ def run_sla_case(case, gen) -> str:
     return f"ok   rel err out {err:.2e}, dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)}"
 
 
+def run_select_case(case, gen) -> str:
+    name, shape, n_crit, n_neg = case
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), float("nan")])
+    scores = torch.randn(*shape, generator=gen)
+    tied = torch.rand(shape, generator=gen) < 0.3
+    scores[tied] = pool[torch.randint(0, len(pool), (int(tied.sum()),), generator=gen)]
+    got = torch.ops.genaccel.sla_select_blocks(scores.cuda(), n_crit, n_neg)
+    torch.cuda.synchronize()
+    want = torch.ops.genaccel.sla_select_blocks(scores, n_crit, n_neg)
+    same = [torch.equal(g.cpu(), w) for g, w in zip(got, want)]
+    return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
@@ -199,7 +221,8 @@ def main() -> int:
     print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
     gen = torch.Generator().manual_seed(1234)
     failed = passed = 0
-    runs = [(run_case, case, case[-1]) for case in CASES] + [(run_sla_case, case, True) for case in SLA_CASES]
+    runs = ([(run_case, case, case[-1]) for case in CASES] + [(run_sla_case, case, True) for case in SLA_CASES]
+            + [(run_select_case, case, True) for case in SELECT_CASES])
     for run, case, required in runs:
         name = case[0]
         try:
