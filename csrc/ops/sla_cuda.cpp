@@ -67,8 +67,9 @@ at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) 
   const int64_t batch = a.size(0), M = a.size(ta ? 2 : 1), K = a.size(ta ? 1 : 2), N = b.size(tb ? 1 : 2);
   TORCH_INTERNAL_ASSERT(b.size(tb ? 2 : 1) == K);
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  TORCH_CHECK(batch <= kIntMax && M <= kIntMax && N <= kIntMax && K <= kIntMax, kOp,
-              ": linear-branch GEMM too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K);
+  TORCH_CHECK(batch <= kIntMax && M <= kIntMax && N <= kIntMax && K <= kIntMax,
+              "SLA (CUDA): a linear-branch GEMM is too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K,
+              " (lower GENACCEL_SLA_CHUNK_BYTES)");
   auto c = at::empty({batch, M, N}, a.options());
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
