@@ -7,6 +7,7 @@ output only (not a result file).
 
 import argparse
 import math
+import os
 import statistics
 
 import torch
@@ -49,6 +50,7 @@ def main():
             q, k, v, w, b, args.topk, args.low_k, (bq, bk)),
         "  sla_block_map": lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk)),
         "  sla_fwd op": lambda: torch.ops.genaccel.sla_fwd(*op_args),
+        "  sla_fwd op, float32 GEMMs": lambda: with_float32_gemms(torch.ops.genaccel.sla_fwd, *op_args),
         "    block-sparse kernel alone": lambda: torch.ops.genaccel.block_sparse_attn_fwd(
             q, k, v, kv_indices, kv_counts, bq, bk, scale),
     }
@@ -78,6 +80,7 @@ def main():
             "sparse_linear_attention backward (all)": lambda: torch.autograd.grad(
                 sla_out, sla_leaves, go, retain_graph=True),
             "sla_bwd op": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
+            "sla_bwd op, float32 GEMMs": lambda: with_float32_gemms(torch.ops.genaccel.sla_bwd, *bwd_args),
             "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
                 go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
         }
@@ -85,6 +88,15 @@ def main():
         for name, fn in stages.items():
             print(f"{name:<40} {cuda_ms(fn):8.3f} ms")
         print(kernel_table(lambda: torch.ops.genaccel.sla_bwd(*bwd_args)))
+
+
+def with_float32_gemms(op, *args):
+    """op(*args) with the linear branch's per-block GEMMs in float32 instead of TF32."""
+    os.environ["GENACCEL_SLA_FLOAT32_GEMMS"] = "1"
+    try:
+        return op(*args)
+    finally:
+        del os.environ["GENACCEL_SLA_FLOAT32_GEMMS"]
 
 
 def kernel_table(fn):

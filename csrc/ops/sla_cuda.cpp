@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "cuda/attention/sla_block_select.h"
@@ -60,7 +61,8 @@ void check_launch(int err, const char* what, const char* op = kOp) {
 // run on CUDA cores at ~1/7 of the TF32 tensor-core peak (H100/H200 datasheets: 67 vs 495 TFLOP/s)
 // and took 1.1 ms of the forward and 2.5 ms of the backward at B1 H12 N32760 D128 on an H200. A
 // float model of this branch with TF32 operands moves O^l by ~1e-4 and the gradients by ~1e-3
-// relative, before their bf16 rounding.
+// relative, before their bf16 rounding. GENACCEL_SLA_FLOAT32_GEMMS=1 keeps them float32 (TF32 then
+// only where torch.backends.cuda.matmul allows it), for strict float32 or to compare the two.
 at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) {
   TORCH_INTERNAL_ASSERT(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.is_contiguous() &&
                         b.is_contiguous() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
@@ -73,6 +75,8 @@ at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) 
   auto c = at::empty({batch, M, N}, a.options());
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
+  const char* strict = std::getenv("GENACCEL_SLA_FLOAT32_GEMMS");
+  const auto compute = strict != nullptr && std::strcmp(strict, "1") == 0 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
   const float alpha = 1.f, beta = 0.f;
   // Row-major c (M x N) is column-major c^T (N x M) = op(b)^T op(a)^T, so cuBLAS takes b first.
   TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
@@ -80,7 +84,7 @@ at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) 
       static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, b.const_data_ptr<float>(), CUDA_R_32F,
       static_cast<int>(tb ? K : N), K * N, a.const_data_ptr<float>(), CUDA_R_32F, static_cast<int>(ta ? M : K),
       M * K, &beta, c.mutable_data_ptr<float>(), CUDA_R_32F, static_cast<int>(N), M * N, static_cast<int>(batch),
-      CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+      compute, CUBLAS_GEMM_DEFAULT));
   return c;
 }
 
