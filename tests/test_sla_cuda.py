@@ -66,6 +66,14 @@ def test_linear_branch_matches_cpu_float32(fmap, strict, gen, monkeypatch):
     assert rel_err(got[2].cpu().float(), want[2].float()) <= 1e-2  # O^l, both rounded to bf16
 
 
+def test_select_blocks_long_rows_in_chunks_match_cpu(gen):
+    """Rows of 4097 blocks sort in global scratch, 4096 rows per launch: 4100 rows take two."""
+    scores = torch.randn(1, 1, 4100, 4097, generator=gen)
+    got = torch.ops.genaccel.sla_select_blocks(scores.cuda(), 200, 400)
+    want = torch.ops.genaccel.sla_select_blocks(scores, 200, 400)
+    assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+
+
 def test_rows_without_marginal_blocks_are_zero_not_nan(gen):
     q, k, v = inputs(gen, 1, 2, 2, 256, 256, 64, torch.bfloat16)
     out = genaccel.sparse_linear_attention(q, k, v, torch.eye(64).cuda(), topk=1.0, low_k=0.0)

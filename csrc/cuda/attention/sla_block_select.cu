@@ -1,11 +1,13 @@
 // One thread block per row of scores: the row's keys (genaccel/attention/sla_block_select.h) are
-// bitonic-sorted in descending order, in shared memory (global scratch for rows past 4096 blocks),
-// which gives the two thresholds; then each thread classifies a contiguous run of blocks and a block
-// scan places its critical ids, so the id list comes out ascending without a second sort.
+// bitonic-sorted in descending order, in shared memory (in global scratch for rows past 4096 blocks,
+// rows then taken in chunks), which gives the two thresholds; then each thread classifies a
+// contiguous run of blocks and a block scan places its critical ids, so the id list comes out
+// ascending without a second sort.
 #include "cuda/attention/sla_block_select.h"
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cub/block/block_scan.cuh>
 
 #include "genaccel/attention/sla_block_select.h"
@@ -15,6 +17,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kSharedKeys = 4096;  // 32 KB of keys: under the 48 KB a launch gets without opting in
+// Longer rows sort in global scratch of at most this many keys (256 MB), rows taken in chunks.
+constexpr int64_t kScratchKeys = int64_t{1} << 25;
 
 int64_t padded_length(int64_t tk) {
   int64_t p = 1;
@@ -71,11 +75,14 @@ __global__ void __launch_bounds__(kThreads)
     if (c[j] == attention::kSlaCritical) idx[slot++] = j;
 }
 
+// Rows per launch on the global-scratch path.
+int64_t scratch_rows(int64_t rows, int64_t p2) { return std::max<int64_t>(1, std::min(rows, kScratchKeys / p2)); }
+
 }  // namespace
 
 int64_t sla_block_select_scratch(int64_t rows, int64_t tk) {
   const int64_t p2 = padded_length(tk);
-  return p2 <= kSharedKeys ? 0 : rows * p2;
+  return p2 <= kSharedKeys || rows == 0 ? 0 : scratch_rows(rows, p2) * p2;
 }
 
 int sla_block_select(const float* scores, int64_t rows, int64_t tk, int64_t n_crit, int64_t n_neg, int8_t* codes,
@@ -87,11 +94,15 @@ int sla_block_select(const float* scores, int64_t rows, int64_t tk, int64_t n_cr
   const int64_t p2 = padded_length(tk);
   const bool shared = p2 <= kSharedKeys;
   if (!shared && scratch == nullptr) return cudaErrorInvalidValue;
-  block_select_kernel<<<static_cast<unsigned>(rows), kThreads, shared ? p2 * sizeof(uint64_t) : 0,
-                        static_cast<cudaStream_t>(stream)>>>(scores, static_cast<int>(tk), static_cast<int>(p2),
-                                                             static_cast<int>(n_crit), static_cast<int>(n_neg), codes,
-                                                             indices, shared ? nullptr : scratch);
-  return cudaGetLastError();
+  const int64_t chunk = shared ? rows : scratch_rows(rows, p2);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    block_select_kernel<<<static_cast<unsigned>(std::min(chunk, rows - r0)), kThreads,
+                          shared ? p2 * sizeof(uint64_t) : 0, static_cast<cudaStream_t>(stream)>>>(
+        scores + r0 * tk, static_cast<int>(tk), static_cast<int>(p2), static_cast<int>(n_crit),
+        static_cast<int>(n_neg), codes + r0 * tk, indices + r0 * n_crit, shared ? nullptr : scratch);
+    if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace genaccel::cuda

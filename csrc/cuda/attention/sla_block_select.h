@@ -6,7 +6,8 @@
 namespace genaccel::cuda {
 
 // uint64 scratch entries sla_block_select needs for rows of tk scores: 0 when a row's keys fit in
-// shared memory (tk <= 4096), else rows * (tk rounded up to a power of two).
+// shared memory (tk <= 4096), else (tk rounded up to a power of two) per row of a chunk of rows
+// (at most 2^25 entries, 256 MB, unless one row needs more).
 int64_t sla_block_select_scratch(int64_t rows, int64_t tk);
 
 // scores (rows, tk) float32, contiguous -> codes (rows, tk) int8 and indices (rows, n_crit) int32,
