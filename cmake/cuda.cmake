@@ -16,17 +16,21 @@ if(GENACCEL_WITH_CUDA)
   find_package(CUDAToolkit REQUIRED)
   # cuBLAS, for the SLA linear branch's TF32 GEMMs (csrc/ops/sla_cuda.cpp): link the libcublas that
   # torch loads (one copy in the process; the toolkit beside nvcc may have none, as on the
-  # development VM), with the toolkit's headers or else those beside that library.
+  # development VM), else the toolkit's, with the toolkit's headers or else those beside the library.
   execute_process(
     COMMAND "${Python_EXECUTABLE}" -c
       "import torch; print(next(l.split()[-1] for l in open('/proc/self/maps') if '/libcublas.so' in l))"
     OUTPUT_VARIABLE GENACCEL_CUBLAS_LIBRARY OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _cublas_rc
     ERROR_QUIET)
-  if(NOT _cublas_rc EQUAL 0 OR NOT EXISTS "${GENACCEL_CUBLAS_LIBRARY}")
-    message(FATAL_ERROR "genaccel: importing torch (CUDA ${TORCH_CUDA_VERSION}) loaded no libcublas; "
-      "cannot link the CUDA kernels' cuBLAS calls")
+  if(_cublas_rc EQUAL 0 AND EXISTS "${GENACCEL_CUBLAS_LIBRARY}")
+    get_filename_component(_cublas_dir "${GENACCEL_CUBLAS_LIBRARY}" DIRECTORY)
+  elseif(TARGET CUDA::cublas)
+    set(GENACCEL_CUBLAS_LIBRARY CUDA::cublas)
+    set(_cublas_dir "${CUDAToolkit_LIBRARY_DIR}")
+  else()
+    message(FATAL_ERROR "genaccel: importing torch (CUDA ${TORCH_CUDA_VERSION}) loaded no libcublas and "
+      "the CUDA toolkit at ${CUDAToolkit_LIBRARY_DIR} has none; cannot link the kernels' cuBLAS calls")
   endif()
-  get_filename_component(_cublas_dir "${GENACCEL_CUBLAS_LIBRARY}" DIRECTORY)
   find_path(GENACCEL_CUBLAS_INCLUDE_DIR cublas_v2.h
     HINTS ${CUDAToolkit_INCLUDE_DIRS} "${_cublas_dir}/../include" NO_DEFAULT_PATH)
   if(NOT GENACCEL_CUBLAS_INCLUDE_DIR)
