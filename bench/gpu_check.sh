@@ -141,7 +141,7 @@ assert genaccel.has_cuda_kernels(), "genaccel was built without its CUDA kernels
 step toolchain 60 build.log bash -c '
   so=$(ls "$0"/genaccel/_C*.so 2>/dev/null | head -n1)
   [ -n "$so" ] || so=$("$1" -c "import genaccel._C as m; print(m.__file__)")
-  echo "module: $so"; ldd "$so" | grep -E "stdc\+\+|gomp|libgcc" || true
+  echo "module: $so"; ldd "$so" | grep -E "stdc\+\+|gomp|libgcc|cublas" || true
   echo "libstdc++ locale/ostream symbols defined inside the module: $({ nm -C --defined-only "$so"; nm -C -D --defined-only "$so"; } 2>/dev/null | grep -c -E "std::locale|codecvt|basic_ostream")"
   "$1" bench/error_path_probe.py' "${SITE:-.}" "$PY"
 
