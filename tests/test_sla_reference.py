@@ -14,6 +14,7 @@ from genaccel.attention.sla.reference import (
     FEATURE_MAPS,
     block_counts,
     feature_map,
+    select_blocks_reference,
     sla_block_map_reference,
     sparse_linear_attention_reference,
 )
@@ -71,13 +72,9 @@ def test_block_map_breaks_ties_like_a_stable_sort(kind, gen):
 
 
 def select_blocks_expected(scores, n_crit, n_neg):
-    """The op's specification: the reference's stable descending sort (NaN last, -0.0 == 0.0)."""
-    order = torch.sort(-scores, dim=-1, stable=True).indices
-    codes = torch.zeros(scores.shape, dtype=torch.int8)
-    codes.scatter_(-1, order[..., :n_crit], 1)
-    if n_neg:
-        codes.scatter_(-1, order[..., scores.shape[-1] - n_neg:], -1)
-    return codes, order[..., :n_crit].sort(dim=-1).values.to(torch.int32)
+    """The op's specification: the reference's codes, and their critical blocks in ascending order."""
+    codes = select_blocks_reference(scores, n_crit, n_neg)
+    return codes, genaccel.block_mask_to_indices(codes == 1)[0]
 
 
 @pytest.mark.parametrize("device", devices())

@@ -83,6 +83,11 @@ void check_sla_select_blocks_inputs(const at::Tensor& scores, int64_t n_critical
               tk - n_critical, "] (Tk - n_critical), got ", n_negligible);
 }
 
+std::tuple<at::Tensor, at::Tensor> empty_select_blocks_outputs(const at::Tensor& scores, int64_t n_critical) {
+  return {at::empty(scores.sizes(), scores.options().dtype(at::kChar)),
+          at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical}, scores.options().dtype(at::kInt))};
+}
+
 void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x) {
   constexpr const char* op = "sla_mask_matmul";
   TORCH_CHECK(mask.dim() == 3 && mask.scalar_type() == at::kBool, op,
@@ -219,9 +224,7 @@ std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cpu(const at::Tensor& score
   cpu::check_capability("sla_select_blocks");
   auto scores = scores_in.contiguous();
   const int64_t tk = scores.size(3), rows = scores.numel() / tk;
-  auto codes = at::empty(scores.sizes(), scores.options().dtype(at::kChar));
-  auto indices = at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical},
-                           scores.options().dtype(at::kInt));
+  auto [codes, indices] = empty_select_blocks_outputs(scores, n_critical);
   cpu::sla_block_select(scores.const_data_ptr<float>(), rows, tk, n_critical, n_negligible,
                         codes.mutable_data_ptr<int8_t>(), indices.mutable_data_ptr<int32_t>());
   return {codes, indices};

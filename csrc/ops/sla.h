@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <tuple>
 
 #include "genaccel/attention/sla_params.h"
 
@@ -32,6 +33,10 @@ attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const ch
 // Checks the inputs of sla_select_blocks: scores a 4-D float32 tensor with Tk >= 1 blocks per row
 // (under 2^30), 1 <= n_critical and 0 <= n_negligible <= Tk - n_critical.
 void check_sla_select_blocks_inputs(const at::Tensor& scores, int64_t n_critical, int64_t n_negligible);
+
+// The outputs of sla_select_blocks for (checked, contiguous) scores: codes int8 shaped like scores,
+// kv_indices int32 (B, H, Tq, n_critical); uninitialised.
+std::tuple<at::Tensor, at::Tensor> empty_select_blocks_outputs(const at::Tensor& scores, int64_t n_critical);
 
 // Checks the inputs of sla_mask_matmul: mask bool (C, M, K), x float32 (C, K, E), one device.
 void check_sla_mask_matmul_inputs(const at::Tensor& mask, const at::Tensor& x);

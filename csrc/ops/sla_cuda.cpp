@@ -227,9 +227,7 @@ std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cuda(const at::Tensor& scor
   c10::cuda::CUDAGuard guard(scores_in.device());
   auto scores = scores_in.contiguous();
   const int64_t tk = scores.size(3), rows = scores.numel() / tk;
-  auto codes = at::empty(scores.sizes(), scores.options().dtype(at::kChar));
-  auto indices = at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical},
-                           scores.options().dtype(at::kInt));
+  auto [codes, indices] = empty_select_blocks_outputs(scores, n_critical);
   const int64_t scratch_keys = cuda::sla_block_select_scratch(rows, tk);
   auto scratch = at::empty({scratch_keys}, scores.options().dtype(at::kLong));
   check_launch(cuda::sla_block_select(scores.const_data_ptr<float>(), rows, tk, n_critical, n_negligible,

@@ -64,7 +64,13 @@ def sla_block_map_reference(q, k, topk=0.05, low_k=0.10, block_size=(64, 64)):
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     scores = pooled_blocks(q, bq) @ pooled_blocks(k - k.mean(dim=-2, keepdim=True), bk).transpose(-1, -2)
-    n_crit, n_neg = block_counts(scores.shape[-1], topk, low_k)
+    return select_blocks_reference(scores, *block_counts(scores.shape[-1], topk, low_k))
+
+
+def select_blocks_reference(scores, n_crit, n_neg):
+    """int8 codes of scores (..., Tk): per row the n_crit highest critical, the n_neg lowest
+    negligible, by a stable descending sort (ties to the lower block index, -0.0 == 0.0, NaN last);
+    the specification of op sla_select_blocks."""
     codes = torch.zeros(scores.shape, dtype=torch.int8)
     order = torch.sort(-scores, dim=-1, stable=True).indices  # descending, lower index first on ties
     codes.scatter_(-1, order[..., :n_crit], CRITICAL)
