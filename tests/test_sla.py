@@ -245,6 +245,10 @@ def test_op_rejects_bad_codes_and_feature_maps(gen):
         op(q, k, v, codes, 1 - idx, cnt, 32, 32, 0.25, "softmax", False)  # the other key block of 2
     with pytest.raises(RuntimeError, match="must list exactly the critical blocks"):
         op(q, k, v, codes, idx, cnt - 1, 32, 32, 0.25, "softmax", False)
+    with pytest.raises(RuntimeError, match=r"sla_fwd: kv_counts must lie in \[0, 1\]"):
+        op(q, k, v, codes, idx, cnt + 1, 32, 32, 0.25, "softmax", False)
+    with pytest.raises(RuntimeError, match="sla_fwd: kv_indices must lie in"):
+        op(q, k, v, codes, idx - 7, cnt, 32, 32, 0.25, "softmax", False)
 
 
 # ---- gradients and the module ----------------------------------------------------------------

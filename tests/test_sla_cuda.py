@@ -48,10 +48,11 @@ def test_forward_matches_reference(case, topk, low_k, all_keys, fmap, dtype, gen
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
 def test_linear_branch_matches_cpu_float32(fmap, strict, gen, monkeypatch):
     """The linear branch's own outputs (before the bf16 cast of O^l, via the denominator) agree with
-    the CPU op's float32 computation to TF32-level error: the bf16 part splits of the mask sums lose
-    nothing, and the per-block GEMMs round their operands to TF32 (2^-11 relative; a float model of
+    the CPU op's float32 computation to TF32-level error: the two-part bf16 splits of the mask sums
+    lose at most 2^-16 per term, and the per-block GEMMs round their operands to TF32 (2^-11 relative; a float model of
     the branch moves the denominators by 4e-5 with round-to-nearest and 1e-3 with truncation).
-    With GENACCEL_SLA_FLOAT32_GEMMS=1 they stay float32 and agree to float32-level error."""
+    With GENACCEL_SLA_FLOAT32_GEMMS=1 the GEMMs stay float32 and the splits take three parts (exact),
+    so they agree to float32-level error."""
     if strict:
         monkeypatch.setenv("GENACCEL_SLA_FLOAT32_GEMMS", "1")
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -182,6 +183,29 @@ def test_backward_errors_name_the_op(gen):
         broken[index] = bad
         with pytest.raises(RuntimeError, match=match):
             torch.ops.genaccel.sla_bwd(*broken)
+
+
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_bad_plans_raise_and_leave_the_device_usable(op_name, gen):
+    """The plan's ranges and its consistency with the codes are checked together on the device: an
+    out-of-range index (negative too, which gather would assert on) or count raises a clear error,
+    and the next call still works (no device-side assert)."""
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
+    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False)
+    fwd = [q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False]
+    bwd = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "softmax", False]
+    args, at = (fwd, 3) if op_name == "sla_fwd" else (bwd, 5)
+    op = getattr(torch.ops.genaccel, op_name)
+    for i, bad, match in [(1, idx - 9, "kv_indices must lie in"), (1, idx + 9, "kv_indices must lie in"),
+                          (2, cnt + 5, "kv_counts must lie in"), (1, 2 - idx, "must list exactly the critical blocks"),
+                          (2, cnt - 1, "must list exactly the critical blocks")]:
+        broken = list(args)
+        broken[at + i] = bad
+        with pytest.raises(RuntimeError, match=f"{op_name}: .*{match}"):
+            op(*broken)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(t).all() for t in op(*args)[:3])
 
 
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)

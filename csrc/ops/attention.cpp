@@ -33,7 +33,7 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return ok ? t : t.contiguous();
 }
 
-void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                    int64_t block_q, int64_t block_k, const char* op) {
   check_qkv(q, "q", op);
@@ -63,7 +63,7 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
   const int64_t Nk = k.size(2);
   TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
               ", Nk=", Nk);
-  const int64_t Tq = (Nq + block_q - 1) / block_q, Tk = (Nk + block_k - 1) / block_k;
+  const int64_t Tq = (Nq + block_q - 1) / block_q;
 
   TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, op,
               ": kv_indices and kv_counts must be int32, got ", kv_indices.scalar_type(), " and ",
@@ -81,23 +81,46 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
               " and block_q=", block_q, ", got ", kv_indices.sizes());
   TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, op,
               ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
+}
+
+void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k, const char* op) {
+  check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
+  const int64_t Nk = k.size(2), Tk = (Nk + block_k - 1) / block_k;
+  if (kv_counts.numel() > 0 && block_plan_invalid(kv_indices, kv_counts, Tk).item<bool>())
+    raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
+}
+
+namespace {
+// kv_counts as int64 and which (query block, slot) entries of kv_indices they count.
+std::pair<at::Tensor, at::Tensor> counts_and_used(const at::Tensor& kv_indices, const at::Tensor& kv_counts) {
   const int64_t max_kv = kv_indices.size(3);
-  if (kv_counts.numel() == 0) return;
-  // Index ranges: every counted entry must name a key block; reads only the planned lists.
   auto counts = kv_counts.to(at::kLong);
-  auto pos = at::arange(max_kv, counts.options()).view({1, 1, 1, max_kv});
-  auto used = pos < counts.unsqueeze(-1);
-  auto bad_index = used & ((kv_indices < 0) | (kv_indices >= Tk));
-  auto bad_count = (counts < 0) | (counts > max_kv);
-  if (at::cat({bad_index.flatten(), bad_count.flatten()}).any().item<bool>()) {
-    TORCH_CHECK(!bad_count.any().item<bool>(), op, ": kv_counts must lie in [0, ", max_kv,
-                "] (the last dim of kv_indices), got values in [", counts.min().item<int64_t>(), ", ",
-                counts.max().item<int64_t>(), "]");
-    auto bad_vals = kv_indices.masked_select(bad_index);
-    TORCH_CHECK(false, op, ": kv_indices must lie in [0, ", Tk, ") (key blocks of Nk=", Nk,
-                ", block_k=", block_k, ") for every counted entry; found ", bad_vals.numel(),
-                " out of range, e.g. ", bad_vals[0].item<int>());
-  }
+  auto used = at::arange(max_kv, counts.options()).view({1, 1, 1, max_kv}) < counts.unsqueeze(-1);
+  return {counts, used};
+}
+}  // namespace
+
+at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  auto bad_index = used & ((kv_indices < 0) | (kv_indices >= num_k_blocks));
+  auto bad_count = (counts < 0) | (counts > kv_indices.size(3));
+  return bad_index.any().logical_or(bad_count.any());
+}
+
+void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks,
+                            int64_t Nk, int64_t block_k, const char* op) {
+  auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  const int64_t max_kv = kv_indices.size(3);
+  TORCH_CHECK(!((counts < 0) | (counts > max_kv)).any().item<bool>(), op, ": kv_counts must lie in [0, ", max_kv,
+              "] (the last dim of kv_indices), got values in [", counts.min().item<int64_t>(), ", ",
+              counts.max().item<int64_t>(), "]");
+  auto bad_vals = kv_indices.masked_select(used & ((kv_indices < 0) | (kv_indices >= num_k_blocks)));
+  TORCH_CHECK(bad_vals.numel() == 0, op, ": kv_indices must lie in [0, ", num_k_blocks, ") (key blocks of Nk=", Nk,
+              ", block_k=", block_k, ") for every counted entry; found ", bad_vals.numel(), " out of range, e.g. ",
+              bad_vals.numel() ? bad_vals[0].item<int>() : 0);
+  TORCH_CHECK(false, op, ": internal error: the block plan was flagged invalid but no entry is out of range");
 }
 
 at::Tensor cpu_float32(const at::Tensor& t) {

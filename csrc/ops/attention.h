@@ -10,11 +10,25 @@ namespace genaccel::ops {
 
 // Checks q/k/v/kv_indices/kv_counts of block_sparse_attn_fwd (ranks, shapes, dtypes, devices,
 // index ranges) and raises a c10::Error naming `op` (the op being called) and the argument on the
-// first violation.
+// first violation. The index ranges cost one host sync.
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                    int64_t block_q, int64_t block_k,
                                    const char* op = "block_sparse_attn_fwd");
+
+// All of those checks but the index ranges (no device sync).
+void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k, const char* op);
+
+// The index ranges' part of those checks, for callers that fold it with their own into one host sync:
+// a 0-dim bool tensor on the device of kv_indices, true when a count lies outside [0, max_kv] or a
+// counted entry outside [0, num_k_blocks). Shapes must have been checked.
+at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks);
+
+// Raises the error that explains an invalid plan (syncs; for the error path).
+[[noreturn]] void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                         int64_t num_k_blocks, int64_t Nk, int64_t block_k, const char* op);
 
 // Fills the torch-free params from tensors whose last dim is contiguous; out/lse must be
 // contiguous (B, H, Nq, D) / (B, H, Nq).

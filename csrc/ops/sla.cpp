@@ -30,7 +30,7 @@ constexpr const char* kBwdOp = "sla_bwd";
 void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                       int64_t block_q, int64_t block_k) {
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
+  check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
   TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
   TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
@@ -39,20 +39,25 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
                   codes.size(3) == Tk,
               op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
-  // The sparse branch's list must be exactly the critical blocks of the codes: a listed marginal
-  // block would be counted by both branches, an unlisted critical one by neither. (Indices are in
-  // range: checked above.)
-  if (kv_counts.numel() == 0 || codes.numel() == 0) return;
-  const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
-  auto counts = kv_counts.to(at::kLong).expand({B, H, Tq});
-  auto used = at::arange(M, counts.options()).view({1, 1, 1, M}) < counts.unsqueeze(-1);
-  auto listed = codes.expand({B, H, Tq, Tk}).gather(
-      -1, at::where(used, kv_indices.to(at::kLong).expand({B, H, Tq, M}), 0));
-  // One device-to-host sync for both conditions.
-  const bool consistent = at::logical_and(at::logical_or(listed.eq(1), used.logical_not()).all(),
-                                          codes.eq(1).sum(-1).expand({B, H, Tq}).eq(counts).all())
-                              .item<bool>();
-  TORCH_CHECK(consistent, op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
+  if (kv_counts.numel() == 0) return;
+  // Two conditions on the values, read back in one device-to-host copy (one sync per op call):
+  // the plan's index ranges, and that it lists exactly the critical blocks of the codes (a listed
+  // marginal block would be counted by both branches, an unlisted critical one by neither).
+  auto plan_invalid = block_plan_invalid(kv_indices, kv_counts, Tk);
+  auto inconsistent = at::zeros_like(plan_invalid);
+  if (codes.numel() > 0) {
+    const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
+    auto counts = kv_counts.to(at::kLong).expand({B, H, Tq});
+    auto idx = kv_indices.to(at::kLong).expand({B, H, Tq, M});
+    // Out-of-range entries (flagged above) read block 0 instead, so that gather stays in bounds.
+    auto used = at::arange(M, counts.options()).view({1, 1, 1, M}) < counts.unsqueeze(-1);
+    auto listed = codes.expand({B, H, Tq, Tk}).gather(-1, at::where(used & (idx >= 0) & (idx < Tk), idx, 0));
+    inconsistent = (listed.ne(1) & used).any().logical_or(codes.eq(1).sum(-1).expand({B, H, Tq}).ne(counts).any());
+  }
+  const auto flags = at::stack({plan_invalid, inconsistent}).cpu();
+  const bool* flag = flags.const_data_ptr<bool>();
+  if (flag[0]) raise_block_plan_error(kv_indices, kv_counts, Tk, k.size(2), block_k, op);
+  TORCH_CHECK(!flag[1], op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
               "(code 1) of every query block, as sla_block_map returns them");
 }
 

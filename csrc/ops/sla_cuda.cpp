@@ -12,10 +12,11 @@
 // augmented numerator row):
 //   dphi(Q_i) = g_aug_i H_i^T,  dH_i = phi(Q_i)^T g_aug_i,  dh_j = sum_i M_ij dH_i,
 //   dphi(K_j) = v_aug_j dh_j^T,  [dV_j, .] = phi(K_j) dh_j,  then the gradients through phi.
-// The sums over the mask ((Tq x Tk) x (Tk x D W) per head) run on bf16 tensor cores at float32
-// accuracy (mask_matmul, also op sla_mask_matmul); they add the marginal blocks directly, which on a
-// GEMM costs what pre-aggregation would, without its cancellation. The other products (per block,
-// 64 x D x W) run on TF32 tensor cores with float32 accumulation (tf32_bmm).
+// The sums over the mask ((Tq x Tk) x (Tk x D W) per head) run on bf16 tensor cores with float32
+// accumulation, the summed h_j split into two bf16 parts (accurate to 2^-16; three, exact, with
+// GENACCEL_SLA_FLOAT32_GEMMS=1 and in op sla_mask_matmul): mask_matmul. They add the marginal blocks
+// directly, which on a GEMM costs what pre-aggregation would, without its cancellation. The other
+// products (per block, 64 x D x W) run on TF32 tensor cores with float32 accumulation (tf32_bmm).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -27,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "cuda/attention/sla_block_select.h"
 #include "cuda/attention/sla_linear.h"
@@ -53,6 +55,12 @@ void check_launch(int err, const char* what, const char* op = kOp) {
   TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
 }
 
+// GENACCEL_SLA_FLOAT32_GEMMS=1: the linear branch at float32 accuracy (see tf32_bmm, mask_matmul).
+bool float32_gemms() {
+  const char* flag = std::getenv("GENACCEL_SLA_FLOAT32_GEMMS");
+  return flag != nullptr && std::strcmp(flag, "1") == 0;
+}
+
 // Batched op(a) op(b) of float32 tensors on TF32 tensor cores, accumulating in float32: a is
 // (batch, M, K), or (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb; both
 // contiguous. TF32 rather than float32 because every operand here derives from half-precision
@@ -75,8 +83,7 @@ at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) 
   auto c = at::empty({batch, M, N}, a.options());
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
-  const char* strict = std::getenv("GENACCEL_SLA_FLOAT32_GEMMS");
-  const auto compute = strict != nullptr && std::strcmp(strict, "1") == 0 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+  const auto compute = float32_gemms() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
   const float alpha = 1.f, beta = 0.f;
   // Row-major c (M x N) is column-major c^T (N x M) = op(b)^T op(a)^T, so cuBLAS takes b first.
   TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
@@ -88,26 +95,32 @@ at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) 
   return c;
 }
 
-// mask (C, M, K) bool @ x (C, K, E) float32 on bf16 tensor cores with float32 accuracy: x split into
-// three bf16 parts stacked along K (x = x0 + x1 + x2 keeps x's 24 significant bits; the 0/1 mask is
-// exact in bf16), so the float32-accumulated GEMM is the float32 sum. Takes x by value so that
+// mask (C, M, K) bool @ x (C, K, E) float32 on bf16 tensor cores with float32 accumulation: x split
+// into `parts` bf16 parts stacked along K (the 0/1 mask is exact in bf16), so the GEMM sums x to
+// within 2^-16 |x| per term with two parts (already ~100x finer than the TF32 rounding of the
+// products that made x) and exactly with three, at 2/3 of their cost. Takes x by value so that
 // callers can hand over its memory, released once split.
-at::Tensor mask_matmul(const at::Tensor& mask, at::Tensor x, const char* op = kOp) {
+at::Tensor mask_matmul(const at::Tensor& mask, at::Tensor x, int parts, const char* op) {
   const int64_t C = x.size(0), K = x.size(1), E = x.size(2);
   x = x.contiguous();
-  auto parts = at::empty({C, cuda::kSplitParts * K, E}, x.options().dtype(at::kBFloat16));
-  check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), parts.mutable_data_ptr(), C, K, E,
+  auto split = at::empty({C, parts * K, E}, x.options().dtype(at::kBFloat16));
+  check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), split.mutable_data_ptr(), C, K, E, parts,
                                      c10::cuda::getCurrentCUDAStream().stream()),
                "bf16 split", op);
   x = at::Tensor();
   auto m = mask.to(at::kBFloat16);
-  return at::bmm(at::cat({m, m, m}, 2), parts, at::kFloat);
+  return at::bmm(at::cat(std::vector<at::Tensor>(parts, m), 2), split, at::kFloat);
+}
+
+// The linear branch's mask sums: two parts, three under GENACCEL_SLA_FLOAT32_GEMMS=1.
+at::Tensor branch_mask_matmul(const at::Tensor& mask, at::Tensor x, const char* op) {
+  return mask_matmul(mask, std::move(x), float32_gemms() ? cuda::kSplitParts : 2, op);
 }
 
 at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
   check_sla_mask_matmul_inputs(mask, x);
   c10::cuda::CUDAGuard guard(x.device());
-  return mask_matmul(mask, x, "sla_mask_matmul");
+  return mask_matmul(mask, x, cuda::kSplitParts, "sla_mask_matmul");
 }
 
 // Row `row` of a contiguous (..., D) tensor (the first row of a chunk's sequences).
@@ -158,7 +171,7 @@ KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& mar
   auto h = tf32_bmm(out.phi_k.view({n * s.Tk, s.block_k, s.D}), true, out.v_aug.view({n * s.Tk, s.block_k, s.W}),
                     false)
                .view({n, s.Tk, s.D * s.W});
-  out.H = mask_matmul(marginal.narrow(0, c0, n), std::move(h), op).view({n * s.group * s.Tq, s.D, s.W});
+  out.H = branch_mask_matmul(marginal.narrow(0, c0, n), std::move(h), op).view({n * s.group * s.Tq, s.D, s.W});
   return out;
 }
 
@@ -204,7 +217,7 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   auto d_phi_q = tf32_bmm(g_augb, false, keys.H, true);                        // (.., bq, D)
   keys.H = at::Tensor();
   auto dH = tf32_bmm(phi_qb, true, g_augb, false).view({n, s.group * s.Tq, s.D * s.W});
-  auto dh = mask_matmul(marginal.narrow(0, c0, n).transpose(1, 2), std::move(dH), kBwdOp)
+  auto dh = branch_mask_matmul(marginal.narrow(0, c0, n).transpose(1, 2), std::move(dH), kBwdOp)
                 .view({n * s.Tk, s.D, s.W});
   auto d_phi_k = tf32_bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), false, dh, true);   // (.., bk, D)
   auto dv_aug = tf32_bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), false, dh, false);   // (.., bk, W)

@@ -291,16 +291,25 @@ bool with_row_types(DType dtype, int64_t dim, Fn&& fn) {
 
 }  // namespace
 
-int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, void* stream) {
+template <int kParts>
+void launch_split(const float* x, void* out, int64_t rows, int64_t cols, int64_t n, cudaStream_t s) {
+  if (cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+    split_bf16_rows_vec4_kernel<kParts><<<blocks_for(n / 4), kThreads, 0, s>>>(
+        reinterpret_cast<const float4*>(x), static_cast<uint2*>(out), rows * cols / 4, n / 4);
+  } else {
+    split_bf16_rows_kernel<kParts><<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(out), rows, cols, n);
+  }
+}
+
+int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, int parts, void* stream) {
+  if (parts != 2 && parts != kSplitParts) return cudaErrorInvalidValue;
   const int64_t n = batch * rows * cols;
   if (n == 0) return cudaSuccess;
   const auto s = static_cast<cudaStream_t>(stream);
-  if (cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
-    split_bf16_rows_vec4_kernel<kSplitParts><<<blocks_for(n / 4), kThreads, 0, s>>>(
-        reinterpret_cast<const float4*>(x), static_cast<uint2*>(out), rows * cols / 4, n / 4);
-  } else {
-    split_bf16_rows_kernel<kSplitParts><<<blocks_for(n), kThreads, 0, s>>>(x, static_cast<__nv_bfloat16*>(out), rows, cols, n);
-  }
+  if (parts == 2)
+    launch_split<2>(x, out, rows, cols, n, s);
+  else
+    launch_split<kSplitParts>(x, out, rows, cols, n, s);
   return cudaGetLastError();
 }
 

@@ -9,13 +9,14 @@
 
 namespace genaccel::cuda {
 
-// The bf16 parts of split_bf16_rows: three keep all 24 significant bits of a float32.
+// The most bf16 parts of split_bf16_rows: three keep all 24 significant bits of a float32.
 constexpr int kSplitParts = 3;
 
-// x (batch, rows, cols) float32, contiguous -> out (batch, kSplitParts * rows, cols) bfloat16,
-// contiguous: row r of part p lands at row p * rows + r, and x = part 0 + part 1 + part 2 (each part
-// the bf16 rounding of what the earlier ones left). One pass.
-int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, void* stream);
+// x (batch, rows, cols) float32, contiguous -> out (batch, parts * rows, cols) bfloat16, contiguous:
+// row r of part p lands at row p * rows + r, each part the bf16 rounding of what the earlier ones
+// left. With 3 parts x is their exact sum; with 2 the sum is x to within 2^-16 |x| (two bf16
+// roundings, 8 significant bits each). parts must be 2 or 3 (else cudaErrorInvalidValue). One pass.
+int split_bf16_rows(const float* x, void* out, int64_t batch, int64_t rows, int64_t cols, int parts, void* stream);
 
 // num (groups, padded_rows, width) float32, contiguous, whose column `dim` is the denominator ->
 // out (groups, rows, dim) in `dtype` and denom (groups, rows) float32: denom = den + eps, out =
