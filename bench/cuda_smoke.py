@@ -65,6 +65,13 @@ SELECT_CASES = [
     ("select 5000 blocks (global scratch)", (1, 2, 3, 5000), 250, 500),
 ]
 
+# The backward's row term (op attention_delta) against float64: name, shape, dtype, and whether the
+# rows are sliced off 16-byte alignment (the kernel's scalar path).
+DELTA_CASES = [
+    ("delta bf16 D128 (16-byte loads)", (2, 3, 257, 128), torch.bfloat16, False),
+    ("delta fp16 D13 misaligned (scalar)", (1, 2, 99, 14), torch.float16, True),
+]
+
 
 def descending_plan(mask):
     """kv_indices/kv_counts listing each row's key blocks in descending order (padding -1)."""
@@ -209,6 +216,17 @@ def run_select_case(case, gen) -> str:
     return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
 
 
+def run_delta_case(case, gen) -> str:
+    name, shape, dtype, misaligned = case
+    dout, out = (torch.randn(*shape, generator=gen).to(dtype).cuda() for _ in range(2))
+    if misaligned:
+        dout, out = dout[..., 1:], out[..., 1:]
+    got = torch.ops.genaccel.attention_delta(dout, out).cpu().double()
+    want = (dout.cpu().double() * out.cpu().double()).sum(-1)
+    err = rel_err(got, want)
+    return f"ok   rel err {err:.2e}" if err <= 1e-6 else f"FAIL rel err {err:.2e} (tol 1e-6)"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
@@ -222,7 +240,8 @@ def main() -> int:
     gen = torch.Generator().manual_seed(1234)
     failed = passed = 0
     runs = ([(run_case, case, case[-1]) for case in CASES] + [(run_sla_case, case, True) for case in SLA_CASES]
-            + [(run_select_case, case, True) for case in SELECT_CASES])
+            + [(run_select_case, case, True) for case in SELECT_CASES]
+            + [(run_delta_case, case, True) for case in DELTA_CASES])
     for run, case, required in runs:
         name = case[0]
         try:

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/attention/attention_delta.h"
 #include "cpu/attention/block_sparse_bwd.h"
 #include "cpu/attention/block_sparse_fwd.h"
 #include "cpu/capability.h"
@@ -206,7 +207,36 @@ void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor
                 t->scalar_type(), " ", t->sizes(), " on ", t->device());
 }
 
+void check_attention_delta_inputs(const at::Tensor& dout, const at::Tensor& out) {
+  constexpr const char* op = "attention_delta";
+  check_qkv(dout, "dout", op);
+  check_qkv(out, "out", op);
+  TORCH_CHECK(dout.sizes() == out.sizes(), op, ": dout and out must have one shape, got ", dout.sizes(), " and ",
+              out.sizes());
+  TORCH_CHECK(dout.device() == out.device(), op, ": dout and out must be on one device, got ", dout.device(),
+              " and ", out.device());
+}
+
+attention::AttentionDeltaParams make_attention_delta_params(const at::Tensor& dout, const at::Tensor& out,
+                                                            const at::Tensor& delta) {
+  attention::AttentionDeltaParams p{};
+  p.dout = dout.const_data_ptr();
+  p.out = out.const_data_ptr();
+  p.delta = delta.mutable_data_ptr<float>();
+  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
+  p.o_batch_stride = out.stride(0), p.o_head_stride = out.stride(1), p.o_row_stride = out.stride(2);
+  p.batch = out.size(0), p.heads = out.size(1), p.rows = out.size(2), p.dim = out.size(3);
+  return p;
+}
+
 namespace {
+
+at::Tensor attention_delta_cpu(const at::Tensor& dout, const at::Tensor& out) {
+  check_attention_delta_inputs(dout, out);
+  auto delta = at::empty({out.size(0), out.size(1), out.size(2)}, out.options().dtype(at::kFloat));
+  cpu::attention_delta_f32(make_attention_delta_params(cpu_float32(dout), cpu_float32(out), delta));
+  return delta;
+}
 
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -248,6 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
 }  // namespace genaccel::ops
 
 TORCH_LIBRARY_FRAGMENT(genaccel, m) {
+  m.def("attention_delta(Tensor dout, Tensor out) -> Tensor");
   m.def(
       "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
       "int block_q, int block_k, float scale) -> (Tensor out, Tensor lse)");
@@ -258,6 +289,7 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
+  m.impl("attention_delta", &genaccel::ops::attention_delta_cpu);
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
   m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cpu);
 }

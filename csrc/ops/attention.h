@@ -58,6 +58,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale);
 
+// Checks dout and out of attention_delta: 4-D (B, H, N, D) of one shape, floating point (float32,
+// float16, bfloat16), on one device.
+void check_attention_delta_inputs(const at::Tensor& dout, const at::Tensor& out);
+
+// The torch-free params of attention_delta from dout and out of one dtype with contiguous last dims
+// (last_dim_contiguous) and delta contiguous float32 (B, H, N).
+attention::AttentionDeltaParams make_attention_delta_params(const at::Tensor& dout, const at::Tensor& out,
+                                                            const at::Tensor& delta);
+
 // The CPU kernels compute in float32 throughout: half inputs are widened once (an O(N*D) pass, small
 // against the attention itself), and the result is laid out as last_dim_contiguous.
 at::Tensor cpu_float32(const at::Tensor& t);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/attention/attention_delta.h"
 #include "cuda/attention/block_sparse_bwd.h"
 #include "cuda/attention/block_sparse_fwd.h"
 #include "ops/attention.h"
@@ -124,6 +125,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
 
 namespace {
 
+at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out_in) {
+  check_attention_delta_inputs(dout_in, out_in);
+  c10::cuda::CUDAGuard guard(out_in.device());
+  // Mixed dtypes are rare (autograd hands out gradients in the output's dtype): both widened then.
+  const bool same = dout_in.scalar_type() == out_in.scalar_type();
+  auto dout = last_dim_contiguous(same ? dout_in : dout_in.to(at::kFloat));
+  auto out = last_dim_contiguous(same ? out_in : out_in.to(at::kFloat));
+  auto delta = at::empty({out.size(0), out.size(1), out.size(2)}, out.options().dtype(at::kFloat));
+  const int err = cuda::attention_delta(make_attention_delta_params(dout, out, delta), to_dtype(out.scalar_type()),
+                                        c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, "attention_delta (CUDA): kernel launch failed with cudaError ", err);
+  return delta;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
@@ -138,6 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
 }  // namespace genaccel::ops
 
 TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
+  m.impl("attention_delta", &genaccel::ops::attention_delta_cuda);
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cuda);
   m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cuda);
 }

@@ -55,6 +55,18 @@ struct BlockSparseBwdParams {
   void* dv;            // (B, Hkv, Nk, D) contiguous
 };
 
+// The backward's delta before the lse term: delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d],
+// products and sum in float32 (op attention_delta). dout and out are (B, H, N, D) in one dtype with
+// contiguous last dims.
+struct AttentionDeltaParams {
+  const void* dout;
+  const void* out;
+  float* delta;  // (B, H, N), contiguous
+  int64_t do_batch_stride, do_head_stride, do_row_stride;
+  int64_t o_batch_stride, o_head_stride, o_row_stride;
+  int64_t batch, heads, rows, dim;
+};
+
 // The plan transposed to key-major order (CSR), for a backward that walks, per key block, the query
 // blocks whose lists name it: for plan batch b', plan head h' (broadcast like kv_indices) and key
 // block kb, the entries are q_list[b', h', q_offsets[b', h', kb] .. q_offsets[b', h', kb + 1]),

@@ -134,9 +134,15 @@ def _block_sparse_attn_setup_context(ctx, inputs, output):
 
 def attention_delta(dout: torch.Tensor, out: torch.Tensor, dlse: Optional[torch.Tensor]) -> torch.Tensor:
     """rowsum(dout * out) - dlse in float32: the softmax-Jacobian term of the backward, with any
-    gradient that reached the lse output folded in (d lse / d logits = P)."""
-    delta = (dout.float() * out.float()).sum(dim=-1)
+    gradient that reached the lse output folded in (d lse / d logits = P). The row sums are op
+    attention_delta: one pass over half-precision dout and out, without float32 copies."""
+    delta = torch.ops.genaccel.attention_delta(dout, out)
     return delta if dlse is None else delta - dlse.float()
+
+
+@torch.library.register_fake("genaccel::attention_delta")
+def _attention_delta_fake(dout, out):
+    return out.new_empty(out.shape[:3], dtype=torch.float32)
 
 
 def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
