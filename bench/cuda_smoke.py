@@ -5,7 +5,8 @@ Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so 
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
 than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs, block_k of
 several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
-and a plan in descending order (a partly masked first tile). The float64
+and a plan in descending order (a partly masked first tile); on Hopper the block-sparse cases run again
+with the wgmma forward kernel (GENACCEL_ATTENTION_SM90=1). The float64
 reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
 
 Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
@@ -14,6 +15,7 @@ with a clear error; a wrong answer fails them like any other.
 """
 
 import math
+import os
 import sys
 import traceback
 
@@ -216,6 +218,15 @@ def run_select_case(case, gen) -> str:
     return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
 
 
+def run_case_wgmma(case, gen) -> str:
+    """run_case with the wgmma forward kernel (GENACCEL_ATTENTION_SM90=1, Hopper only)."""
+    os.environ["GENACCEL_ATTENTION_SM90"] = "1"
+    try:
+        return run_case(case, gen)
+    finally:
+        del os.environ["GENACCEL_ATTENTION_SM90"]
+
+
 def run_delta_case(case, gen) -> str:
     name, shape, dtype, misaligned = case
     dout, out = (torch.randn(*shape, generator=gen).to(dtype).cuda() for _ in range(2))
@@ -239,11 +250,13 @@ def main() -> int:
     print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
     gen = torch.Generator().manual_seed(1234)
     failed = passed = 0
-    runs = ([(run_case, case, case[-1]) for case in CASES] + [(run_sla_case, case, True) for case in SLA_CASES]
-            + [(run_select_case, case, True) for case in SELECT_CASES]
-            + [(run_delta_case, case, True) for case in DELTA_CASES])
-    for run, case, required in runs:
-        name = case[0]
+    runs = ([(case[0], run_case, case, case[-1]) for case in CASES]
+            + [(case[0], run_sla_case, case, True) for case in SLA_CASES]
+            + [(case[0], run_select_case, case, True) for case in SELECT_CASES]
+            + [(case[0], run_delta_case, case, True) for case in DELTA_CASES])
+    if torch.cuda.get_device_capability() == (9, 0):
+        runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
+    for name, run, case, required in runs:
         try:
             result = run(case, gen)
         except Exception as exc:

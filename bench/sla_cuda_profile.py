@@ -50,10 +50,19 @@ def main():
             q, k, v, w, b, args.topk, args.low_k, (bq, bk)),
         "  sla_block_map": lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk)),
         "  sla_fwd op": lambda: torch.ops.genaccel.sla_fwd(*op_args),
-        "  sla_fwd op, float32 GEMMs": lambda: with_float32_gemms(torch.ops.genaccel.sla_fwd, *op_args),
+        "  sla_fwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_fwd,
+                                                        *op_args),
         "    block-sparse kernel alone": lambda: torch.ops.genaccel.block_sparse_attn_fwd(
             q, k, v, kv_indices, kv_counts, bq, bk, scale),
     }
+    if torch.cuda.get_device_capability() == (9, 0):
+        stages["    block-sparse kernel alone, wgmma"] = lambda: with_env(
+            "GENACCEL_ATTENTION_SM90", torch.ops.genaccel.block_sparse_attn_fwd, q, k, v, kv_indices, kv_counts,
+            bq, bk, scale)
+        stages["sparse_linear_attention (all), wgmma"] = lambda: with_env(
+            "GENACCEL_ATTENTION_SM90", genaccel.sparse_linear_attention, q, k, v, w, b, args.topk, args.low_k,
+            (bq, bk))
+        stages["sdpa forward (flash)"] = lambda: flash(torch.nn.functional.scaled_dot_product_attention, q, k, v)
     with torch.no_grad():
         print(f"SLA CUDA forward, B{B} H{H} N{N} D{D} bf16, topk {args.topk}, low_k {args.low_k}, "
               f"{torch.cuda.get_device_name()}, critical blocks/row {kv_indices.shape[-1]}")
@@ -66,7 +75,7 @@ def main():
         # Backward stages, on the saved tensors of one forward.
         out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*op_args)
         go = torch.randn_like(q)
-        delta = (go.float() * out_s.float()).sum(-1)
+        delta = torch.ops.genaccel.attention_delta(go, out_s)
         bwd_args = (go, go, q, k, v, codes, kv_indices, kv_counts, out_s, lse, delta, out_l, denom, bq, bk,
                     scale, "softmax", False)
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -80,7 +89,8 @@ def main():
             "sparse_linear_attention backward (all)": lambda: torch.autograd.grad(
                 sla_out, sla_leaves, go, retain_graph=True),
             "sla_bwd op": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
-            "sla_bwd op, float32 GEMMs": lambda: with_float32_gemms(torch.ops.genaccel.sla_bwd, *bwd_args),
+            "sla_bwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_bwd,
+                                                          *bwd_args),
             "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
                 go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
         }
@@ -90,13 +100,19 @@ def main():
         print(kernel_table(lambda: torch.ops.genaccel.sla_bwd(*bwd_args)))
 
 
-def with_float32_gemms(op, *args):
-    """op(*args) with the linear branch's per-block GEMMs in float32 instead of TF32."""
-    os.environ["GENACCEL_SLA_FLOAT32_GEMMS"] = "1"
+def with_env(flag, fn, *args):
+    """fn(*args) with the environment switch `flag` set to 1: GENACCEL_SLA_FLOAT32_GEMMS (the linear
+    branch at float32 accuracy), GENACCEL_ATTENTION_SM90 (the wgmma forward kernel)."""
+    os.environ[flag] = "1"
     try:
-        return op(*args)
+        return fn(*args)
     finally:
-        del os.environ["GENACCEL_SLA_FLOAT32_GEMMS"]
+        del os.environ[flag]
+
+
+def flash(fn, *args):
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        return fn(*args)
 
 
 def kernel_table(fn):

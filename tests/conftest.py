@@ -12,6 +12,23 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 CUDA = torch.cuda.is_available() and genaccel.has_cuda_kernels()
 SLOW = os.environ.get("GENACCEL_SLOW_TESTS") == "1"
+# Hopper (compute capability 9.0), where GENACCEL_ATTENTION_SM90=1 selects the wgmma forward kernel.
+SM90 = CUDA and torch.cuda.get_device_capability() == (9, 0)
+
+
+def attention_kernels():
+    """The CUDA forward kernels to run a test with: mma.sync always, wgmma on Hopper."""
+    return ["mma.sync", pytest.param("wgmma", marks=pytest.mark.skipif(not SM90, reason="needs an sm_90 GPU"))]
+
+
+@pytest.fixture
+def attention_kernel(request, monkeypatch):
+    """Selects the forward kernel named by the test's `kernel` parameter (environment, per call)."""
+    if request.param == "wgmma":
+        monkeypatch.setenv("GENACCEL_ATTENTION_SM90", "1")
+    else:
+        monkeypatch.delenv("GENACCEL_ATTENTION_SM90", raising=False)
+    return request.param
 
 
 def devices():

@@ -19,7 +19,7 @@ import torch
 import genaccel
 from genaccel.attention.reference import block_sparse_attention_reference, expand_block_mask
 
-from conftest import CUDA, DTYPES, RTOL, devices, rel_err
+from conftest import CUDA, DTYPES, RTOL, attention_kernels, devices, rel_err
 
 OP = torch.ops.genaccel.block_sparse_attn_fwd
 DTYPE_ID = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -277,9 +277,11 @@ CUDA_CORE = [
 @pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DTYPE_ID.get)
 @pytest.mark.parametrize("cfg", CUDA_CORE, ids=lambda c: c[0])
-def test_cuda_core_configs(cfg, dtype, gen):
-    """What the CUDA kernel must run (never skipped as unsupported): half types, D 64/128,
-    64/128-token query blocks, with GQA, ragged tails, Nq != Nk, broadcast masks, strided inputs."""
+@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
+def test_cuda_core_configs(cfg, dtype, attention_kernel, gen):
+    """What the CUDA kernels must run (never skipped as unsupported): half types, D 64/128,
+    64/128-token query blocks, with GQA, ragged tails, Nq != Nk, broadcast masks, strided inputs;
+    with the mma.sync kernel and, on Hopper, the wgmma one."""
     _, B, H, Hkv, Nq, Nk, D, bs, layout, (mb, mh) = cfg
     q = make_input(gen, (B, H, Nq, D), dtype, "cuda", layout)
     k, v = (make_input(gen, (B, Hkv, Nk, D), dtype, "cuda", layout) for _ in range(2))

@@ -7,9 +7,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/attention/launch_util.h"
 #include "genaccel/attention/block_sparse_fwd.cuh"
+#include "genaccel/attention/block_sparse_fwd_sm90.cuh"
 
 namespace genaccel::cuda {
 namespace {
@@ -20,16 +23,36 @@ constexpr int kKeyTile = 64;
 constexpr int kMaxBlockK = 256;
 constexpr int kMaxGridYZ = 65535;
 
-template <class T, int kHeadDim, int kBlockQ>
-int launch(const BlockSparseFwdParams& p, cudaStream_t stream) {
-  using Traits = attention::FwdTraits<T, kHeadDim, kBlockQ>;
+// The wgmma kernel (block_sparse_fwd_sm90.cuh) is opt-in until it has been checked on a GPU:
+// GENACCEL_ATTENTION_SM90=1 runs it on devices of compute capability 9.0.
+bool use_sm90_kernel() {
+  const char* flag = std::getenv("GENACCEL_ATTENTION_SM90");
+  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
+}
+
+template <class Traits, class Kernel>
+int launch_kernel(Kernel kernel, const BlockSparseFwdParams& p, cudaStream_t stream) {
   static_assert(Traits::kKeyTile == kKeyTile, "block_k support below assumes 64-key tiles");
-  const auto kernel = attention::block_sparse_fwd_kernel<Traits>;
   const cudaError_t err = allow_smem(kernel, Traits::kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.num_q_blocks, p.heads, p.batch);
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class T, int kHeadDim, int kBlockQ>
+int launch(const BlockSparseFwdParams& p, cudaStream_t stream) {
+  if (use_sm90_kernel()) {
+    using Traits = attention::Sm90FwdTraits<T, kHeadDim, kBlockQ>;
+    return launch_kernel<Traits>(attention::block_sparse_fwd_sm90_kernel<Traits>, p, stream);
+  }
+  using Traits = attention::FwdTraits<T, kHeadDim, kBlockQ>;
+  return launch_kernel<Traits>(attention::block_sparse_fwd_kernel<Traits>, p, stream);
 }
 
 template <class T, int kHeadDim>

@@ -44,15 +44,21 @@ __device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gme
   }
 }
 
+struct NoFence {
+  __device__ __forceinline__ void operator()() const {}
+};
+
 // The double-buffered walk over a tile list shared by the attention kernels. `first` (from
 // tiles.next) has had its copies issued into stage 0 and committed; then for each tile, the next
 // tile's copies go into the other stage (load(tile, stage) issues them) while compute(tile, stage)
 // works on this one. The barriers: before compute, every thread's copies of the stage are visible;
 // after it, no warp still reads the stage that the next iteration refills. Copies committed before
-// `first`'s (e.g. a CTA's own rows) are complete before the first compute.
-template <class Tiles, class Tile, class Load, class Compute>
+// `first`'s (e.g. a CTA's own rows) are complete before the first compute. `publish` runs in every
+// thread between its wait for the copies and the barrier (Hopper's wgmma reads shared memory through
+// the async proxy, which needs a proxy fence there).
+template <class Tiles, class Tile, class Load, class Compute, class Publish = NoFence>
 __device__ __forceinline__ void for_each_tile_double_buffered(Tiles& tiles, Tile tile, Load&& load,
-                                                              Compute&& compute) {
+                                                              Compute&& compute, Publish publish = {}) {
   for (int stage = 0;; stage ^= 1) {
     Tile next_tile;
     const bool more = tiles.next(next_tile);
@@ -63,6 +69,7 @@ __device__ __forceinline__ void for_each_tile_double_buffered(Tiles& tiles, Tile
     } else {
       ptx::cp_async_wait<0>();
     }
+    publish();
     __syncthreads();
     compute(tile, stage);
     if (!more) break;

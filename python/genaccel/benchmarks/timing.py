@@ -229,6 +229,9 @@ def environment(device: torch.device) -> dict:
         "genaccel_build_info": genaccel.build_info(),
         "genaccel_has_cuda_kernels": genaccel.has_cuda_kernels(),
         "git": _git_commit(),
+        # Switches that change which kernels run or how they round (GENACCEL_ATTENTION_SM90,
+        # GENACCEL_SLA_FLOAT32_GEMMS, ...): a result taken with one set says so.
+        "genaccel_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENACCEL_")},
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

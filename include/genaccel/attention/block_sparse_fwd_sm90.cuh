@@ -1,0 +1,194 @@
+// Block-sparse attention forward on Hopper's warpgroup tensor cores (wgmma, sm_90a). Torch-free
+// device code; the launcher is csrc/cuda/attention/block_sparse_fwd.cu, which runs it instead of the
+// mma.sync kernel (block_sparse_fwd.cuh) on sm_90 when GENACCEL_ATTENTION_SM90=1.
+//
+// Same work split, tile-list policy, online softmax and epilogue as the mma.sync kernel; what
+// changes is the matrix engine. Each warpgroup (4 warps, 128 threads) owns 64 query rows. Q, K and
+// V tiles live in shared memory in the 128-byte-swizzled panel layout that wgmma descriptors read
+// (sm90_wgmma.cuh), loaded with cp.async and double-buffered as before. Per 64-key tile:
+// S = Q K^T as 8 (head dim 128) wgmma m64n64k16 with both operands in shared memory, online
+// softmax on the accumulators (per warp, the m16n8 layout of the mma.sync kernel), then O += P V
+// with P from registers and V read MN-major (no transpose in memory). Each product waits for its
+// own completion: no overlap of softmax and tensor cores yet, no TMA, no warp specialisation.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "genaccel/attention/block_sparse_fwd.cuh"
+#include "genaccel/attention/sm90_wgmma.cuh"
+
+namespace genaccel::attention {
+
+template <class T, int kHeadDim_, int kBlockQ_>
+struct Sm90FwdTraits {
+  using Element = T;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockQ = kBlockQ_;
+  static constexpr int kKeyTile = 64;
+  static constexpr int kWarpgroups = kBlockQ / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kQBytes = kBlockQ * kHeadDim * 2;
+  static constexpr int kTileBytes = kKeyTile * kHeadDim * 2;
+  // 1024 bytes of slack to align the tiles (the swizzle is on absolute address bits), then
+  // Q | K stage 0 | K stage 1 | V stage 0 | V stage 1, each a multiple of 1024 bytes.
+  static constexpr int kSmemBytes = 1024 + kQBytes + 4 * kTileBytes;
+
+  static_assert(sizeof(T) == 2, "16-bit inputs only (wgmma bf16 / f16)");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128 (one or two 128-byte panels)");
+  static_assert(kBlockQ == 64 || kBlockQ == 128, "one warpgroup per 64 query rows");
+};
+
+// cp.async copies of rows [0, kRows) of a [*][D] global tile into the swizzled panel tile at `tile`,
+// kThreads threads cooperating; rows at or past `valid_rows` are zero-filled without reading global
+// memory (row 0 of `gmem` must be valid: it is their unread source address).
+template <int kRows, int D, int kThreads, class T>
+__device__ __forceinline__ void load_rows_sw128(uint32_t tile, const T* gmem, int64_t row_stride, int valid_rows,
+                                                int thread) {
+  constexpr int kChunks = D / 8;
+  static_assert(kRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
+    const int idx = it * kThreads + thread;
+    const int row = idx / kChunks, chunk = idx % kChunks;
+    const bool valid = row < valid_rows;
+    const T* src = valid ? gmem + row * row_stride + chunk * 8 : gmem;
+    ptx::cp_async_16(tile + sm90::sw128_offset(kRows, row, chunk), src, valid);
+  }
+}
+
+// The work of one CTA, as attention_fwd_mainloop: query block qb of head h, batch b, over the key
+// tiles `tiles` lists. `smem` holds Traits::kSmemBytes bytes.
+template <class Traits, class Tiles>
+__device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwdParams& p, int b, int h, int qb,
+                                                            Tiles& tiles, char* smem_raw) {
+  using T = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kTile = Traits::kKeyTile;
+  constexpr int kThreads = Traits::kThreads;
+  constexpr int kDTiles = D / 8;       // n8 tiles of the output
+  constexpr int kNTiles = kTile / 8;   // n8 tiles of the scores
+  constexpr int kDSteps = D / 16;      // k16 steps of Q K^T
+  constexpr int kPSteps = kTile / 16;  // k16 steps of P V
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int warp_row0 = warp * 16;          // this warp's rows in the query block
+  const int wg_row0 = (warp / 4) * 64;      // its warpgroup's
+  const int q0 = qb * Traits::kBlockQ;
+  const int kv_head = h / (p.heads / p.kv_heads);
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + q0 * p.q_row_stride;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + kv_head * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + kv_head * p.v_head_stride;
+
+  const uint32_t raw = ptx::smem_address(smem_raw);
+  const uint32_t smem_q = (raw + 1023u) & ~1023u;
+  char* smem = smem_raw + (smem_q - raw);
+  const uint32_t smem_k = smem_q + Traits::kQBytes;
+  const uint32_t smem_v = smem_k + 2 * Traits::kTileBytes;
+
+  float acc[kDTiles][4];
+  zero(acc);
+  OnlineSoftmax softmax;
+  softmax.init();
+
+  KeyTile tile;
+  if (tiles.next(tile)) {
+    const auto load_kv = [&](const KeyTile& t, int stage) {
+      load_rows_sw128<kTile, D, kThreads>(smem_k + stage * Traits::kTileBytes, k + t.start * p.k_row_stride,
+                                          p.k_row_stride, t.len, tid);
+      load_rows_sw128<kTile, D, kThreads>(smem_v + stage * Traits::kTileBytes, v + t.start * p.v_row_stride,
+                                          p.v_row_stride, t.len, tid);
+    };
+    load_rows_sw128<Traits::kBlockQ, D, kThreads>(smem_q, q, p.q_row_stride, p.seqlen_q - q0, tid);
+    ptx::cp_async_commit();
+    load_kv(tile, 0);
+    ptx::cp_async_commit();
+
+    const float scale_log2 = p.scale * kLog2e;
+    const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
+    const auto compute = [&](const KeyTile& t, int stage) {
+      const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
+      const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
+
+      float s[kNTiles][4];
+      zero(s);  // overwritten by the first step (accumulate false); zeroed so no register is read undefined
+      sm90::fence_registers(s);
+      sm90::fence();
+#pragma unroll
+      for (int ks = 0; ks < kDSteps; ++ks)
+        sm90::Wgmma<T, kTile>::template ss<0>(s, sm90::k_major_desc(smem_q, Traits::kBlockQ, wg_row0, ks),
+                                              sm90::k_major_desc(k_stage, kTile, 0, ks), ks > 0);
+      sm90::commit_group();
+      sm90::wait_group<0>();
+      sm90::fence_registers(s);
+
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
+      if (t.len < kTile) {
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (8 * j + col0 + (c & 1) >= t.len) s[j][c] = -INFINITY;
+      }
+      float rescale[2];
+      softmax.update(s, rescale);
+      OnlineSoftmax::rescale_rows(acc, rescale);
+
+      // P as the A operand: the C layout of n8 tiles 2i and 2i + 1 is the A layout of k16 step i.
+      uint32_t pa[kPSteps][4];
+#pragma unroll
+      for (int i = 0; i < kPSteps; ++i) {
+        pa[i][0] = ptx::pack2<T>(s[2 * i][0], s[2 * i][1]);
+        pa[i][1] = ptx::pack2<T>(s[2 * i][2], s[2 * i][3]);
+        pa[i][2] = ptx::pack2<T>(s[2 * i + 1][0], s[2 * i + 1][1]);
+        pa[i][3] = ptx::pack2<T>(s[2 * i + 1][2], s[2 * i + 1][3]);
+      }
+      sm90::fence_registers(acc);
+      sm90::fence();
+#pragma unroll
+      for (int i = 0; i < kPSteps; ++i)
+        sm90::Wgmma<T, D>::template rs<1>(acc, pa[i], sm90::mn_major_desc(v_stage, kTile, i), true);
+      sm90::commit_group();
+      sm90::wait_group<0>();
+      sm90::fence_registers(acc);
+    };
+    for_each_tile_double_buffered(tiles, tile, load_kv, compute, [] { sm90::fence_async_proxy(); });
+  }
+
+  // Epilogue as in the mma.sync kernel, staged through the Q tile once every warpgroup is done
+  // reading it.
+  float inv_sum[2], lse[2];
+  softmax.finish(inv_sum, lse);
+  __syncthreads();
+  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride + q0 * p.o_row_stride;
+  store_warp_rows<T, D>(acc, inv_sum, reinterpret_cast<T*>(smem), warp_row0, out, p.o_row_stride,
+                        p.seqlen_q - q0, lane);
+  const int lane_row = warp_row0 + lane / 4;
+  if ((lane & 3) == 0) {
+    float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q_row = q0 + lane_row + 8 * r;
+      if (q_row < p.seqlen_q) lse_row[q_row] = lse[r];
+    }
+  }
+}
+
+// grid (num_q_blocks, heads, batch), as the mma.sync kernel.
+// Two warpgroups (block_q 128) get the whole register file: capped at 128 registers they spill.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2 : 1)
+    block_sparse_fwd_sm90_kernel(const __grid_constant__ BlockSparseFwdParams p) {
+  extern __shared__ __align__(128) char smem[];  // aligned to 1024 in the mainloop
+  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  IndexListTiles<Traits::kKeyTile> tiles(p, b, h, qb);
+  attention_fwd_mainloop_sm90<Traits>(p, b, h, qb, tiles, smem);
+}
+
+}  // namespace genaccel::attention
