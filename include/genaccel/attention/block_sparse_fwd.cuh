@@ -108,6 +108,61 @@ class IndexListTiles {
   int sub_ = 0;  // next tile within block blocks_[pos_]
 };
 
+// q (from query row q0), k and v of batch b and head h: the kv head of query head h under GQA.
+template <class T>
+struct FwdHeadRows {
+  const T* q;
+  const T* k;
+  const T* v;
+
+  __device__ __forceinline__ FwdHeadRows(const BlockSparseFwdParams& p, int b, int h, int q0) {
+    const int kv_head = h / (p.heads / p.kv_heads);
+    q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + q0 * p.q_row_stride;
+    k = static_cast<const T*>(p.k) + b * p.k_batch_stride + kv_head * p.k_head_stride;
+    v = static_cast<const T*>(p.v) + b * p.v_batch_stride + kv_head * p.v_head_stride;
+  }
+};
+
+// One tile's scores (m16n8 accumulator layout) to log2 units, the keys at or past `len` masked to
+// -inf. Scaling before the max keeps the max right for any sign of the scale.
+template <int kNTiles>
+__device__ __forceinline__ void scale_and_mask_scores(float (&s)[kNTiles][4], float scale_log2, int len, int lane) {
+  const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
+  if (len < 8 * kNTiles) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        if (8 * j + col0 + (c & 1) >= len) s[j][c] = -INFINITY;
+  }
+}
+
+// The forward's epilogue for one warp: its 16 rows from warp_row0 of query block q0 (b, h) are
+// normalised, rounded to T and stored through `staged` (shared memory that this warp alone uses, see
+// store_warp_rows), with their lse.
+template <class T, int D>
+__device__ __forceinline__ void store_fwd_rows(const BlockSparseFwdParams& p, int b, int h, int q0, int warp_row0,
+                                               int lane, const float (&acc)[D / 8][4], const OnlineSoftmax& softmax,
+                                               T* staged) {
+  float inv_sum[2], lse[2];
+  softmax.finish(inv_sum, lse);
+  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride + q0 * p.o_row_stride;
+  store_warp_rows<T, D>(acc, inv_sum, staged, warp_row0, out, p.o_row_stride, p.seqlen_q - q0, lane);
+  const int lane_row = warp_row0 + lane / 4;
+  if ((lane & 3) == 0) {
+    float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q_row = q0 + lane_row + 8 * r;
+      if (q_row < p.seqlen_q) lse_row[q_row] = lse[r];
+    }
+  }
+}
+
 // The whole work of one CTA: query block qb of head h, batch b, over the key tiles `tiles` lists.
 // Writes out rows [qb * kBlockQ, ...) below seqlen_q and their lse; a query block whose list is
 // empty gets zeros and lse = -inf. `smem` holds Traits::kSmemBytes bytes.
@@ -127,12 +182,9 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
   const int lane = tid % 32;
   const int warp_row0 = warp * 16;
   const int q0 = qb * Traits::kBlockQ;
-  const int kv_head = h / (p.heads / p.kv_heads);
 
-  const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
-               q0 * p.q_row_stride;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + kv_head * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + kv_head * p.v_head_stride;
+  const FwdHeadRows<T> rows(p, b, h, q0);
+  const T *q = rows.q, *k = rows.k, *v = rows.v;
 
   const uint32_t smem_q = ptx::smem_address(smem);
   const uint32_t smem_k = smem_q + Traits::kQBytes;
@@ -162,7 +214,6 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
     load_a_fragments(q_frag, smem_q + warp_row0 * Traits::kRowBytes, lo);
 
     const float scale_log2 = p.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
     for_each_tile_double_buffered(tiles, tile, load_kv, [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
@@ -171,19 +222,7 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
       zero(s);
       mma_a_bt<T, Traits::kRowBytes>(s, q_frag, k_stage, lo);
 
-      // Scaling before the max keeps the max right for any sign of the scale.
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
-      if (t.len < kTile) {
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-          for (int c = 0; c < 4; ++c)
-            if (8 * j + col0 + (c & 1) >= t.len) s[j][c] = -INFINITY;
-      }
-
+      scale_and_mask_scores(s, scale_log2, t.len, lane);
       float rescale[2];
       softmax.update(s, rescale);
       OnlineSoftmax::rescale_rows(acc, rescale);
@@ -192,22 +231,9 @@ __device__ __forceinline__ void attention_fwd_mainloop(const BlockSparseFwdParam
     });
   }
 
-  // Epilogue: normalise, round to T and store, staged through this warp's own Q rows in shared
-  // memory (Q now lives in registers; no other warp touches these rows).
-  float inv_sum[2], lse[2];
-  softmax.finish(inv_sum, lse);
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride + q0 * p.o_row_stride;
-  store_warp_rows<T, D>(acc, inv_sum, reinterpret_cast<T*>(smem), warp_row0, out, p.o_row_stride,
-                        p.seqlen_q - q0, lane);
-  const int lane_row = warp_row0 + lane / 4;
-  if ((lane & 3) == 0) {
-    float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q_row = q0 + lane_row + 8 * r;
-      if (q_row < p.seqlen_q) lse_row[q_row] = lse[r];
-    }
-  }
+  // Epilogue, staged through this warp's own Q rows in shared memory (Q now lives in registers; no
+  // other warp touches these rows).
+  store_fwd_rows<T, D>(p, b, h, q0, warp_row0, lane, acc, softmax, reinterpret_cast<T*>(smem));
 }
 
 // grid (num_q_blocks, heads, batch): consecutive CTAs are query blocks of one head, so they share

@@ -39,22 +39,12 @@ struct Sm90FwdTraits {
   static_assert(kBlockQ == 64 || kBlockQ == 128, "one warpgroup per 64 query rows");
 };
 
-// cp.async copies of rows [0, kRows) of a [*][D] global tile into the swizzled panel tile at `tile`,
-// kThreads threads cooperating; rows at or past `valid_rows` are zero-filled without reading global
-// memory (row 0 of `gmem` must be valid: it is their unread source address).
+// copy_rows_async of rows [0, kRows) into the swizzled panel tile at `tile` (a tile of kRows rows).
 template <int kRows, int D, int kThreads, class T>
 __device__ __forceinline__ void load_rows_sw128(uint32_t tile, const T* gmem, int64_t row_stride, int valid_rows,
                                                 int thread) {
-  constexpr int kChunks = D / 8;
-  static_assert(kRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
-    const int idx = it * kThreads + thread;
-    const int row = idx / kChunks, chunk = idx % kChunks;
-    const bool valid = row < valid_rows;
-    const T* src = valid ? gmem + row * row_stride + chunk * 8 : gmem;
-    ptx::cp_async_16(tile + sm90::sw128_offset(kRows, row, chunk), src, valid);
-  }
+  copy_rows_async<kRows, D, kThreads>(tile, gmem, row_stride, 0, valid_rows, thread,
+                                      [](int row, int chunk) { return sm90::sw128_offset(kRows, row, chunk); });
 }
 
 // The work of one CTA, as attention_fwd_mainloop: query block qb of head h, batch b, over the key
@@ -77,11 +67,8 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
   const int warp_row0 = warp * 16;          // this warp's rows in the query block
   const int wg_row0 = (warp / 4) * 64;      // its warpgroup's
   const int q0 = qb * Traits::kBlockQ;
-  const int kv_head = h / (p.heads / p.kv_heads);
-
-  const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + q0 * p.q_row_stride;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + kv_head * p.k_head_stride;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + kv_head * p.v_head_stride;
+  const FwdHeadRows<T> rows(p, b, h, q0);
+  const T *q = rows.q, *k = rows.k, *v = rows.v;
 
   const uint32_t raw = ptx::smem_address(smem_raw);
   const uint32_t smem_q = (raw + 1023u) & ~1023u;
@@ -108,7 +95,6 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
     ptx::cp_async_commit();
 
     const float scale_log2 = p.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first score column of this lane in an n8 tile
     const auto compute = [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
@@ -125,17 +111,7 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
       sm90::wait_group<0>();
       sm90::fence_registers(s);
 
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) s[j][c] *= scale_log2;
-      if (t.len < kTile) {
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j)
-#pragma unroll
-          for (int c = 0; c < 4; ++c)
-            if (8 * j + col0 + (c & 1) >= t.len) s[j][c] = -INFINITY;
-      }
+      scale_and_mask_scores(s, scale_log2, t.len, lane);
       float rescale[2];
       softmax.update(s, rescale);
       OnlineSoftmax::rescale_rows(acc, rescale);
@@ -163,21 +139,8 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
 
   // Epilogue as in the mma.sync kernel, staged through the Q tile once every warpgroup is done
   // reading it.
-  float inv_sum[2], lse[2];
-  softmax.finish(inv_sum, lse);
   __syncthreads();
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride + q0 * p.o_row_stride;
-  store_warp_rows<T, D>(acc, inv_sum, reinterpret_cast<T*>(smem), warp_row0, out, p.o_row_stride,
-                        p.seqlen_q - q0, lane);
-  const int lane_row = warp_row0 + lane / 4;
-  if ((lane & 3) == 0) {
-    float* lse_row = p.lse + (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q_row = q0 + lane_row + 8 * r;
-      if (q_row < p.seqlen_q) lse_row[q_row] = lse[r];
-    }
-  }
+  store_fwd_rows<T, D>(p, b, h, q0, warp_row0, lane, acc, softmax, reinterpret_cast<T*>(smem));
 }
 
 // grid (num_q_blocks, heads, batch), as the mma.sync kernel.

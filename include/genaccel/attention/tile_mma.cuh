@@ -23,14 +23,14 @@ __device__ __forceinline__ int swizzled_offset(int row, int chunk) {
   return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
 }
 
-// Copies rows [row_begin, row_begin + kRows) of a [*][kHeadDim] global tile into the swizzled shared
-// tile with cp.async, `kThreads` threads cooperating; rows at or past `valid_rows` are zero-filled
-// and their global memory is never touched. Row 0 of `gmem` must be a valid row: it is the (unread)
-// source address of the zero-filled copies.
-template <int kRows, int kHeadDim, int kThreads, class T>
-__device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gmem,
-                                                int64_t row_stride, int row_begin, int valid_rows,
-                                                int thread) {
+// Copies rows [row_begin, row_begin + kRows) of a [*][kHeadDim] global tile into a shared tile with
+// cp.async, 16 bytes at a time, `kThreads` threads cooperating; chunk c of row r lands at byte
+// offset(r, c) of `smem_tile`. Rows at or past `valid_rows` are zero-filled and their global memory is
+// never touched. Row 0 of `gmem` must be a valid row: it is the (unread) source address of the
+// zero-filled copies.
+template <int kRows, int kHeadDim, int kThreads, class T, class Offset>
+__device__ __forceinline__ void copy_rows_async(uint32_t smem_tile, const T* gmem, int64_t row_stride, int row_begin,
+                                                int valid_rows, int thread, Offset offset) {
   constexpr int kChunks = kHeadDim / 8;
   static_assert(kRows * kChunks % kThreads == 0, "every thread copies the same number of chunks");
 #pragma unroll
@@ -40,8 +40,20 @@ __device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gme
     const int chunk = idx % kChunks;
     const bool valid = row < valid_rows;
     const T* src = valid ? gmem + row * row_stride + chunk * 8 : gmem;
-    ptx::cp_async_16(smem_tile + swizzled_offset<kHeadDim>(row, chunk) * sizeof(T), src, valid);
+    ptx::cp_async_16(smem_tile + offset(row, chunk), src, valid);
   }
+}
+
+// copy_rows_async into the swizzled [rows][kHeadDim] tile above.
+template <int kRows, int kHeadDim, int kThreads, class T>
+__device__ __forceinline__ void load_rows_async(uint32_t smem_tile, const T* gmem,
+                                                int64_t row_stride, int row_begin, int valid_rows,
+                                                int thread) {
+  copy_rows_async<kRows, kHeadDim, kThreads>(smem_tile, gmem, row_stride, row_begin, valid_rows, thread,
+                                             [](int row, int chunk) {
+                                               return static_cast<uint32_t>(swizzled_offset<kHeadDim>(row, chunk) *
+                                                                            sizeof(T));
+                                             });
 }
 
 struct NoFence {
