@@ -6,8 +6,9 @@
 # Leaves in OUTDIR (8 files at most, plain names): build.log (nvidia-smi, install, import check,
 # how the module links libstdc++ and whether an input error raises cleanly),
 # pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), memcheck.log,
-# bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_attention.png,
-# bench_sla.json, summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
+# bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
+# bench_sla_wgmma.json (on sm_90: SLA's forward at topk 0.05 with the opt-in wgmma attention kernel),
+# summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
 #
 # Made for the GPU machines of shared/DESIGN.md (Python 3.12, torch 2.11 + CUDA 13.0, nvcc, cmake,
@@ -170,9 +171,13 @@ fi
 # 6. The benchmarks whose JSON goes to bench/results/<device>/ (bench/results/README.md), and
 # where SLA's forward spends its time.
 step bench 300 bench.log "$PY" -m genaccel bench --device cuda --no-progress \
-  --json "$OUT/bench_attention.json" --plot "$OUT/bench_attention.png"
+  --json "$OUT/bench_attention.json"
 step bench_sla 200 bench.log "$PY" -m genaccel bench --family sla --device cuda --no-progress \
   --json "$OUT/bench_sla.json"
+step bench_sla_wgmma 100 bench.log bash -c 'if "$1" -c "import torch, sys; sys.exit(torch.cuda.get_device_capability() != (9, 0))"; then
+    GENACCEL_ATTENTION_SM90=1 "$1" -m genaccel bench --family sla --device cuda --no-progress --set topks=0.05 \
+      --set modes=fwd --json "$2/bench_sla_wgmma.json"
+  else echo "bench_sla_wgmma: not an sm_90 device, skipped"; fi' _ "$PY" "$OUT"
 step sla_profile 100 bench.log --last "$PY" bench/sla_cuda_profile.py
 
 write_summary

@@ -270,6 +270,8 @@ CUDA_CORE = [
     # the D=64, block_q=128 kernel instance (no other CUDA test reaches it); block_k 192 with a
     # 2-key last tile and a skipped one
     ("d64_b128x192_tail", 1, 2, 2, 300, 450, 64, (128, 192), "contig", (True, True)),
+    # long lists (~20 tiles per query block): the double-buffered walk well past its first stages
+    ("d128_b64_long_lists", 1, 2, 2, 1500, 2600, 128, (64, 64), "contig", (False, True)),
 ]
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genaccel
-from conftest import CUDA, RTOL, rel_err
+from conftest import CUDA, RTOL, attention_kernels, rel_err
 from genaccel.attention.sla import sla_block_map
 from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference
 
@@ -42,6 +42,19 @@ def test_forward_matches_reference(case, topk, low_k, all_keys, fmap, dtype, gen
     ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), b.cpu(), block, fmap,
                                             linear_over_all_keys=all_keys)[0]
     assert rel_err(out.cpu(), ref) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
+@pytest.mark.parametrize("case", CASES[1:3], ids=lambda c: "x".join(map(str, c[:6])))
+def test_forward_with_each_attention_kernel(case, attention_kernel, gen):
+    """SLA's sparse branch on the mma.sync kernel and, on Hopper, the wgmma one."""
+    B, H, Hkv, Nq, Nk, D, block = case
+    q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, torch.bfloat16)
+    w = (0.2 * torch.randn(D, D, generator=gen)).cuda()
+    out = genaccel.sparse_linear_attention(q, k, v, w, None, 0.2, 0.1, block)
+    codes = sla_block_map(q, k, 0.2, 0.1, block)[0]
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), None, block)[0]
+    assert rel_err(out.cpu(), ref) <= RTOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["tf32", "float32_gemms"])
