@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import genaccel
-from conftest import CUDA, RTOL, rel_err
+from conftest import CUDA, RTOL, attention_kernels, rel_err
 from genaccel.attention.block_sparse import attention_delta
 from test_block_sparse_attention import make_input, make_mask
 from test_block_sparse_backward import reference_grads
@@ -29,7 +29,9 @@ CASES = [
 @pytest.mark.parametrize("per_head_plan", [False, True], ids=["plan_per_batch", "plan_per_head"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
-def test_gradients_match_reference(case, dtype, per_head_plan, gen):
+@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
+def test_gradients_match_reference(case, dtype, per_head_plan, attention_kernel, gen):
+    """Forward and backward on the mma.sync kernels and, on Hopper, on the wgmma ones."""
     _, B, H, Hkv, Nq, Nk, D, block, kind, density = case
     q = make_input(gen, (B, H, Nq, D), dtype, "cuda").requires_grad_()
     k, v = (make_input(gen, (B, Hkv, Nk, D), dtype, "cuda").requires_grad_() for _ in range(2))
@@ -70,7 +72,8 @@ def test_repeated_plan_entries_count_twice_like_the_cpu_kernel(gen):
         assert rel_err(g.cpu().float(), c.float()) <= 2e-2, (name, rel_err(g.cpu().float(), c.float()))
 
 
-def test_deterministic(gen):
+@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
+def test_deterministic(attention_kernel, gen):
     """No atomics: two calls give bitwise equal gradients."""
     mask = make_mask(gen, (1, 2, 4, 5), "random", 0.6)
     idx, cnt = genaccel.block_mask_to_indices(mask)
@@ -125,7 +128,8 @@ def test_opcheck(gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_very_negative_logits_with_a_partial_last_key_block(dtype, gen):
+@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
+def test_very_negative_logits_with_a_partial_last_key_block(dtype, attention_kernel, gen):
     """lse far below 0: keys past seqlen_k would get P = exp(0 - lse), huge (past float16's range),
     unless masked; dQ must stay finite and right.
 

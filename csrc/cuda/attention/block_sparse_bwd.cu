@@ -1,6 +1,7 @@
 // Launcher of the CUDA block-sparse attention backward: picks the kernel instances for (dtype, head
 // dim, block_q) and launches the dK/dV and the dQ kernel. Device code:
-// include/genaccel/attention/block_sparse_bwd.cuh.
+// include/genaccel/attention/block_sparse_bwd.cuh (mma.sync) and, opted in on sm_90,
+// block_sparse_bwd_sm90.cuh (wgmma).
 #include "cuda/attention/block_sparse_bwd.h"
 
 #include <cuda_bf16.h>
@@ -12,19 +13,16 @@
 #include "cuda/attention/block_sparse_fwd.h"
 #include "cuda/attention/launch_util.h"
 #include "genaccel/attention/block_sparse_bwd.cuh"
+#include "genaccel/attention/block_sparse_bwd_sm90.cuh"
 
 namespace genaccel::cuda {
 namespace {
 
 using attention::BlockSparseBwdCudaParams;
 
-template <class T, int kHeadDim, int kBlockQ>
-int launch(const BlockSparseBwdCudaParams& p, cudaStream_t stream) {
+template <class DkDv, class Dq, class DkDvKernel, class DqKernel>
+int launch_kernels(DkDvKernel dkdv, DqKernel dq, const BlockSparseBwdCudaParams& p, cudaStream_t stream) {
   const auto& f = p.bwd.fwd;
-  using DkDv = attention::DkDvTraits<T, kHeadDim>;
-  using Dq = attention::DqTraits<T, kHeadDim, kBlockQ>;
-  const auto dkdv = attention::block_sparse_bwd_dkdv_kernel<DkDv>;
-  const auto dq = attention::block_sparse_bwd_dq_kernel<Dq>;
   cudaError_t err = allow_smem(dkdv, DkDv::kSmemBytes);
   if (err != cudaSuccess) return err;
   err = allow_smem(dq, Dq::kSmemBytes);
@@ -36,6 +34,20 @@ int launch(const BlockSparseBwdCudaParams& p, cudaStream_t stream) {
   const dim3 dq_grid(f.num_q_blocks, f.heads, f.batch);
   dq<<<dq_grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class T, int kHeadDim, int kBlockQ>
+int launch(const BlockSparseBwdCudaParams& p, cudaStream_t stream) {
+  if (use_sm90_kernels()) {
+    using DkDv = attention::Sm90DkDvTraits<T, kHeadDim>;
+    using Dq = attention::Sm90DqTraits<T, kHeadDim, kBlockQ>;
+    return launch_kernels<DkDv, Dq>(attention::block_sparse_bwd_dkdv_sm90_kernel<DkDv>,
+                                    attention::block_sparse_bwd_dq_sm90_kernel<Dq>, p, stream);
+  }
+  using DkDv = attention::DkDvTraits<T, kHeadDim>;
+  using Dq = attention::DqTraits<T, kHeadDim, kBlockQ>;
+  return launch_kernels<DkDv, Dq>(attention::block_sparse_bwd_dkdv_kernel<DkDv>,
+                                  attention::block_sparse_bwd_dq_kernel<Dq>, p, stream);
 }
 
 template <class T, int kHeadDim>

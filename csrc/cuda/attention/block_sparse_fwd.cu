@@ -7,8 +7,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda/attention/launch_util.h"
 #include "genaccel/attention/block_sparse_fwd.cuh"
@@ -23,18 +21,6 @@ constexpr int kKeyTile = 64;
 constexpr int kMaxBlockK = 256;
 constexpr int kMaxGridYZ = 65535;
 
-// The wgmma kernel (block_sparse_fwd_sm90.cuh) is opt-in until it has been checked on a GPU:
-// GENACCEL_ATTENTION_SM90=1 runs it on devices of compute capability 9.0.
-bool use_sm90_kernel() {
-  const char* flag = std::getenv("GENACCEL_ATTENTION_SM90");
-  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
-  int device = 0, major = 0, minor = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-         minor == 0;
-}
-
 template <class Traits, class Kernel>
 int launch_kernel(Kernel kernel, const BlockSparseFwdParams& p, cudaStream_t stream) {
   static_assert(Traits::kKeyTile == kKeyTile, "block_k support below assumes 64-key tiles");
@@ -47,7 +33,7 @@ int launch_kernel(Kernel kernel, const BlockSparseFwdParams& p, cudaStream_t str
 
 template <class T, int kHeadDim, int kBlockQ>
 int launch(const BlockSparseFwdParams& p, cudaStream_t stream) {
-  if (use_sm90_kernel()) {
+  if (use_sm90_kernels()) {
     using Traits = attention::Sm90FwdTraits<T, kHeadDim, kBlockQ>;
     return launch_kernel<Traits>(attention::block_sparse_fwd_sm90_kernel<Traits>, p, stream);
   }

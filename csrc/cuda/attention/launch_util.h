@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace genaccel::cuda {
 
@@ -21,6 +23,18 @@ cudaError_t allow_smem(Kernel kernel, int bytes) {
   constexpr int kDefaultSmemLimit = 48 * 1024;
   if (bytes <= kDefaultSmemLimit) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+// The wgmma attention kernels (block_sparse_{fwd,bwd}_sm90.cuh) are opt-in until they have been
+// checked on a GPU: GENACCEL_ATTENTION_SM90=1 runs them on devices of compute capability 9.0.
+inline bool use_sm90_kernels() {
+  const char* flag = std::getenv("GENACCEL_ATTENTION_SM90");
+  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
 }
 
 }  // namespace genaccel::cuda

@@ -47,6 +47,50 @@ __device__ __forceinline__ void load_rows_sw128(uint32_t tile, const T* gmem, in
                                       [](int row, int chunk) { return sm90::sw128_offset(kRows, row, chunk); });
 }
 
+// The dynamic shared memory of a wgmma kernel, its start rounded up to 1024 bytes (the swizzle is
+// on absolute address bits); the kernels reserve the slack.
+__device__ __forceinline__ char* smem_aligned_1024(char* raw) {
+  const uint32_t address = ptx::smem_address(raw);
+  return raw + (((address + 1023u) & ~1023u) - address);
+}
+
+// C[m64 x n64] = A B^T over the head dim (kDSteps k16 steps), A and B K-major tiles in shared memory:
+// A's rows from a_row0 of a tile of a_rows rows, B a whole tile of 64 rows. Waits for the result.
+template <class T, int kDSteps>
+__device__ __forceinline__ void wgmma_scores(float (&c)[8][4], uint32_t a_tile, int a_rows, int a_row0,
+                                             uint32_t b_tile) {
+  sm90::fence_registers(c);
+  sm90::fence();
+#pragma unroll
+  for (int ks = 0; ks < kDSteps; ++ks)
+    sm90::Wgmma<T, 64>::template ss<0>(c, sm90::k_major_desc(a_tile, a_rows, a_row0, ks),
+                                       sm90::k_major_desc(b_tile, 64, 0, ks), ks > 0);
+  sm90::commit_group();
+  sm90::wait_group<0>();
+  sm90::fence_registers(c);
+}
+
+// acc[m64 x nD] += P B with P (m64 x 64, accumulator layout) rounded to T as the register A operand
+// and B a 64-row tile in shared memory read MN-major (its rows are the k dimension). Waits.
+template <class T, int D>
+__device__ __forceinline__ void wgmma_acc_pv(float (&acc)[D / 8][4], const float (&p)[8][4], uint32_t b_tile) {
+  uint32_t pa[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    pa[i][0] = ptx::pack2<T>(p[2 * i][0], p[2 * i][1]);
+    pa[i][1] = ptx::pack2<T>(p[2 * i][2], p[2 * i][3]);
+    pa[i][2] = ptx::pack2<T>(p[2 * i + 1][0], p[2 * i + 1][1]);
+    pa[i][3] = ptx::pack2<T>(p[2 * i + 1][2], p[2 * i + 1][3]);
+  }
+  sm90::fence_registers(acc);
+  sm90::fence();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sm90::Wgmma<T, D>::template rs<1>(acc, pa[i], sm90::mn_major_desc(b_tile, 64, i), true);
+  sm90::commit_group();
+  sm90::wait_group<0>();
+  sm90::fence_registers(acc);
+}
+
 // The work of one CTA, as attention_fwd_mainloop: query block qb of head h, batch b, over the key
 // tiles `tiles` lists. `smem` holds Traits::kSmemBytes bytes.
 template <class Traits, class Tiles>
@@ -59,7 +103,6 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
   constexpr int kDTiles = D / 8;       // n8 tiles of the output
   constexpr int kNTiles = kTile / 8;   // n8 tiles of the scores
   constexpr int kDSteps = D / 16;      // k16 steps of Q K^T
-  constexpr int kPSteps = kTile / 16;  // k16 steps of P V
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -70,9 +113,8 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
   const FwdHeadRows<T> rows(p, b, h, q0);
   const T *q = rows.q, *k = rows.k, *v = rows.v;
 
-  const uint32_t raw = ptx::smem_address(smem_raw);
-  const uint32_t smem_q = (raw + 1023u) & ~1023u;
-  char* smem = smem_raw + (smem_q - raw);
+  char* smem = smem_aligned_1024(smem_raw);
+  const uint32_t smem_q = ptx::smem_address(smem);
   const uint32_t smem_k = smem_q + Traits::kQBytes;
   const uint32_t smem_v = smem_k + 2 * Traits::kTileBytes;
 
@@ -101,38 +143,13 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
 
       float s[kNTiles][4];
       zero(s);  // overwritten by the first step (accumulate false); zeroed so no register is read undefined
-      sm90::fence_registers(s);
-      sm90::fence();
-#pragma unroll
-      for (int ks = 0; ks < kDSteps; ++ks)
-        sm90::Wgmma<T, kTile>::template ss<0>(s, sm90::k_major_desc(smem_q, Traits::kBlockQ, wg_row0, ks),
-                                              sm90::k_major_desc(k_stage, kTile, 0, ks), ks > 0);
-      sm90::commit_group();
-      sm90::wait_group<0>();
-      sm90::fence_registers(s);
-
+      wgmma_scores<T, kDSteps>(s, smem_q, Traits::kBlockQ, wg_row0, k_stage);
       scale_and_mask_scores(s, scale_log2, t.len, lane);
       float rescale[2];
       softmax.update(s, rescale);
       OnlineSoftmax::rescale_rows(acc, rescale);
 
-      // P as the A operand: the C layout of n8 tiles 2i and 2i + 1 is the A layout of k16 step i.
-      uint32_t pa[kPSteps][4];
-#pragma unroll
-      for (int i = 0; i < kPSteps; ++i) {
-        pa[i][0] = ptx::pack2<T>(s[2 * i][0], s[2 * i][1]);
-        pa[i][1] = ptx::pack2<T>(s[2 * i][2], s[2 * i][3]);
-        pa[i][2] = ptx::pack2<T>(s[2 * i + 1][0], s[2 * i + 1][1]);
-        pa[i][3] = ptx::pack2<T>(s[2 * i + 1][2], s[2 * i + 1][3]);
-      }
-      sm90::fence_registers(acc);
-      sm90::fence();
-#pragma unroll
-      for (int i = 0; i < kPSteps; ++i)
-        sm90::Wgmma<T, D>::template rs<1>(acc, pa[i], sm90::mn_major_desc(v_stage, kTile, i), true);
-      sm90::commit_group();
-      sm90::wait_group<0>();
-      sm90::fence_registers(acc);
+      wgmma_acc_pv<T, D>(acc, s, v_stage);  // O += P V
     };
     for_each_tile_double_buffered(tiles, tile, load_kv, compute, [] { sm90::fence_async_proxy(); });
   }

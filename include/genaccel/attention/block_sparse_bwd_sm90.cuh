@@ -1,0 +1,245 @@
+// Block-sparse attention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a). Torch-free
+// device code; the launcher is csrc/cuda/attention/block_sparse_bwd.cu, which runs these instead of
+// the mma.sync kernels (block_sparse_bwd.cuh) on sm_90 when GENACCEL_ATTENTION_SM90=1.
+//
+// The equations, work split, tile-list policies and epilogues of block_sparse_bwd.cuh; the products
+// are wgmma with the operands as in block_sparse_fwd_sm90.cuh: scores from two K-major tiles in
+// shared memory, the accumulating products (dV += P^T dO, dK += dS^T Q, dQ += dS K) with P or dS
+// from registers and the other tile read MN-major. Each product waits for its own completion.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "genaccel/attention/block_sparse_bwd.cuh"
+#include "genaccel/attention/block_sparse_fwd_sm90.cuh"
+#include "genaccel/attention/sm90_wgmma.cuh"
+
+namespace genaccel::attention {
+
+template <class T, int kHeadDim_>
+struct Sm90DkDvTraits {
+  using Element = T;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kTile = 64;  // keys of a CTA (one warpgroup); queries of one stage
+  static constexpr int kThreads = 128;
+  static constexpr int kTileBytes = kTile * kHeadDim * 2;
+  // 1024 bytes of alignment slack, then K | V | Q stage 0 | Q stage 1 | dO stage 0 | dO stage 1 |
+  // lse2 x 2 stages | delta x 2 stages.
+  static constexpr int kRowStatsOffset = 6 * kTileBytes;
+  static constexpr int kSmemBytes = 1024 + kRowStatsOffset + 4 * kTile * static_cast<int>(sizeof(float));
+  static_assert(sizeof(T) == 2 && (kHeadDim == 64 || kHeadDim == 128), "16-bit inputs, head dim 64 or 128");
+};
+
+template <class T, int kHeadDim_, int kBlockQ_>
+struct Sm90DqTraits {
+  using Element = T;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockQ = kBlockQ_;
+  static constexpr int kKeyTile = 64;
+  static constexpr int kWarpgroups = kBlockQ / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kQBytes = kBlockQ * kHeadDim * 2;
+  static constexpr int kTileBytes = kKeyTile * kHeadDim * 2;
+  // 1024 bytes of alignment slack, then Q | dO | K stage 0 | K stage 1 | V stage 0 | V stage 1.
+  static constexpr int kSmemBytes = 1024 + 2 * kQBytes + 4 * kTileBytes;
+  static_assert(sizeof(T) == 2 && (kHeadDim == 64 || kHeadDim == 128), "16-bit inputs, head dim 64 or 128");
+  static_assert(kBlockQ == 64 || kBlockQ == 128, "one warpgroup per 64 query rows");
+};
+
+// grid (ceil(seqlen_k / 64), kv_heads, batch), as block_sparse_bwd_dkdv_kernel.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 2)
+    block_sparse_bwd_dkdv_sm90_kernel(const __grid_constant__ BlockSparseBwdCudaParams p) {
+  using T = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kTile = Traits::kTile;
+  constexpr int kThreads = Traits::kThreads;
+  constexpr int kTileBytes = Traits::kTileBytes;
+  extern __shared__ __align__(128) char smem_raw[];
+  char* smem = smem_aligned_1024(smem_raw);
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int warp_row0 = warp * 16;
+  const int kv_head = blockIdx.y, b = blockIdx.z;
+  const int k0 = blockIdx.x * kTile;
+
+  const T* k = static_cast<const T*>(f.k) + b * f.k_batch_stride + kv_head * f.k_head_stride + k0 * f.k_row_stride;
+  const T* v = static_cast<const T*>(f.v) + b * f.v_batch_stride + kv_head * f.v_head_stride + k0 * f.v_row_stride;
+
+  const uint32_t smem_k = ptx::smem_address(smem);
+  const uint32_t smem_v = smem_k + kTileBytes;
+  const uint32_t smem_q = smem_v + kTileBytes;       // 2 stages
+  const uint32_t smem_do = smem_q + 2 * kTileBytes;  // 2 stages
+  float* lse2_s = reinterpret_cast<float*>(smem + Traits::kRowStatsOffset);  // [2][kTile]
+  float* delta_s = lse2_s + 2 * kTile;                                        // [2][kTile]
+
+  float dk[D / 8][4], dv[D / 8][4];
+  zero(dk);
+  zero(dv);
+
+  KeyMajorQueryTiles<kTile> tiles(p, b, kv_head, k0 / f.block_k);
+  QueryTile tile;
+  if (tiles.next(tile)) {
+    const auto load_queries = [&](const QueryTile& t, int stage) {
+      const int64_t q_off = b * f.q_batch_stride + t.head * f.q_head_stride + t.start * f.q_row_stride;
+      const int64_t do_off = b * p.bwd.do_batch_stride + t.head * p.bwd.do_head_stride + t.start * p.bwd.do_row_stride;
+      load_rows_sw128<kTile, D, kThreads>(smem_q + stage * kTileBytes, static_cast<const T*>(f.q) + q_off,
+                                          f.q_row_stride, t.len, tid);
+      load_rows_sw128<kTile, D, kThreads>(smem_do + stage * kTileBytes, static_cast<const T*>(p.bwd.dout) + do_off,
+                                          p.bwd.do_row_stride, t.len, tid);
+      if (tid < kTile) {
+        const int64_t row = (static_cast<int64_t>(b) * f.heads + t.head) * f.seqlen_q + t.start + tid;
+        const bool valid = tid < t.len;
+        lse2_s[stage * kTile + tid] = lse_log2_or_inf(valid ? f.lse[row] : 0.f, valid);
+        delta_s[stage * kTile + tid] = valid ? p.bwd.delta[row] : 0.f;
+      }
+    };
+    // K and V are read by the whole warpgroup: all threads load them.
+    load_rows_sw128<kTile, D, kThreads>(smem_k, k, f.k_row_stride, f.seqlen_k - k0, tid);
+    load_rows_sw128<kTile, D, kThreads>(smem_v, v, f.v_row_stride, f.seqlen_k - k0, tid);
+    ptx::cp_async_commit();
+    load_queries(tile, 0);
+    ptx::cp_async_commit();
+
+    const float scale_log2 = f.scale * kLog2e;
+    const int col0 = 2 * (lane & 3);  // first query column of this lane in an n8 tile
+    const auto compute = [&](const QueryTile&, int stage) {
+      const uint32_t q_stage = smem_q + stage * kTileBytes;
+      const uint32_t do_stage = smem_do + stage * kTileBytes;
+      const float* lse2 = lse2_s + stage * kTile;
+      const float* delta = delta_s + stage * kTile;
+
+      // P^T (keys x queries) = exp2(K Q^T * scale * log2(e) - lse2[query]).
+      float s[kTile / 8][4];
+      zero(s);
+      wgmma_scores<T, D / 16>(s, smem_k, kTile, 0, q_stage);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[j][c] = exp2_approx(fmaf(s[j][c], scale_log2, -lse2[8 * j + col0 + (c & 1)]));
+
+      // dP^T = V dO^T; dV += P^T dO; dS^T = P^T * (dP^T - delta[query]); dK += dS^T Q.
+      float ds[kTile / 8][4];
+      zero(ds);
+      wgmma_scores<T, D / 16>(ds, smem_v, kTile, 0, do_stage);
+      wgmma_acc_pv<T, D>(dv, s, do_stage);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[8 * j + col0 + (c & 1)]);
+      wgmma_acc_pv<T, D>(dk, ds, q_stage);
+    };
+    for_each_tile_double_buffered(tiles, tile, load_queries, compute, [] { sm90::fence_async_proxy(); });
+  }
+
+  // Staged through the K and V tiles once the warpgroup is done reading them.
+  __syncthreads();
+  const int64_t out_off = ((static_cast<int64_t>(b) * f.kv_heads + kv_head) * f.seqlen_k + k0) * D;
+  const float dk_scale[2] = {f.scale, f.scale}, one[2] = {1.f, 1.f};
+  T* staged_k = reinterpret_cast<T*>(smem);
+  store_warp_rows<T, D>(dk, dk_scale, staged_k, warp_row0, static_cast<T*>(p.bwd.dk) + out_off, D,
+                        f.seqlen_k - k0, lane);
+  store_warp_rows<T, D>(dv, one, staged_k + kTile * D, warp_row0, static_cast<T*>(p.bwd.dv) + out_off, D,
+                        f.seqlen_k - k0, lane);
+}
+
+// grid (num_q_blocks, heads, batch), as block_sparse_bwd_dq_kernel.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2 : 1)
+    block_sparse_bwd_dq_sm90_kernel(const __grid_constant__ BlockSparseBwdCudaParams p) {
+  using T = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kTile = Traits::kKeyTile;
+  constexpr int kThreads = Traits::kThreads;
+  extern __shared__ __align__(128) char smem_raw[];
+  char* smem = smem_aligned_1024(smem_raw);
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int warp_row0 = warp * 16;
+  const int wg_row0 = (warp / 4) * 64;
+  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int q0 = qb * Traits::kBlockQ;
+
+  const FwdHeadRows<T> rows(f, b, h, q0);
+  const T* dout = static_cast<const T*>(p.bwd.dout) + b * p.bwd.do_batch_stride + h * p.bwd.do_head_stride +
+                  q0 * p.bwd.do_row_stride;
+
+  const uint32_t smem_q = ptx::smem_address(smem);
+  const uint32_t smem_do = smem_q + Traits::kQBytes;
+  const uint32_t smem_k = smem_do + Traits::kQBytes;        // 2 stages
+  const uint32_t smem_v = smem_k + 2 * Traits::kTileBytes;  // 2 stages
+
+  float dq[D / 8][4];
+  zero(dq);
+
+  IndexListTiles<kTile> tiles(f, b, h, qb);
+  KeyTile tile;
+  if (tiles.next(tile)) {
+    const auto load_kv = [&](const KeyTile& t, int stage) {
+      load_rows_sw128<kTile, D, kThreads>(smem_k + stage * Traits::kTileBytes, rows.k + t.start * f.k_row_stride,
+                                          f.k_row_stride, t.len, tid);
+      load_rows_sw128<kTile, D, kThreads>(smem_v + stage * Traits::kTileBytes, rows.v + t.start * f.v_row_stride,
+                                          f.v_row_stride, t.len, tid);
+    };
+    load_rows_sw128<Traits::kBlockQ, D, kThreads>(smem_q, rows.q, f.q_row_stride, f.seqlen_q - q0, tid);
+    load_rows_sw128<Traits::kBlockQ, D, kThreads>(smem_do, dout, p.bwd.do_row_stride, f.seqlen_q - q0, tid);
+    ptx::cp_async_commit();
+    load_kv(tile, 0);
+    ptx::cp_async_commit();
+
+    // Row statistics of this lane's two rows.
+    float lse2[2], delta[2];
+    const int64_t row0 = (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q_row = q0 + warp_row0 + lane / 4 + 8 * r;
+      const bool valid = q_row < f.seqlen_q;
+      lse2[r] = lse_log2_or_inf(valid ? f.lse[row0 + q_row] : 0.f, valid);
+      delta[r] = valid ? p.bwd.delta[row0 + q_row] : 0.f;
+    }
+
+    const float scale_log2 = f.scale * kLog2e;
+    const int col0 = 2 * (lane & 3);  // first key column of this lane in an n8 tile
+    const auto compute = [&](const KeyTile& t, int stage) {
+      const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
+      const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
+
+      // P = exp2(Q K^T * scale * log2(e) - lse2[row]), 0 past seqlen_k; element c is row c / 2.
+      float s[kTile / 8][4];
+      zero(s);
+      wgmma_scores<T, D / 16>(s, smem_q, Traits::kBlockQ, wg_row0, k_stage);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          s[j][c] = 8 * j + col0 + (c & 1) < t.len ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2])) : 0.f;
+
+      // dS = P * (dO V^T - delta[row]); dQ += dS K.
+      float ds[kTile / 8][4];
+      zero(ds);
+      wgmma_scores<T, D / 16>(ds, smem_do, Traits::kBlockQ, wg_row0, v_stage);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[c / 2]);
+      wgmma_acc_pv<T, D>(dq, ds, k_stage);
+    };
+    for_each_tile_double_buffered(tiles, tile, load_kv, compute, [] { sm90::fence_async_proxy(); });
+  }
+
+  // Staged through the Q tile once every warpgroup is done reading it.
+  __syncthreads();
+  const float dq_scale[2] = {f.scale, f.scale};
+  T* out = static_cast<T*>(p.bwd.dq) + (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q * D +
+           static_cast<int64_t>(q0) * D;
+  store_warp_rows<T, D>(dq, dq_scale, reinterpret_cast<T*>(smem), warp_row0, out, D, f.seqlen_q - q0, lane);
+}
+
+}  // namespace genaccel::attention
