@@ -7,7 +7,7 @@
 # how the module links libstdc++ and whether an input error raises cleanly),
 # pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), memcheck.log,
 # bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
-# bench_sla_wgmma.json (on sm_90: SLA's forward at topk 0.05 with the opt-in wgmma attention kernel),
+# bench_sla_wgmma.json (on sm_90: SLA forward and backward at topk 0.05 on the opt-in wgmma kernels),
 # summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
 #
@@ -176,7 +176,7 @@ step bench_sla 200 bench.log "$PY" -m genaccel bench --family sla --device cuda 
   --json "$OUT/bench_sla.json"
 step bench_sla_wgmma 100 bench.log bash -c 'if "$1" -c "import torch, sys; sys.exit(torch.cuda.get_device_capability() != (9, 0))"; then
     GENACCEL_ATTENTION_SM90=1 "$1" -m genaccel bench --family sla --device cuda --no-progress --set topks=0.05 \
-      --set modes=fwd --json "$2/bench_sla_wgmma.json"
+      --set modes=fwd,bwd --json "$2/bench_sla_wgmma.json"
   else echo "bench_sla_wgmma: not an sm_90 device, skipped"; fi' _ "$PY" "$OUT"
 step sla_profile 100 bench.log --last "$PY" bench/sla_cuda_profile.py
 

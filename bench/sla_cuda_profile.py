@@ -94,6 +94,12 @@ def main():
             "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
                 go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
         }
+        if torch.cuda.get_device_capability() == (9, 0):
+            stages["  block-sparse backward alone, wgmma"] = lambda: with_env(
+                "GENACCEL_ATTENTION_SM90", torch.ops.genaccel.block_sparse_attn_bwd, go, q, k, v, delta, lse,
+                kv_indices, kv_counts, bq, bk, scale)
+            stages["sla_bwd op, wgmma"] = lambda: with_env("GENACCEL_ATTENTION_SM90", torch.ops.genaccel.sla_bwd,
+                                                            *bwd_args)
         print("backward:")
         for name, fn in stages.items():
             print(f"{name:<40} {cuda_ms(fn):8.3f} ms")

@@ -31,6 +31,107 @@ __device__ __forceinline__ float lse_log2_or_inf(float lse, bool valid) {
   return valid && lse != -INFINITY ? lse * kLog2e : INFINITY;
 }
 
+// The dK/dV kernels' per-query statistics of query tile t, thread `tid` < kTile for query tid:
+// lse2 (lse_log2_or_inf) and delta into this stage's rows of shared memory, with plain loads
+// (visible after the next barrier).
+template <int kTile, class Params, class Tile>
+__device__ __forceinline__ void load_query_stats(const Params& p, int b, const Tile& t, int tid, float* lse2,
+                                                 float* delta) {
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+  if (tid < kTile) {
+    const int64_t row = (static_cast<int64_t>(b) * f.heads + t.head) * f.seqlen_q + t.start + tid;
+    const bool valid = tid < t.len;
+    lse2[tid] = lse_log2_or_inf(valid ? f.lse[row] : 0.f, valid);
+    delta[tid] = valid ? p.bwd.delta[row] : 0.f;
+  }
+}
+
+// The dQ kernels' statistics of this lane's two rows (lane / 4 and lane / 4 + 8 from warp_row0 of
+// query block q0).
+template <class Params>
+__device__ __forceinline__ void load_row_stats(const Params& p, int b, int h, int q0, int warp_row0, int lane,
+                                               float (&lse2)[2], float (&delta)[2]) {
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+  const int64_t row0 = (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q_row = q0 + warp_row0 + lane / 4 + 8 * r;
+    const bool valid = q_row < f.seqlen_q;
+    lse2[r] = lse_log2_or_inf(valid ? f.lse[row0 + q_row] : 0.f, valid);
+    delta[r] = valid ? p.bwd.delta[row0 + q_row] : 0.f;
+  }
+}
+
+// dK/dV: P^T (keys x queries, accumulator layout) = exp2(s * scale_log2 - lse2[query]) in place, then
+// (second call) dS^T = P^T * (dP^T - delta[query]) into ds; the query is the column.
+template <int kNTiles>
+__device__ __forceinline__ void transposed_probabilities(float (&s)[kNTiles][4], float scale_log2, const float* lse2,
+                                                         int lane) {
+  const int col0 = 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[j][c] = exp2_approx(fmaf(s[j][c], scale_log2, -lse2[8 * j + col0 + (c & 1)]));
+}
+
+template <int kNTiles>
+__device__ __forceinline__ void transposed_dscores(float (&ds)[kNTiles][4], const float (&p)[kNTiles][4],
+                                                   const float* delta, int lane) {
+  const int col0 = 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) ds[j][c] = p[j][c] * (ds[j][c] - delta[8 * j + col0 + (c & 1)]);
+}
+
+// dQ: P (queries x keys) = exp2(s * scale_log2 - lse2[row]) in place, 0 for keys at or past `len`
+// (element c is row c / 2); then dS = P * (dP - delta[row]) into ds.
+template <int kNTiles>
+__device__ __forceinline__ void row_probabilities(float (&s)[kNTiles][4], float scale_log2, const float (&lse2)[2],
+                                                  int len, int lane) {
+  const int col0 = 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      s[j][c] = 8 * j + col0 + (c & 1) < len ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2])) : 0.f;
+}
+
+template <int kNTiles>
+__device__ __forceinline__ void row_dscores(float (&ds)[kNTiles][4], const float (&p)[kNTiles][4],
+                                            const float (&delta)[2]) {
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) ds[j][c] = p[j][c] * (ds[j][c] - delta[c / 2]);
+}
+
+// The dK/dV kernels' epilogue for one warp: dK (times the softmax scale) and dV rows from warp_row0 of
+// key tile k0, staged through `staged` (2 * kTile rows of D that only this warp's rows use).
+template <class T, int D, int kTile, class Params>
+__device__ __forceinline__ void store_dkdv_rows(const Params& p, int b, int kv_head, int k0, int warp_row0, int lane,
+                                                const float (&dk)[D / 8][4], const float (&dv)[D / 8][4], T* staged) {
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+  const int64_t out_off = ((static_cast<int64_t>(b) * f.kv_heads + kv_head) * f.seqlen_k + k0) * D;
+  const float dk_scale[2] = {f.scale, f.scale}, one[2] = {1.f, 1.f};
+  store_warp_rows<T, D>(dk, dk_scale, staged, warp_row0, static_cast<T*>(p.bwd.dk) + out_off, D, f.seqlen_k - k0,
+                        lane);
+  store_warp_rows<T, D>(dv, one, staged + kTile * D, warp_row0, static_cast<T*>(p.bwd.dv) + out_off, D,
+                        f.seqlen_k - k0, lane);
+}
+
+// The dQ kernels' epilogue for one warp: dQ (times the softmax scale) rows from warp_row0 of query
+// block q0, staged through `staged`.
+template <class T, int D, class Params>
+__device__ __forceinline__ void store_dq_rows(const Params& p, int b, int h, int q0, int warp_row0, int lane,
+                                              const float (&dq)[D / 8][4], T* staged) {
+  const BlockSparseFwdParams& f = p.bwd.fwd;
+  const float dq_scale[2] = {f.scale, f.scale};
+  T* out = static_cast<T*>(p.bwd.dq) + (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q * D +
+           static_cast<int64_t>(q0) * D;
+  store_warp_rows<T, D>(dq, dq_scale, staged, warp_row0, out, D, f.seqlen_q - q0, lane);
+}
+
 template <class T, int kHeadDim_>
 struct DkDvTraits {
   using Element = T;
@@ -179,13 +280,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       load_rows_async<kTile, D, kThreads>(smem_do + stage * kTileBytes,
                                           static_cast<const T*>(p.bwd.dout) + do_off,
                                           p.bwd.do_row_stride, 0, t.len, tid);
-      // Row statistics with plain loads: 2 floats per query, visible after the next barrier.
-      if (tid < kTile) {
-        const int64_t row = (static_cast<int64_t>(b) * f.heads + t.head) * f.seqlen_q + t.start + tid;
-        const bool valid = tid < t.len;
-        lse2_s[stage * kTile + tid] = lse_log2_or_inf(valid ? f.lse[row] : 0.f, valid);
-        delta_s[stage * kTile + tid] = valid ? p.bwd.delta[row] : 0.f;
-      }
+      load_query_stats<kTile>(p, b, t, tid, lse2_s + stage * kTile, delta_s + stage * kTile);
     };
     // Each warp loads (and alone reads) its own 16 key rows of K and V.
     load_rows_async<16, D, 32>(smem_k, k, f.k_row_stride, warp_row0, f.seqlen_k - k0, lane);
@@ -196,7 +291,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first query column of this lane in an n8 tile
     for_each_tile_double_buffered(tiles, tile, load_queries, [&](const QueryTile&, int stage) {
       const uint32_t q_stage = smem_q + stage * kTileBytes;
       const uint32_t do_stage = smem_do + stage * kTileBytes;
@@ -207,33 +301,20 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       float s[kTile / 8][4];
       zero(s);
       mma_rows_bt<T, kRowBytes, D / 16>(s, smem_k + warp_row0 * kRowBytes, q_stage, lo);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          s[j][c] = exp2_approx(fmaf(s[j][c], scale_log2, -lse2[8 * j + col0 + (c & 1)]));
+      transposed_probabilities(s, scale_log2, lse2, lane);
 
       // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta[query]).
       float ds[kTile / 8][4];
       zero(ds);
       mma_rows_bt<T, kRowBytes, D / 16>(ds, smem_v + warp_row0 * kRowBytes, do_stage, lo);
       mma_acc_b<T, kRowBytes>(dv, s, do_stage, lo);  // dV += P^T dO
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[8 * j + col0 + (c & 1)]);
+      transposed_dscores(ds, s, delta, lane);
       mma_acc_b<T, kRowBytes>(dk, ds, q_stage, lo);  // dK += dS^T Q
     });
   }
 
   // Staged through this warp's own K and V rows, which no other warp reads.
-  const int64_t out_off = ((static_cast<int64_t>(b) * f.kv_heads + kv_head) * f.seqlen_k + k0) * D;
-  const float dk_scale[2] = {f.scale, f.scale}, one[2] = {1.f, 1.f};
-  T* staged_k = reinterpret_cast<T*>(smem);
-  store_warp_rows<T, D>(dk, dk_scale, staged_k, warp_row0, static_cast<T*>(p.bwd.dk) + out_off, D,
-                        f.seqlen_k - k0, lane);
-  store_warp_rows<T, D>(dv, one, staged_k + kTile * D, warp_row0,
-                        static_cast<T*>(p.bwd.dv) + out_off, D, f.seqlen_k - k0, lane);
+  store_dkdv_rows<T, D, kTile>(p, b, kv_head, k0, warp_row0, lane, dk, dv, reinterpret_cast<T*>(smem));
 }
 
 // grid (num_q_blocks, heads, batch), like the forward.
@@ -285,20 +366,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     load_kv(tile, 0);
     ptx::cp_async_commit();
 
-    // Row statistics of this lane's two rows.
     float lse2[2], delta[2];
-    const int64_t row0 = (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q_row = q0 + warp_row0 + lane / 4 + 8 * r;
-      const bool valid = q_row < f.seqlen_q;
-      lse2[r] = lse_log2_or_inf(valid ? f.lse[row0 + q_row] : 0.f, valid);
-      delta[r] = valid ? p.bwd.delta[row0 + q_row] : 0.f;
-    }
+    load_row_stats(p, b, h, q0, warp_row0, lane, lse2, delta);
 
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first key column of this lane in an n8 tile
     for_each_tile_double_buffered(tiles, tile, load_kv, [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
@@ -307,32 +379,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       float s[kTile / 8][4];
       zero(s);
       mma_rows_bt<T, kRowBytes, D / 16>(s, smem_q + warp_row0 * kRowBytes, k_stage, lo);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          s[j][c] = 8 * j + col0 + (c & 1) < t.len
-                        ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2]))
-                        : 0.f;
+      row_probabilities(s, scale_log2, lse2, t.len, lane);
 
       // dS = P * (dO V^T - delta[row]); dQ += dS K.
       float ds[kTile / 8][4];
       zero(ds);
       mma_rows_bt<T, kRowBytes, D / 16>(ds, smem_do + warp_row0 * kRowBytes, v_stage, lo);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[c / 2]);
+      row_dscores(ds, s, delta);
       mma_acc_b<T, kRowBytes>(dq, ds, k_stage, lo);
     });
   }
 
   // Staged through this warp's own Q rows.
-  const float dq_scale[2] = {f.scale, f.scale};
-  T* out = static_cast<T*>(p.bwd.dq) + (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q * D +
-           static_cast<int64_t>(q0) * D;
-  store_warp_rows<T, D>(dq, dq_scale, reinterpret_cast<T*>(smem), warp_row0, out, D,
-                        f.seqlen_q - q0, lane);
+  store_dq_rows<T, D>(p, b, h, q0, warp_row0, lane, dq, reinterpret_cast<T*>(smem));
 }
 
 }  // namespace genaccel::attention

@@ -31,20 +31,10 @@ struct Sm90DkDvTraits {
   static_assert(sizeof(T) == 2 && (kHeadDim == 64 || kHeadDim == 128), "16-bit inputs, head dim 64 or 128");
 };
 
+// The forward's shape plus a dO tile beside Q: Q | dO | K stage 0 | K stage 1 | V stage 0 | V stage 1.
 template <class T, int kHeadDim_, int kBlockQ_>
-struct Sm90DqTraits {
-  using Element = T;
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockQ = kBlockQ_;
-  static constexpr int kKeyTile = 64;
-  static constexpr int kWarpgroups = kBlockQ / 64;
-  static constexpr int kThreads = 128 * kWarpgroups;
-  static constexpr int kQBytes = kBlockQ * kHeadDim * 2;
-  static constexpr int kTileBytes = kKeyTile * kHeadDim * 2;
-  // 1024 bytes of alignment slack, then Q | dO | K stage 0 | K stage 1 | V stage 0 | V stage 1.
-  static constexpr int kSmemBytes = 1024 + 2 * kQBytes + 4 * kTileBytes;
-  static_assert(sizeof(T) == 2 && (kHeadDim == 64 || kHeadDim == 128), "16-bit inputs, head dim 64 or 128");
-  static_assert(kBlockQ == 64 || kBlockQ == 128, "one warpgroup per 64 query rows");
+struct Sm90DqTraits : Sm90FwdTraits<T, kHeadDim_, kBlockQ_> {
+  static constexpr int kSmemBytes = Sm90FwdTraits<T, kHeadDim_, kBlockQ_>::kSmemBytes + kBlockQ_ * kHeadDim_ * 2;
 };
 
 // grid (ceil(seqlen_k / 64), kv_heads, batch), as block_sparse_bwd_dkdv_kernel.
@@ -91,12 +81,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
                                           f.q_row_stride, t.len, tid);
       load_rows_sw128<kTile, D, kThreads>(smem_do + stage * kTileBytes, static_cast<const T*>(p.bwd.dout) + do_off,
                                           p.bwd.do_row_stride, t.len, tid);
-      if (tid < kTile) {
-        const int64_t row = (static_cast<int64_t>(b) * f.heads + t.head) * f.seqlen_q + t.start + tid;
-        const bool valid = tid < t.len;
-        lse2_s[stage * kTile + tid] = lse_log2_or_inf(valid ? f.lse[row] : 0.f, valid);
-        delta_s[stage * kTile + tid] = valid ? p.bwd.delta[row] : 0.f;
-      }
+      load_query_stats<kTile>(p, b, t, tid, lse2_s + stage * kTile, delta_s + stage * kTile);
     };
     // K and V are read by the whole warpgroup: all threads load them.
     load_rows_sw128<kTile, D, kThreads>(smem_k, k, f.k_row_stride, f.seqlen_k - k0, tid);
@@ -106,7 +91,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
     ptx::cp_async_commit();
 
     const float scale_log2 = f.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first query column of this lane in an n8 tile
     const auto compute = [&](const QueryTile&, int stage) {
       const uint32_t q_stage = smem_q + stage * kTileBytes;
       const uint32_t do_stage = smem_do + stage * kTileBytes;
@@ -117,20 +101,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
       float s[kTile / 8][4];
       zero(s);
       wgmma_scores<T, D / 16>(s, smem_k, kTile, 0, q_stage);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) s[j][c] = exp2_approx(fmaf(s[j][c], scale_log2, -lse2[8 * j + col0 + (c & 1)]));
+      transposed_probabilities(s, scale_log2, lse2, lane);
 
       // dP^T = V dO^T; dV += P^T dO; dS^T = P^T * (dP^T - delta[query]); dK += dS^T Q.
       float ds[kTile / 8][4];
       zero(ds);
       wgmma_scores<T, D / 16>(ds, smem_v, kTile, 0, do_stage);
       wgmma_acc_pv<T, D>(dv, s, do_stage);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[8 * j + col0 + (c & 1)]);
+      transposed_dscores(ds, s, delta, lane);
       wgmma_acc_pv<T, D>(dk, ds, q_stage);
     };
     for_each_tile_double_buffered(tiles, tile, load_queries, compute, [] { sm90::fence_async_proxy(); });
@@ -138,13 +116,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
 
   // Staged through the K and V tiles once the warpgroup is done reading them.
   __syncthreads();
-  const int64_t out_off = ((static_cast<int64_t>(b) * f.kv_heads + kv_head) * f.seqlen_k + k0) * D;
-  const float dk_scale[2] = {f.scale, f.scale}, one[2] = {1.f, 1.f};
-  T* staged_k = reinterpret_cast<T*>(smem);
-  store_warp_rows<T, D>(dk, dk_scale, staged_k, warp_row0, static_cast<T*>(p.bwd.dk) + out_off, D,
-                        f.seqlen_k - k0, lane);
-  store_warp_rows<T, D>(dv, one, staged_k + kTile * D, warp_row0, static_cast<T*>(p.bwd.dv) + out_off, D,
-                        f.seqlen_k - k0, lane);
+  store_dkdv_rows<T, D, kTile>(p, b, kv_head, k0, warp_row0, lane, dk, dv, reinterpret_cast<T*>(smem));
 }
 
 // grid (num_q_blocks, heads, batch), as block_sparse_bwd_dq_kernel.
@@ -194,19 +166,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2
     load_kv(tile, 0);
     ptx::cp_async_commit();
 
-    // Row statistics of this lane's two rows.
     float lse2[2], delta[2];
-    const int64_t row0 = (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q_row = q0 + warp_row0 + lane / 4 + 8 * r;
-      const bool valid = q_row < f.seqlen_q;
-      lse2[r] = lse_log2_or_inf(valid ? f.lse[row0 + q_row] : 0.f, valid);
-      delta[r] = valid ? p.bwd.delta[row0 + q_row] : 0.f;
-    }
+    load_row_stats(p, b, h, q0, warp_row0, lane, lse2, delta);
 
     const float scale_log2 = f.scale * kLog2e;
-    const int col0 = 2 * (lane & 3);  // first key column of this lane in an n8 tile
     const auto compute = [&](const KeyTile& t, int stage) {
       const uint32_t k_stage = smem_k + stage * Traits::kTileBytes;
       const uint32_t v_stage = smem_v + stage * Traits::kTileBytes;
@@ -215,20 +178,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2
       float s[kTile / 8][4];
       zero(s);
       wgmma_scores<T, D / 16>(s, smem_q, Traits::kBlockQ, wg_row0, k_stage);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          s[j][c] = 8 * j + col0 + (c & 1) < t.len ? exp2_approx(fmaf(s[j][c], scale_log2, -lse2[c / 2])) : 0.f;
+      row_probabilities(s, scale_log2, lse2, t.len, lane);
 
       // dS = P * (dO V^T - delta[row]); dQ += dS K.
       float ds[kTile / 8][4];
       zero(ds);
       wgmma_scores<T, D / 16>(ds, smem_do, Traits::kBlockQ, wg_row0, v_stage);
-#pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) ds[j][c] = s[j][c] * (ds[j][c] - delta[c / 2]);
+      row_dscores(ds, s, delta);
       wgmma_acc_pv<T, D>(dq, ds, k_stage);
     };
     for_each_tile_double_buffered(tiles, tile, load_kv, compute, [] { sm90::fence_async_proxy(); });
@@ -236,10 +192,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2
 
   // Staged through the Q tile once every warpgroup is done reading it.
   __syncthreads();
-  const float dq_scale[2] = {f.scale, f.scale};
-  T* out = static_cast<T*>(p.bwd.dq) + (static_cast<int64_t>(b) * f.heads + h) * f.seqlen_q * D +
-           static_cast<int64_t>(q0) * D;
-  store_warp_rows<T, D>(dq, dq_scale, reinterpret_cast<T*>(smem), warp_row0, out, D, f.seqlen_q - q0, lane);
+  store_dq_rows<T, D>(p, b, h, q0, warp_row0, lane, dq, reinterpret_cast<T*>(smem));
 }
 
 }  // namespace genaccel::attention
