@@ -82,6 +82,7 @@ __device__ __forceinline__ void wgmma_acc_pv(float (&acc)[D / 8][4], const float
     pa[i][2] = ptx::pack2<T>(p[2 * i + 1][0], p[2 * i + 1][1]);
     pa[i][3] = ptx::pack2<T>(p[2 * i + 1][2], p[2 * i + 1][3]);
   }
+  sm90::fence_registers(pa);
   sm90::fence_registers(acc);
   sm90::fence();
 #pragma unroll

@@ -95,6 +95,16 @@ __device__ __forceinline__ void fence_registers(float (&d)[kTiles][4]) {
     for (int c = 0; c < 4; ++c) asm volatile("" : "+f"(d[j][c])::"memory");
 }
 
+// The same for A fragments in registers (the rs form): their packing must be complete before the
+// wgmma.fence that precedes the product.
+template <int kSteps>
+__device__ __forceinline__ void fence_registers(uint32_t (&a)[kSteps][4]) {
+#pragma unroll
+  for (int i = 0; i < kSteps; ++i)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) asm volatile("" : "+r"(a[i][c])::"memory");
+}
+
 // Accumulator layout of m64nN: warp w of the warpgroup holds rows 16w..16w+15 exactly as an
 // mma.sync m16n8 C fragment per n8 tile: d[j][0..1] row lane/4, d[j][2..3] row lane/4 + 8, columns
 // 8j + 2 * (lane % 4) + {0, 1}. A from registers uses the mma.sync m16n8k16 A-fragment layout.
