@@ -93,15 +93,12 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
     raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
 }
 
-namespace {
-// kv_counts as int64 and which (query block, slot) entries of kv_indices they count.
 std::pair<at::Tensor, at::Tensor> counts_and_used(const at::Tensor& kv_indices, const at::Tensor& kv_counts) {
   const int64_t max_kv = kv_indices.size(3);
   auto counts = kv_counts.to(at::kLong);
   auto used = at::arange(max_kv, counts.options()).view({1, 1, 1, max_kv}) < counts.unsqueeze(-1);
   return {counts, used};
 }
-}  // namespace
 
 at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks) {
   auto [counts, used] = counts_and_used(kv_indices, kv_counts);

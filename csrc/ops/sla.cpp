@@ -47,12 +47,12 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
   auto inconsistent = at::zeros_like(plan_invalid);
   if (codes.numel() > 0) {
     const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
-    auto counts = kv_counts.to(at::kLong).expand({B, H, Tq});
+    auto [counts, used] = counts_and_used(kv_indices, kv_counts);
     auto idx = kv_indices.to(at::kLong).expand({B, H, Tq, M});
     // Out-of-range entries (flagged above) read block 0 instead, so that gather stays in bounds.
-    auto used = at::arange(M, counts.options()).view({1, 1, 1, M}) < counts.unsqueeze(-1);
     auto listed = codes.expand({B, H, Tq, Tk}).gather(-1, at::where(used & (idx >= 0) & (idx < Tk), idx, 0));
-    inconsistent = (listed.ne(1) & used).any().logical_or(codes.eq(1).sum(-1).expand({B, H, Tq}).ne(counts).any());
+    auto critical = codes.eq(1).sum(-1).expand({B, H, Tq});
+    inconsistent = (listed.ne(1) & used).any().logical_or(critical.ne(counts.expand({B, H, Tq})).any());
   }
   const auto flags = at::stack({plan_invalid, inconsistent}).cpu();
   const bool* flag = flags.const_data_ptr<bool>();
