@@ -7,7 +7,10 @@
 // tile of `rows` rows x (64 * panels) 16-bit columns is stored as `panels` panels of rows x 64
 // columns (128 bytes per row, panel p at byte p * rows * 128); within a panel, the 16-byte chunk c of
 // row r sits at r * 128 + ((c ^ (r % 8)) * 16). That is the hardware's 128-byte swizzle (address
-// bits 4-6 XOR bits 7-9), so every tile must start 1024-byte aligned.
+// bits 4-6 XOR bits 7-9), so every tile must start 1024-byte aligned. The descriptors encode the PTX
+// ISA's canonical 128-byte-swizzle layouts ("Shared Memory Matrix Layout" of wgmma): K-major, 8-row
+// groups at the stride offset; MN-major, 64-element column blocks at the leading offset and 8-row k
+// groups at the stride offset (the assignment CUTLASS's make_gmma_desc makes too).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
