@@ -221,6 +221,30 @@ def test_bad_plans_raise_and_leave_the_device_usable(op_name, gen):
     assert all(torch.isfinite(t).all() for t in op(*args)[:3])
 
 
+def test_side_stream_matches_one_stream_bitwise(gen, monkeypatch):
+    """The linear branch runs on a second stream, joined before the op returns (and, in the backward,
+    adding into the sparse gradients only once they are complete): forward outputs and gradients
+    equal those of GENACCEL_SLA_ONE_STREAM=1 bit for bit, also when the caller works on a stream of its
+    own and reads the results at once."""
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 2, 4, 2, 700, 650, 128, torch.bfloat16))
+    w = (0.2 * torch.randn(128, 128, generator=gen)).cuda().requires_grad_()
+    go = torch.randn(q.shape, generator=gen).to(torch.bfloat16).cuda()
+
+    def run():
+        out = genaccel.sparse_linear_attention(q, k, v, w, None, 0.1, 0.1, (64, 64))
+        return (out.detach().clone(), *torch.autograd.grad(out, (q, k, v, w), go))
+
+    user_stream = torch.cuda.Stream()
+    user_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(user_stream):
+        two = run()
+    monkeypatch.setenv("GENACCEL_SLA_ONE_STREAM", "1")
+    one = run()
+    torch.cuda.synchronize()
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dw"], two, one):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
 def test_nan_in_k_reaches_the_output(fmap, gen):
     """As on the CPU: a NaN key poisons the rows that use it (here all: its block is marginal or

@@ -1,7 +1,8 @@
 // CUDA registration of sla_fwd, sla_bwd and sla_mask_matmul. The sparse branch is the block-sparse
 // attention kernels over the critical blocks (csrc/cuda/attention/block_sparse_{fwd,bwd}.cu); the
 // linear branch runs as batched cuBLAS GEMMs between per-token row kernels
-// (csrc/cuda/attention/sla_linear.cu), not yet fused into the attention mainloop.
+// (csrc/cuda/attention/sla_linear.cu), not yet fused into the attention mainloop, on a second stream
+// beside the sparse branch (SideStream).
 //
 // V is augmented with a column of ones, v_aug = [V, 1, 0, 0, 0] (W = D + 4 columns, 16-byte rows),
 // so that one product carries the linear branch's matrix and vector sums together:
@@ -19,6 +20,7 @@
 // products (per block, 64 x D x W) run on TF32 tensor cores with float32 accumulation (tf32_bmm).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -123,6 +125,40 @@ at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
   return mask_matmul(mask, x, cuda::kSplitParts, "sla_mask_matmul");
 }
 
+// The two branches are independent until the backward adds them up, so the linear branch (small
+// GEMMs and memory-bound row kernels) runs on a second stream while the block-sparse kernels
+// (compute-bound) run on the caller's: each can use what the other leaves idle. Constructed before
+// the sparse branch is launched: the side stream waits for the caller's work so far only. Work
+// issued under `guard()` runs on the side stream; join() makes the caller's stream wait for it.
+// Tensors the side stream allocates belong to it; those it writes that the caller's stream
+// allocated (outputs, gradients) are only read after the join. GENACCEL_SLA_ONE_STREAM=1 keeps
+// everything on the caller's stream (to compare, or to debug).
+class SideStream {
+ public:
+  explicit SideStream(c10::DeviceIndex device)
+      : main_(c10::cuda::getCurrentCUDAStream(device)), side_(one_stream() ? main_ : c10::cuda::getStreamFromPool(false, device)) {
+    if (side_ != main_) {
+      at::cuda::CUDAEvent fork;
+      fork.record(main_);
+      fork.block(side_);
+    }
+  }
+  c10::cuda::CUDAStreamGuard guard() const { return c10::cuda::CUDAStreamGuard(side_); }
+  void join() const {
+    if (side_ == main_) return;
+    at::cuda::CUDAEvent done;
+    done.record(side_);
+    done.block(main_);
+  }
+
+ private:
+  static bool one_stream() {
+    const char* flag = std::getenv("GENACCEL_SLA_ONE_STREAM");
+    return flag != nullptr && std::strcmp(flag, "1") == 0;
+  }
+  c10::cuda::CUDAStream main_, side_;
+};
+
 // Row `row` of a contiguous (..., D) tensor (the first row of a chunk's sequences).
 void* row_address(const at::Tensor& t, int64_t row) {
   return static_cast<char*>(t.data_ptr()) + row * t.size(-1) * t.element_size();
@@ -200,7 +236,7 @@ void linear_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad,
                      const at::Tensor& out, const at::Tensor& denom, const at::Tensor& marginal,
                      const LinearShape& s, int64_t c0, int64_t n, const at::Tensor& dq, const at::Tensor& dk,
-                     const at::Tensor& dv) {
+                     const at::Tensor& dv, c10::cuda::CUDAEvent& sparse_done) {
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
   auto keys = key_side(k, v, marginal, s, c0, n, kBwdOp);
   const int64_t seqs = n * s.group, rows_q = s.Tq * s.block_q, rows_k = s.Tk * s.block_k;
@@ -221,7 +257,9 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                 .view({n * s.Tk, s.D, s.W});
   auto d_phi_k = tf32_bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), false, dh, true);   // (.., bk, D)
   auto dv_aug = tf32_bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), false, dh, false);   // (.., bk, W)
-  // Into the sparse branch's gradients, in place: sequences of `rows` rows from row `first`.
+  // Into the sparse branch's gradients, in place (once they are there): sequences of `rows` rows from
+  // row `first`.
+  sparse_done.block(c10::cuda::getCurrentCUDAStream());
   auto add = [&](const at::Tensor& grads, int64_t first, const float* phi, const at::Tensor& d, int64_t ld,
                  int64_t sq, int64_t rows, int64_t padded, const char* what) {
     void* p = row_address(grads, first);
@@ -259,8 +297,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   c10::cuda::CUDAGuard guard(q_in.device());
-  auto [out_sparse, lse] =
-      run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
   const int64_t B = q_in.size(0), H = q_in.size(1), Nq = q_in.size(2), D = q_in.size(3);
   auto out_linear = at::empty({B, H, Nq, D}, q_in.options());
   auto denom = at::empty({B, H, Nq}, q_in.options().dtype(at::kFloat));
@@ -268,14 +304,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
   if (out_linear.numel() == 0 || k_in.size(2) == 0) {
     out_linear.zero_();
     denom.fill_(eps);
+    auto [out_sparse, lse] =
+        run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
     return {out_sparse, lse, out_linear, denom};
   }
-  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
-  auto marginal = marginal_mask(codes, s, B, H, linear_over_all_keys);
-  const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false));
-  for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
-    linear_forward(q, k, v, marginal, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
+  const SideStream side(q_in.device().index());
+  auto [out_sparse, lse] =
+      run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
+  {
+    const auto on_side = side.guard();
+    auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
+    auto marginal = marginal_mask(codes, s, B, H, linear_over_all_keys);
+    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false));
+    for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
+      linear_forward(q, k, v, marginal, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
+  }
+  side.join();
   return {out_sparse, lse, out_linear, denom};
 }
 
@@ -289,19 +334,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
                        delta, out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kBwdOp);
   c10::cuda::CUDAGuard guard(q_in.device());
-  // Sparse branch; its outputs are fresh contiguous tensors that the linear branch adds into.
-  auto [dq, dk, dv] = run_block_sparse_bwd_cuda(grad_sparse, q_in, k_in, v_in, delta, lse, kv_indices, kv_counts,
-                                                block_q, block_k, scale, kBwdOp);
-  if (q_in.numel() == 0 || k_in.numel() == 0) return {dq, dk, dv};
-  const auto dt = q_in.scalar_type();  // shared by k and v (checked)
-  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  auto grad = grad_linear.to(dt).contiguous(), out = out_linear.to(dt).contiguous();
-  const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
-  auto marginal = marginal_mask(codes, s, q.size(0), q.size(1), linear_over_all_keys);
-  auto den = denom.contiguous();
-  const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true));
-  for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
-    linear_backward(q, k, v, grad, out, den, marginal, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv);
+  const auto sparse = [&] {
+    return run_block_sparse_bwd_cuda(grad_sparse, q_in, k_in, v_in, delta, lse, kv_indices, kv_counts, block_q,
+                                     block_k, scale, kBwdOp);
+  };
+  if (q_in.numel() == 0 || k_in.numel() == 0) return sparse();
+  // Sparse branch on the caller's stream; its outputs are fresh contiguous tensors that the linear
+  // branch, computed meanwhile on the side stream, adds into once they are complete.
+  const SideStream side(q_in.device().index());
+  auto [dq, dk, dv] = sparse();
+  c10::cuda::CUDAEvent sparse_done;
+  sparse_done.record(c10::cuda::getCurrentCUDAStream());
+  {
+    const auto on_side = side.guard();
+    const auto dt = q_in.scalar_type();  // shared by k and v (checked)
+    auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    auto grad = grad_linear.to(dt).contiguous(), out = out_linear.to(dt).contiguous();
+    const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
+    auto marginal = marginal_mask(codes, s, q.size(0), q.size(1), linear_over_all_keys);
+    auto den = denom.contiguous();
+    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true));
+    for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
+      linear_backward(q, k, v, grad, out, den, marginal, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv,
+                      sparse_done);
+  }
+  side.join();
   return {dq, dk, dv};
 }
 
