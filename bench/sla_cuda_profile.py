@@ -52,6 +52,7 @@ def main():
         "  sla_fwd op": lambda: torch.ops.genaccel.sla_fwd(*op_args),
         "  sla_fwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_fwd,
                                                         *op_args),
+        "  sla_fwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", torch.ops.genaccel.sla_fwd, *op_args),
         "    block-sparse kernel alone": lambda: torch.ops.genaccel.block_sparse_attn_fwd(
             q, k, v, kv_indices, kv_counts, bq, bk, scale),
     }
@@ -91,6 +92,8 @@ def main():
             "sla_bwd op": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
             "sla_bwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_bwd,
                                                           *bwd_args),
+            "sla_bwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", torch.ops.genaccel.sla_bwd,
+                                                       *bwd_args),
             "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
                 go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
         }
@@ -108,7 +111,8 @@ def main():
 
 def with_env(flag, fn, *args):
     """fn(*args) with the environment switch `flag` set to 1: GENACCEL_SLA_FLOAT32_GEMMS (the linear
-    branch at float32 accuracy), GENACCEL_ATTENTION_SM90 (the wgmma forward kernel)."""
+    branch at float32 accuracy), GENACCEL_ATTENTION_SM90 (the wgmma kernels), GENACCEL_SLA_ONE_STREAM
+    (both branches on one stream)."""
     os.environ[flag] = "1"
     try:
         return fn(*args)
