@@ -153,6 +153,9 @@ step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cachep
   --ignore=tests/test_block_sparse_fuzz.py tests
 step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 \
   "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/test_block_sparse_fuzz.py
+# On sm_90: each wgmma product on its own (Q K^T via lse, P via V = identity, the backward's), so that a
+# failing wgmma test comes with a pointer to the product that is wrong.
+step wgmma_probe 40 pytest_cuda.log "$PY" bench/wgmma_probe.py
 
 # 5. memcheck on small block-sparse and SLA runs. API errors are not reported: torch probes the driver
 # with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3.
