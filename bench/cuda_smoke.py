@@ -254,7 +254,7 @@ def main() -> int:
             + [(case[0], run_sla_case, case, True) for case in SLA_CASES]
             + [(case[0], run_select_case, case, True) for case in SELECT_CASES]
             + [(case[0], run_delta_case, case, True) for case in DELTA_CASES])
-    if torch.cuda.get_device_capability() == (9, 0):
+    if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
     for name, run, case, required in runs:
         try:

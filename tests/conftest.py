@@ -12,13 +12,16 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 CUDA = torch.cuda.is_available() and genaccel.has_cuda_kernels()
 SLOW = os.environ.get("GENACCEL_SLOW_TESTS") == "1"
-# Hopper (compute capability 9.0), where GENACCEL_ATTENTION_SM90=1 selects the wgmma forward kernel.
+# Hopper (compute capability 9.0), where GENACCEL_ATTENTION_SM90=1 selects the wgmma kernels;
+# GENACCEL_SKIP_WGMMA=1 (set by bench/gpu_check.sh when bench/wgmma_probe.py finds them wrong) skips them.
 SM90 = CUDA and torch.cuda.get_device_capability() == (9, 0)
+SKIP_WGMMA = os.environ.get("GENACCEL_SKIP_WGMMA") == "1"
 
 
 def attention_kernels():
-    """The CUDA forward kernels to run a test with: mma.sync always, wgmma on Hopper."""
-    return ["mma.sync", pytest.param("wgmma", marks=pytest.mark.skipif(not SM90, reason="needs an sm_90 GPU"))]
+    """The CUDA attention kernels to run a test with: mma.sync always, wgmma on Hopper."""
+    why = "needs an sm_90 GPU" if not SM90 else "GENACCEL_SKIP_WGMMA=1 (bench/wgmma_probe.py failed)"
+    return ["mma.sync", pytest.param("wgmma", marks=pytest.mark.skipif(not SM90 or SKIP_WGMMA, reason=why))]
 
 
 @pytest.fixture
