@@ -89,7 +89,9 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
                                    int64_t block_q, int64_t block_k, const char* op) {
   check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   const int64_t Nk = k.size(2), Tk = (Nk + block_k - 1) / block_k;
-  if (kv_counts.numel() > 0 && block_plan_invalid(kv_indices, kv_counts, Tk).item<bool>())
+  if (kv_counts.numel() == 0) return;
+  const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  if (block_plan_invalid(kv_indices, counts, used, Tk).item<bool>())
     raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
 }
 
@@ -100,8 +102,8 @@ std::pair<at::Tensor, at::Tensor> counts_and_used(const at::Tensor& kv_indices, 
   return {counts, used};
 }
 
-at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks) {
-  auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& counts, const at::Tensor& used,
+                              int64_t num_k_blocks) {
   auto bad_index = used & ((kv_indices < 0) | (kv_indices >= num_k_blocks));
   auto bad_count = (counts < 0) | (counts > kv_indices.size(3));
   return bad_index.any().logical_or(bad_count.any());

@@ -22,14 +22,16 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                    int64_t block_q, int64_t block_k, const char* op);
 
-// The index ranges' part of those checks, for callers that fold it with their own into one host sync:
-// a 0-dim bool tensor on the device of kv_indices, true when a count lies outside [0, max_kv] or a
-// counted entry outside [0, num_k_blocks). Shapes must have been checked.
-at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks);
-
 // kv_counts as int64 and which (query block, slot) entries of kv_indices they count (bool, shaped
 // like kv_indices).
 std::pair<at::Tensor, at::Tensor> counts_and_used(const at::Tensor& kv_indices, const at::Tensor& kv_counts);
+
+// The index ranges' part of those checks, for callers that fold it with their own into one host
+// sync: a 0-dim bool tensor on the device of kv_indices, true when a count (counts, used: from
+// counts_and_used) lies outside [0, max_kv] or a counted entry outside [0, num_k_blocks). Shapes must
+// have been checked.
+at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& counts, const at::Tensor& used,
+                              int64_t num_k_blocks);
 
 // Raises the error that explains an invalid plan (syncs; for the error path).
 [[noreturn]] void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_counts,

@@ -43,11 +43,11 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
   // Two conditions on the values, read back in one device-to-host copy (one sync per op call):
   // the plan's index ranges, and that it lists exactly the critical blocks of the codes (a listed
   // marginal block would be counted by both branches, an unlisted critical one by neither).
-  auto plan_invalid = block_plan_invalid(kv_indices, kv_counts, Tk);
+  const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  auto plan_invalid = block_plan_invalid(kv_indices, counts, used, Tk);
   auto inconsistent = at::zeros_like(plan_invalid);
   if (codes.numel() > 0) {
     const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
-    auto [counts, used] = counts_and_used(kv_indices, kv_counts);
     auto idx = kv_indices.to(at::kLong).expand({B, H, Tq, M});
     // Out-of-range entries (flagged above) read block 0 instead, so that gather stays in bounds.
     auto listed = codes.expand({B, H, Tq, Tk}).gather(-1, at::where(used & (idx >= 0) & (idx < Tk), idx, 0));

@@ -28,12 +28,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "cuda/attention/sla_block_select.h"
 #include "cuda/attention/sla_linear.h"
+#include "genaccel/env_flag.h"
 #include "ops/attention_cuda.h"
 #include "ops/sla.h"
 
@@ -58,10 +58,7 @@ void check_launch(int err, const char* what, const char* op = kOp) {
 }
 
 // GENACCEL_SLA_FLOAT32_GEMMS=1: the linear branch at float32 accuracy (see tf32_bmm, mask_matmul).
-bool float32_gemms() {
-  const char* flag = std::getenv("GENACCEL_SLA_FLOAT32_GEMMS");
-  return flag != nullptr && std::strcmp(flag, "1") == 0;
-}
+bool float32_gemms() { return env_flag("GENACCEL_SLA_FLOAT32_GEMMS"); }
 
 // Batched op(a) op(b) of float32 tensors on TF32 tensor cores, accumulating in float32: a is
 // (batch, M, K), or (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb; both
@@ -136,7 +133,8 @@ at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
 class SideStream {
  public:
   explicit SideStream(c10::DeviceIndex device)
-      : main_(c10::cuda::getCurrentCUDAStream(device)), side_(one_stream() ? main_ : c10::cuda::getStreamFromPool(false, device)) {
+      : main_(c10::cuda::getCurrentCUDAStream(device)),
+        side_(env_flag("GENACCEL_SLA_ONE_STREAM") ? main_ : c10::cuda::getStreamFromPool(false, device)) {
     if (side_ != main_) {
       at::cuda::CUDAEvent fork;
       fork.record(main_);
@@ -152,10 +150,6 @@ class SideStream {
   }
 
  private:
-  static bool one_stream() {
-    const char* flag = std::getenv("GENACCEL_SLA_ONE_STREAM");
-    return flag != nullptr && std::strcmp(flag, "1") == 0;
-  }
   c10::cuda::CUDAStream main_, side_;
 };
 

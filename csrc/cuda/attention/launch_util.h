@@ -3,8 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
+
+#include "genaccel/env_flag.h"
 
 namespace genaccel::cuda {
 
@@ -28,8 +28,7 @@ cudaError_t allow_smem(Kernel kernel, int bytes) {
 // The wgmma attention kernels (block_sparse_{fwd,bwd}_sm90.cuh) are opt-in until they have been
 // checked on a GPU: GENACCEL_ATTENTION_SM90=1 runs them on devices of compute capability 9.0.
 inline bool use_sm90_kernels() {
-  const char* flag = std::getenv("GENACCEL_ATTENTION_SM90");
-  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
+  if (!env_flag("GENACCEL_ATTENTION_SM90")) return false;
   int device = 0, major = 0, minor = 0;
   return cudaGetDevice(&device) == cudaSuccess &&
          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
