@@ -6,6 +6,7 @@ output only (not a result file).
 """
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -43,16 +44,19 @@ def main():
     w, b = torch.randn(D, D, device="cuda") / math.sqrt(D), torch.zeros(D, device="cuda")
     scale = D ** -0.5
     codes, kv_indices, kv_counts = genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk))
-    op_args = (q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, "softmax", False)
+    op_args = (q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, "softmax", False, w)
+    # As sparse_linear_attention calls them: the plan from sla_block_map taken on trust (no sync).
+    sla_fwd = functools.partial(torch.ops.genaccel.sla_fwd, check_plan=False)
+    sla_bwd = functools.partial(torch.ops.genaccel.sla_bwd, check_plan=False)
     stages = {
         "sdpa forward (default backend)": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
         "sparse_linear_attention (all)": lambda: genaccel.sparse_linear_attention(
             q, k, v, w, b, args.topk, args.low_k, (bq, bk)),
         "  sla_block_map": lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk)),
-        "  sla_fwd op": lambda: torch.ops.genaccel.sla_fwd(*op_args),
-        "  sla_fwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_fwd,
-                                                        *op_args),
-        "  sla_fwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", torch.ops.genaccel.sla_fwd, *op_args),
+        "  sla_fwd op": lambda: sla_fwd(*op_args),
+        "  sla_fwd op, plan checked (a sync)": lambda: torch.ops.genaccel.sla_fwd(*op_args),
+        "  sla_fwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", sla_fwd, *op_args),
+        "  sla_fwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", sla_fwd, *op_args),
         "    block-sparse kernel alone": lambda: torch.ops.genaccel.block_sparse_attn_fwd(
             q, k, v, kv_indices, kv_counts, bq, bk, scale),
     }
@@ -69,16 +73,16 @@ def main():
               f"{torch.cuda.get_device_name()}, critical blocks/row {kv_indices.shape[-1]}")
         for name, fn in stages.items():
             print(f"{name:<40} {cuda_ms(fn):8.3f} ms")
-        print(kernel_table(lambda: torch.ops.genaccel.sla_fwd(*op_args)))
+        print(kernel_table(lambda: sla_fwd(*op_args)))
         print("sla_block_map:")
         print(kernel_table(lambda: genaccel.sla_block_map(q, k, args.topk, args.low_k, (bq, bk))))
 
         # Backward stages, on the saved tensors of one forward.
-        out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*op_args)
+        out_s, lse, out_l, denom = sla_fwd(*op_args)
         go = torch.randn_like(q)
         delta = torch.ops.genaccel.attention_delta(go, out_s)
         bwd_args = (go, go, q, k, v, codes, kv_indices, kv_counts, out_s, lse, delta, out_l, denom, bq, bk,
-                    scale, "softmax", False)
+                    scale, "softmax", False, w)
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         sla_leaves = [t.detach().requires_grad_() for t in (q, k, v, w, b)]
         with torch.enable_grad():
@@ -89,11 +93,10 @@ def main():
             "sdpa backward (flash)": lambda: torch.autograd.grad(sdpa_out, leaves, go, retain_graph=True),
             "sparse_linear_attention backward (all)": lambda: torch.autograd.grad(
                 sla_out, sla_leaves, go, retain_graph=True),
-            "sla_bwd op": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
-            "sla_bwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", torch.ops.genaccel.sla_bwd,
-                                                          *bwd_args),
-            "sla_bwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", torch.ops.genaccel.sla_bwd,
-                                                       *bwd_args),
+            "sla_bwd op": lambda: sla_bwd(*bwd_args),
+            "sla_bwd op, plan checked (a sync)": lambda: torch.ops.genaccel.sla_bwd(*bwd_args),
+            "sla_bwd op, float32 GEMMs": lambda: with_env("GENACCEL_SLA_FLOAT32_GEMMS", sla_bwd, *bwd_args),
+            "sla_bwd op, one stream": lambda: with_env("GENACCEL_SLA_ONE_STREAM", sla_bwd, *bwd_args),
             "  block-sparse backward alone": lambda: torch.ops.genaccel.block_sparse_attn_bwd(
                 go, q, k, v, delta, lse, kv_indices, kv_counts, bq, bk, scale),
         }
@@ -101,12 +104,11 @@ def main():
             stages["  block-sparse backward alone, wgmma"] = lambda: with_env(
                 "GENACCEL_ATTENTION_SM90", torch.ops.genaccel.block_sparse_attn_bwd, go, q, k, v, delta, lse,
                 kv_indices, kv_counts, bq, bk, scale)
-            stages["sla_bwd op, wgmma"] = lambda: with_env("GENACCEL_ATTENTION_SM90", torch.ops.genaccel.sla_bwd,
-                                                            *bwd_args)
+            stages["sla_bwd op, wgmma"] = lambda: with_env("GENACCEL_ATTENTION_SM90", sla_bwd, *bwd_args)
         print("backward:")
         for name, fn in stages.items():
             print(f"{name:<40} {cuda_ms(fn):8.3f} ms")
-        print(kernel_table(lambda: torch.ops.genaccel.sla_bwd(*bwd_args)))
+        print(kernel_table(lambda: sla_bwd(*bwd_args)))
 
 
 # The opt-in wgmma kernels exist on sm_90; bench/gpu_check.sh sets GENACCEL_SKIP_WGMMA=1 when they failed its probe.

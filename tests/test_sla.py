@@ -139,10 +139,65 @@ def test_opcheck(gen):
 
 def test_opcheck_with_grad(gen):
     q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32))
+    w = proj(gen, 16)[0].requires_grad_()
     codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
     for fmap in FEATURE_MAPS:
         args = (q, k, v, codes, idx, cnt, 32, 32, 0.25, fmap, False)
         torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args)
+        torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args + (w,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_projection_is_the_linear_branch_of_projected_values(dtype, gen):
+    """With proj_weight W the op's out_linear is O^l W^T (the branch on V W^T) and sla_bwd returns
+    dW = sum over rows of grad_linear^T O^l, with dq, dk, dv through the projection: against the
+    float64 reference (its linear branch through autograd)."""
+    B, H, Hkv, Nq, Nk, D, blk = 1, 4, 2, 150, 130, 32, 32
+    q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, dtype)
+    w = proj(gen, D)[0] * 4
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, blk)
+    scale = D ** -0.5
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, blk, blk, scale, "elu", False, w)
+    leaves = [t.double().requires_grad_() for t in (q, k, v, w)]
+    ref_l = sparse_linear_attention_reference(*leaves[:3], codes, None, None, (blk, blk), "elu")[2] @ leaves[3].t()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert out_l.dtype == dtype and rel_err(out_l, ref_l) <= tol
+    g_l = torch.randn(out_l.shape, generator=gen).to(dtype)
+    g_s = torch.zeros_like(g_l)
+    delta = attention_delta(g_s, out_s, None)
+    dq, dk, dv, dw = torch.ops.genaccel.sla_bwd(g_s, g_l, q, k, v, codes, idx, cnt, out_s, lse, delta, out_l, denom,
+                                                blk, blk, scale, "elu", False, w)
+    expected = torch.autograd.grad(ref_l, leaves, g_l.double())
+    for name, g, e in zip(["dq", "dk", "dv", "dw"], (dq, dk, dv, dw), expected):
+        assert rel_err(g, e) <= tol, (name, rel_err(g, e))
+    assert dw.dtype == w.dtype
+
+
+def test_op_checks_the_projection_weight(gen):
+    q, k, v = inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
+    args = (q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
+    with pytest.raises(RuntimeError, match=r"sla_fwd: proj_weight must be a floating-point \(D, D\) = \(16, 16\)"):
+        torch.ops.genaccel.sla_fwd(*args, torch.zeros(16, 8))
+    with pytest.raises(RuntimeError, match="sla_fwd: proj_weight must be a floating-point"):
+        torch.ops.genaccel.sla_fwd(*args, torch.zeros(16, 16, dtype=torch.int32))
+
+
+def test_op_checks_the_plan_on_cpu_even_when_told_not_to(gen):
+    """check_plan=False only spares CUDA its host sync; the CPU kernels index with the plan unguarded."""
+    q, k, v = inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
+    with pytest.raises(RuntimeError, match="sla_fwd: kv_indices must lie in"):
+        torch.ops.genaccel.sla_fwd(q, k, v, codes, idx + 7, cnt, 32, 32, 0.25, "softmax", False, check_plan=False)
+
+
+def test_op_rejects_a_plan_that_lists_a_block_twice(gen):
+    """As many entries as critical blocks, all critical, but one listed twice and one left out."""
+    q, k, v = inputs(gen, 1, 1, 1, 64, 64, 16, torch.float32)
+    codes = torch.ones(1, 1, 2, 2, dtype=torch.int8)
+    idx, cnt = torch.zeros(1, 1, 2, 2, dtype=torch.int32), torch.full((1, 1, 2), 2, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="sla_fwd: kv_indices / kv_counts must list exactly the critical blocks"):
+        torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
 
 
 def test_compile_fullgraph(gen):
@@ -519,8 +574,8 @@ def test_sla_bwd_without_queries(gen):
     idx, cnt = torch.zeros(1, q.shape[1], 0, 1, dtype=torch.int32), torch.zeros(1, q.shape[1], 0, dtype=torch.int32)
     args[0:3] = [empty, empty, empty]
     args[5:13] = [codes, idx, cnt, empty, rows, rows, empty, rows]
-    dq, dk, dv = torch.ops.genaccel.sla_bwd(*args)
-    assert dq.shape == empty.shape and dk.shape == k.shape
+    dq, dk, dv, dw = torch.ops.genaccel.sla_bwd(*args)
+    assert dq.shape == empty.shape and dk.shape == k.shape and dw.numel() == 0
     assert not dk.any() and not dv.any()
 
 

@@ -174,6 +174,75 @@ def test_linear_backward_matches_cpu_op(fmap, all_keys, chunk_bytes, gen, monkey
         assert rel_err(g.cpu().float(), w.float()) <= 5e-3, (name, rel_err(g.cpu().float(), w.float()))
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, "1"], ids=["one_chunk", "chunk_per_pair"])
+def test_projection_matches_cpu_op(chunk_bytes, gen, monkeypatch):
+    """proj_weight inside the ops (the linear branch on V W^T; dW = d(V W^T)^T V summed over the
+    chunks, dV = d(V W^T) W, on TF32 GEMMs) against the CPU op's float32: out_linear to about one bf16
+    rounding, the gradients to TF32-level error."""
+    if chunk_bytes is not None:
+        monkeypatch.setenv("GENACCEL_SLA_CHUNK_BYTES", chunk_bytes)
+    B, H, Hkv, N, D, bq, bk = 2, 4, 2, 400, 128, 64, 64
+    q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16)
+    w = (0.3 * torch.randn(D, D, generator=gen)).cuda()
+    codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, (bq, bk))
+    scale = D ** -0.5
+    fwd = (q, k, v, codes, idx, cnt, bq, bk, scale, "softmax", False, w)
+    cpu = lambda args: [a.cpu() if torch.is_tensor(a) else a for a in args]  # noqa: E731
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*fwd)
+    want_l = torch.ops.genaccel.sla_fwd(*cpu(fwd))[2]
+    assert rel_err(out_l.cpu().float(), want_l.float()) <= 1e-2
+    g_l = torch.randn(out_l.shape, generator=gen).to(torch.bfloat16).cuda()
+    bwd = (torch.zeros_like(out_s), g_l, q, k, v, codes, idx, cnt, out_s, lse, torch.zeros_like(lse), out_l, denom,
+           bq, bk, scale, "softmax", False, w)
+    got = torch.ops.genaccel.sla_bwd(*bwd)
+    want = torch.ops.genaccel.sla_bwd(*cpu(bwd))
+    for name, g, e in zip(["dq", "dk", "dv", "dw"], got, want):
+        assert g.dtype == e.dtype and g.shape == e.shape, name
+        assert rel_err(g.cpu().float(), e.float()) <= 5e-3, (name, rel_err(g.cpu().float(), e.float()))
+
+
+def test_forward_and_backward_make_no_host_sync(gen):
+    """sparse_linear_attention passes check_plan=False (its plan comes from sla_block_map) and the
+    backward trusts the plan its forward saw: neither waits on the device, so a model's layers
+    queue up without stalls, and the forward can be captured in a CUDA graph (next test)."""
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 4, 2, 300, 300, 64, torch.bfloat16))
+    w, b = ((0.1 * torch.randn(*s, generator=gen)).cuda().requires_grad_() for s in ((64, 64), (64,)))
+    go = torch.randn(q.shape, generator=gen).to(torch.bfloat16).cuda()
+
+    def step():
+        out = genaccel.sparse_linear_attention(q, k, v, w, b, 0.2, 0.1, (64, 64))
+        return torch.autograd.grad(out, (q, k, v, w, b), go)
+
+    step()  # first calls initialise cuBLAS and the like
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grads = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_forward_replays_in_a_cuda_graph(gen):
+    q, k, v = inputs(gen, 1, 4, 2, 300, 300, 64, torch.bfloat16)
+    w, b = ((0.1 * torch.randn(*s, generator=gen)).cuda() for s in ((64, 64), (64,)))
+    run = lambda: genaccel.sparse_linear_attention(q, k, v, w, b, 0.2, 0.1, (64, 64))  # noqa: E731
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        eager = run()
+    torch.cuda.current_stream().wait_stream(warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    q.copy_(torch.randn(q.shape, generator=gen).to(q.dtype))
+    graph.replay()
+    fresh = run()
+    torch.cuda.synchronize()
+    # Same kernels on the new q (cuBLAS may pick other algorithms under capture: not bit for bit).
+    assert rel_err(captured, fresh) <= 1e-3 and rel_err(captured, eager) > 0.1
+
+
 def test_backward_opcheck(gen):
     q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
     codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, 64)
@@ -182,6 +251,8 @@ def test_backward_opcheck(gen):
     args = (g, g, q, k, v, codes, idx, cnt, out_s, lse, torch.zeros_like(lse), out_l, denom, 64, 64, 0.125, "elu",
             False)
     torch.library.opcheck(torch.ops.genaccel.sla_bwd, args, test_utils=("test_schema", "test_faketensor"))
+    w = torch.randn(64, 64, generator=gen).cuda()
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd, args + (w,), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_backward_errors_name_the_op(gen):

@@ -29,8 +29,17 @@ constexpr const char* kBwdOp = "sla_bwd";
 // Checks of the inputs sla_fwd and sla_bwd share; errors start with `op`.
 void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                      int64_t block_q, int64_t block_k) {
+                      int64_t block_q, int64_t block_k, const std::optional<at::Tensor>& proj_weight,
+                      bool check_plan) {
   check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
+  if (proj_weight.has_value()) {
+    const auto& w = *proj_weight;
+    TORCH_CHECK(w.is_floating_point() && w.dim() == 2 && w.size(0) == q.size(3) && w.size(1) == q.size(3), op,
+                ": proj_weight must be a floating-point (D, D) = (", q.size(3), ", ", q.size(3), ") tensor, got ",
+                w.scalar_type(), " ", w.sizes());
+    TORCH_CHECK(w.device() == q.device(), op, ": proj_weight must be on the device of q (", q.device(), "), got ",
+                w.device());
+  }
   const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
   TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
   TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
@@ -39,7 +48,7 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
                   codes.size(3) == Tk,
               op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
-  if (kv_counts.numel() == 0) return;
+  if (kv_counts.numel() == 0 || (!check_plan && !q.device().is_cpu())) return;
   // Two conditions on the values, read back in one device-to-host copy (one sync per op call):
   // the plan's index ranges, and that it lists exactly the critical blocks of the codes (a listed
   // marginal block would be counted by both branches, an unlisted critical one by neither).
@@ -49,10 +58,12 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
   if (codes.numel() > 0) {
     const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
     auto idx = kv_indices.to(at::kLong).expand({B, H, Tq, M});
-    // Out-of-range entries (flagged above) read block 0 instead, so that gather stays in bounds.
-    auto listed = codes.expand({B, H, Tq, Tk}).gather(-1, at::where(used & (idx >= 0) & (idx < Tk), idx, 0));
-    auto critical = codes.eq(1).sum(-1).expand({B, H, Tq});
-    inconsistent = (listed.ne(1) & used).any().logical_or(critical.ne(counts.expand({B, H, Tq})).any());
+    // How often each row lists each block (out-of-range entries, flagged above, into a spare column
+    // Tk): exactly once for every critical block and never for another, so duplicates fail too.
+    auto slot = at::where(used & (idx >= 0) & (idx < Tk), idx, Tk);
+    auto listed = at::zeros({B, H, Tq, Tk + 1}, codes.options().dtype(at::kInt))
+                      .scatter_add_(-1, slot, used.to(at::kInt).expand({B, H, Tq, M}));
+    inconsistent = listed.narrow(-1, 0, Tk).ne(codes.eq(1).expand({B, H, Tq, Tk})).any();
   }
   const auto flags = at::stack({plan_invalid, inconsistent}).cpu();
   const bool* flag = flags.const_data_ptr<bool>();
@@ -65,9 +76,12 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
 
 void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t block_q, int64_t block_k) {
-  check_sla_inputs(kOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+                          int64_t block_q, int64_t block_k, const std::optional<at::Tensor>& proj_weight,
+                          bool check_plan) {
+  check_sla_inputs(kOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
 }
+
+at::Tensor no_proj_weight_grad(const at::Tensor& q) { return at::empty({0}, q.options().dtype(at::kFloat)); }
 
 attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op) {
   if (name == "softmax") return attention::SlaFeatureMap::kSoftmax;
@@ -110,8 +124,8 @@ void check_sla_bwd_inputs(
     const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
     const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
     const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
-    bool /*linear_over_all_keys*/) {
-  check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k);
+    bool /*linear_over_all_keys*/, const std::optional<at::Tensor>& proj_weight, bool check_plan) {
+  check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
   parse_sla_feature_map(std::string(feature_map), kBwdOp);
   TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
   const std::pair<const at::Tensor*, const char*> like_q[] = {
@@ -188,11 +202,21 @@ at::Tensor feature_map_into(const at::Tensor& x, attention::SlaFeatureMap f, cpu
   return at::from_blob(memory.get(), x.sizes(), x.options());
 }
 
+// The values the linear branch runs on: V W^T with a projection (float32 v), else V. O^l is linear
+// in V, so the branch over V W^T yields Proj(O^l) without its bias, O^l W^T: projecting the keys'
+// values costs what projecting the output would and leaves no pass over the output behind.
+at::Tensor projected_values(const at::Tensor& v, const std::optional<at::Tensor>& proj_weight) {
+  return proj_weight.has_value() ? at::matmul(v, proj_weight->to(v.options()).t()) : v;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k,
-    double scale, c10::string_view feature_map, bool linear_over_all_keys) {
-  check_sla_inputs(kOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k);
+    double scale, c10::string_view feature_map, bool linear_over_all_keys,
+    const std::optional<at::Tensor>& proj_weight, bool check_plan) {
+  const NoAutocast no_autocast;
+  check_sla_inputs(kOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k, proj_weight,
+                   check_plan);
   const auto fmap = parse_sla_feature_map(std::string(feature_map), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
@@ -209,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
                                                            lse, block_q, block_k, scale));
     cpu::Scratch phi_q_memory, phi_k_memory;
     auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
-    auto v_pad = pad_columns(v);
+    auto v_pad = pad_columns(projected_values(v, proj_weight));
     auto p = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
                                     linear_over_all_keys);
     p.out = out_linear.mutable_data_ptr<float>();
@@ -242,16 +266,18 @@ at::Tensor sla_mask_matmul_cpu(const at::Tensor& mask, const at::Tensor& x) {
   return at::bmm(mask.to(at::kFloat), x);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     const at::Tensor& grad_sparse_in, const at::Tensor& grad_linear_in, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, const at::Tensor& out_sparse_in,
     const at::Tensor& lse_in, const at::Tensor& delta_in, const at::Tensor& out_linear_in,
     const at::Tensor& denom_in, int64_t block_q, int64_t block_k, double scale,
-    c10::string_view feature_map, bool linear_over_all_keys) {
+    c10::string_view feature_map, bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight,
+    bool check_plan) {
+  const NoAutocast no_autocast;
   check_sla_bwd_inputs(grad_sparse_in, grad_linear_in, q_in, k_in, v_in, codes_in, kv_indices_in,
                        kv_counts_in, out_sparse_in, lse_in, delta_in, out_linear_in, denom_in, block_q,
-                       block_k, scale, feature_map, linear_over_all_keys);
+                       block_k, scale, feature_map, linear_over_all_keys, proj_weight, check_plan);
   const auto fmap = parse_sla_feature_map(std::string(feature_map), kBwdOp);
   cpu::check_capability(kBwdOp);
 
@@ -265,13 +291,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts,
                                                block_q, block_k, scale);
 
-  // Linear branch, on phi recomputed: writes d_phi_q, d_phi_k and adds its dV into dv; then the
-  // gradients through phi are added into dq and dk.
+  // Linear branch, on phi (and V W^T) recomputed: writes d_phi_q, d_phi_k and adds its dV into dv
+  // (with a projection its d(V W^T) into dv_proj first, then dV = d(V W^T) W and dW = d(V W^T)^T V);
+  // then the gradients through phi are added into dq and dk.
   cpu::Scratch phi_q_memory, phi_k_memory;
   auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
   cpu::Scratch d_phi_q = cpu::scratch(static_cast<size_t>(q.numel()));
   cpu::Scratch d_phi_k = cpu::scratch(static_cast<size_t>(k.numel()));
-  auto v_pad = pad_columns(v);
+  auto v_pad = pad_columns(projected_values(v, proj_weight));
+  auto dv_proj = proj_weight.has_value() ? at::zeros(dv.sizes(), dv.options()) : dv;
   attention::SlaLinearBwdParams lp{};
   lp.fwd = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
                                   linear_over_all_keys);
@@ -282,27 +310,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   lp.do_row_stride = grad_linear.stride(2);
   lp.d_phi_q = d_phi_q.get();
   lp.d_phi_k = d_phi_k.get();
-  lp.dv = dv.mutable_data_ptr<float>();
+  lp.dv = dv_proj.mutable_data_ptr<float>();
   cpu::sla_linear_bwd_f32(lp);
+  auto d_proj_weight = no_proj_weight_grad(q);
+  if (proj_weight.has_value()) {
+    const int64_t D = q.size(3);
+    auto w = proj_weight->to(at::kFloat);
+    dv.add_(at::matmul(dv_proj, w));
+    d_proj_weight = dv_proj.reshape({-1, D}).t().mm(v.reshape({-1, D})).to(proj_weight->scalar_type());
+  }
   cpu::sla_feature_map_bwd_f32(rows_of(q), fmap, d_phi_q.get(), dq.mutable_data_ptr<float>());
   cpu::sla_feature_map_bwd_f32(rows_of(k), fmap, d_phi_k.get(), dk.mutable_data_ptr<float>());
 
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()), d_proj_weight};
 }
 
 }  // namespace
 }  // namespace genaccel::ops
 
 TORCH_LIBRARY_FRAGMENT(genaccel, m) {
+  // out_linear is O^l W^T with proj_weight W (Proj(O^l) less its bias), else O^l. check_plan=False
+  // trusts the plan's values on CUDA (no host sync; for plans from sla_block_map, and for the
+  // backward of a forward that checked them); the CPU checks them always.
   m.def(
       "sla_fwd(Tensor q, Tensor k, Tensor v, Tensor codes, Tensor kv_indices, Tensor kv_counts, "
-      "int block_q, int block_k, float scale, str feature_map, bool linear_over_all_keys) "
+      "int block_q, int block_k, float scale, str feature_map, bool linear_over_all_keys, "
+      "Tensor? proj_weight=None, bool check_plan=True) "
       "-> (Tensor out_sparse, Tensor lse, Tensor out_linear, Tensor denom)");
+  // d_proj_weight is empty without proj_weight.
   m.def(
       "sla_bwd(Tensor grad_sparse, Tensor grad_linear, Tensor q, Tensor k, Tensor v, Tensor codes, "
       "Tensor kv_indices, Tensor kv_counts, Tensor out_sparse, Tensor lse, Tensor delta, "
       "Tensor out_linear, Tensor denom, int block_q, int block_k, float scale, str feature_map, "
-      "bool linear_over_all_keys) -> (Tensor dq, Tensor dk, Tensor dv)");
+      "bool linear_over_all_keys, Tensor? proj_weight=None, bool check_plan=True) "
+      "-> (Tensor dq, Tensor dk, Tensor dv, Tensor d_proj_weight)");
   // out[c] = mask[c] @ x[c] with float32 accuracy: per row of the mask, the sum of the rows of x it
   // selects (SLA's per-query-block sums H_i = sum_j M_ij h_j and their transposes).
   m.def("sla_mask_matmul(Tensor mask, Tensor x) -> Tensor");

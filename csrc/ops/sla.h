@@ -1,7 +1,9 @@
 // Input checks and constants of the SLA ops, shared by their CPU and CUDA registrations.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -9,14 +11,25 @@
 
 namespace genaccel::ops {
 
+// Held for the duration of an SLA op's kernel: the ops fix their own precisions, and autocast, still
+// enabled inside a custom op's kernel, would otherwise recast the ATen calls they make (a float32
+// matmul turned bf16 under CPU autocast).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
 // The original repository's main-branch denominator epsilon (linear_over_all_keys=True).
 constexpr float kSlaAllKeysEps = 1e-5f;
 
 // Checks the inputs of sla_fwd (those of block_sparse_attn_fwd, plus the dtype, device and shape
-// of the int8 block codes) and raises a c10::Error on the first violation.
+// of the int8 block codes and of the optional projection weight) and raises a c10::Error on the
+// first violation. With check_plan false, on CUDA, the plan's values (index ranges, agreement with
+// the codes) are taken on trust: checking them needs a host sync. On the CPU they are always
+// checked (no sync there, and the CPU kernels index with them unguarded).
 void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t block_q, int64_t block_k);
+                          int64_t block_q, int64_t block_k, const std::optional<at::Tensor>& proj_weight,
+                          bool check_plan);
 
 // Checks the inputs of sla_bwd (those of sla_fwd, the gradients and saved outputs, lse, delta and
 // denom) and raises a c10::Error naming sla_bwd on the first violation.
@@ -25,7 +38,10 @@ void check_sla_bwd_inputs(
     const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
     const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
     const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
-    bool linear_over_all_keys);
+    bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight, bool check_plan);
+
+// d_proj_weight when sla_bwd has no projection: an empty float32 tensor on q's device.
+at::Tensor no_proj_weight_grad(const at::Tensor& q);
 
 // The ops' `feature_map` argument ("softmax", "elu" or "relu"); raises naming `op` otherwise.
 attention::SlaFeatureMap parse_sla_feature_map(const std::string& name, const char* op);

@@ -57,40 +57,59 @@ void check_launch(int err, const char* what, const char* op = kOp) {
   TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
 }
 
-// GENACCEL_SLA_FLOAT32_GEMMS=1: the linear branch at float32 accuracy (see tf32_bmm, mask_matmul).
+// GENACCEL_SLA_FLOAT32_GEMMS=1: the linear branch at float32 accuracy (see tf32_gemm, mask_matmul).
 bool float32_gemms() { return env_flag("GENACCEL_SLA_FLOAT32_GEMMS"); }
 
-// Batched op(a) op(b) of float32 tensors on TF32 tensor cores, accumulating in float32: a is
-// (batch, M, K), or (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb; both
-// contiguous. TF32 rather than float32 because every operand here derives from half-precision
-// q, k, v and every result is rounded to bf16/fp16: TF32 rounds an operand by at most 2^-11 (V and
-// the augmentation columns are exact in it), a quarter of one bf16 rounding, while float32 GEMMs
-// run on CUDA cores at ~1/7 of the TF32 tensor-core peak (H100/H200 datasheets: 67 vs 495 TFLOP/s)
-// and took 1.1 ms of the forward and 2.5 ms of the backward at B1 H12 N32760 D128 on an H200. A
-// float model of this branch with TF32 operands moves O^l by ~1e-4 and the gradients by ~1e-3
-// relative, before their bf16 rounding. GENACCEL_SLA_FLOAT32_GEMMS=1 keeps them float32 (TF32 then
-// only where torch.backends.cuda.matmul allows it), for strict float32 or to compare the two.
+// A row-major float32 matrix operand of tf32_gemm: element (i, j) at data[i * ld + j] (of its
+// transpose with `transposed`), batch entries batch_stride floats apart.
+struct Matrix {
+  const float* data;
+  int64_t ld;
+  bool transposed = false;
+  int64_t batch_stride = 0;
+};
+
+// c = op(a) op(b) + beta c, row-major, `batch` times: op(a) M x K, op(b) K x N, c M x N with leading
+// dim ldc, batch entries c_stride apart; on TF32 tensor cores, accumulating in float32. TF32 rather
+// than float32 because every operand here derives from half-precision q, k, v and every result is
+// rounded to bf16/fp16: TF32 rounds an operand by at most 2^-11 (V and the augmentation columns are
+// exact in it), a quarter of one bf16 rounding, while float32 GEMMs run on CUDA cores at ~1/7 of the
+// TF32 tensor-core peak (H100/H200 datasheets: 67 vs 495 TFLOP/s) and took 1.1 ms of the forward
+// and 2.5 ms of the backward at B1 H12 N32760 D128 on an H200. A float model of this branch with
+// TF32 operands moves O^l by ~1e-4 and the gradients by ~1e-3 relative, before their bf16 rounding.
+// GENACCEL_SLA_FLOAT32_GEMMS=1 keeps them float32 (TF32 then only where torch.backends.cuda.matmul
+// allows it), for strict float32 or to compare the two.
+void tf32_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, Matrix a, Matrix b, float* c, int64_t ldc,
+               int64_t c_stride, float beta) {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(batch <= kIntMax && M <= kIntMax && N <= kIntMax && K <= kIntMax && a.ld <= kIntMax &&
+                  b.ld <= kIntMax && ldc <= kIntMax,
+              "SLA (CUDA): a linear-branch GEMM is too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K,
+              " (lower GENACCEL_SLA_CHUNK_BYTES)");
+  if (batch == 0 || M == 0 || N == 0) return;
+  const auto compute = float32_gemms() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+  const float alpha = 1.f;
+  // Row-major c (M x N) is column-major c^T (N x M) = op(b)^T op(a)^T, so cuBLAS takes b first.
+  TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
+      at::cuda::getCurrentCUDABlasHandle(), b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N,
+      a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+      &alpha, b.data, CUDA_R_32F, static_cast<int>(b.ld), b.batch_stride, a.data, CUDA_R_32F,
+      static_cast<int>(a.ld), a.batch_stride, &beta, c, CUDA_R_32F, static_cast<int>(ldc), c_stride,
+      static_cast<int>(batch), compute, CUBLAS_GEMM_DEFAULT));
+}
+
+// Batched op(a) op(b) of contiguous float32 tensors (tf32_gemm): a is (batch, M, K), or
+// (batch, K, M) with ta; b is (batch, K, N), or (batch, N, K) with tb.
 at::Tensor tf32_bmm(const at::Tensor& a, bool ta, const at::Tensor& b, bool tb) {
   TORCH_INTERNAL_ASSERT(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.is_contiguous() &&
                         b.is_contiguous() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
   const int64_t batch = a.size(0), M = a.size(ta ? 2 : 1), K = a.size(ta ? 1 : 2), N = b.size(tb ? 1 : 2);
   TORCH_INTERNAL_ASSERT(b.size(tb ? 2 : 1) == K);
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  TORCH_CHECK(batch <= kIntMax && M <= kIntMax && N <= kIntMax && K <= kIntMax,
-              "SLA (CUDA): a linear-branch GEMM is too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K,
-              " (lower GENACCEL_SLA_CHUNK_BYTES)");
   auto c = at::empty({batch, M, N}, a.options());
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
-  const auto compute = float32_gemms() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
-  const float alpha = 1.f, beta = 0.f;
-  // Row-major c (M x N) is column-major c^T (N x M) = op(b)^T op(a)^T, so cuBLAS takes b first.
-  TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
-      at::cuda::getCurrentCUDABlasHandle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, b.const_data_ptr<float>(), CUDA_R_32F,
-      static_cast<int>(tb ? K : N), K * N, a.const_data_ptr<float>(), CUDA_R_32F, static_cast<int>(ta ? M : K),
-      M * K, &beta, c.mutable_data_ptr<float>(), CUDA_R_32F, static_cast<int>(N), M * N, static_cast<int>(batch),
-      compute, CUBLAS_GEMM_DEFAULT));
+  tf32_gemm(batch, M, N, K, {a.const_data_ptr<float>(), ta ? M : K, ta, M * K},
+            {b.const_data_ptr<float>(), tb ? K : N, tb, K * N}, c.mutable_data_ptr<float>(), N, M * N, 0.f);
   return c;
 }
 
@@ -141,17 +160,27 @@ class SideStream {
       fork.block(side_);
     }
   }
+  // Joins on the way out too: if an error unwinds past the side stream's work, the caller's stream
+  // must still not reuse the outputs that work writes.
+  ~SideStream() { join(); }
   c10::cuda::CUDAStreamGuard guard() const { return c10::cuda::CUDAStreamGuard(side_); }
-  void join() const {
-    if (side_ == main_) return;
+  void join() {
+    if (side_ == main_ || joined_) return;
     at::cuda::CUDAEvent done;
     done.record(side_);
     done.block(main_);
+    joined_ = true;
   }
 
  private:
   c10::cuda::CUDAStream main_, side_;
+  bool joined_ = false;
 };
+
+// The projection weight as a contiguous float32 tensor, or an undefined one without projection.
+at::Tensor float32_projection(const std::optional<at::Tensor>& proj_weight) {
+  return proj_weight.has_value() ? proj_weight->to(at::kFloat).contiguous() : at::Tensor();
+}
 
 // Row `row` of a contiguous (..., D) tensor (the first row of a chunk's sequences).
 void* row_address(const at::Tensor& t, int64_t row) {
@@ -183,21 +212,31 @@ at::Tensor marginal_mask(const at::Tensor& codes, const LinearShape& s, int64_t 
 }
 
 // phi(K) (n, Tk * bk, D) and v_aug (n, Tk * bk, W) of the n pairs from c0, and H_i = [H_i, Z_i]
-// (n * G * Tq, D, W) summed over their marginal blocks.
+// (n * G * Tq, D, W) summed over their marginal blocks. With a projection W (float32 D x D) the
+// branch runs on the values V W^T: v_aug = [V W^T, 1, 0...] (O^l is linear in V, so it yields
+// O^l W^T), and v_raw = [V, 1, 0...] is kept for the backward's dW.
 struct KeySide {
-  at::Tensor phi_k, v_aug, H;
+  at::Tensor phi_k, v_aug, H, v_raw;
 };
 
-KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& marginal, const LinearShape& s,
-                 int64_t c0, int64_t n, const char* op) {
+KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& marginal, const at::Tensor& proj,
+                 const LinearShape& s, int64_t c0, int64_t n, const char* op) {
   const int64_t rows = s.Tk * s.block_k;
   auto opts = k.options().dtype(at::kFloat);
-  KeySide out{at::empty({n, rows, s.D}, opts), at::empty({n, rows, s.W}, opts), {}};
+  KeySide out{at::empty({n, rows, s.D}, opts), at::empty({n, rows, s.W}, opts), {}, {}};
   check_launch(cuda::sla_feature_rows(row_address(k, c0 * s.nk), row_address(v, c0 * s.nk),
                                       out.phi_k.mutable_data_ptr<float>(), out.v_aug.mutable_data_ptr<float>(),
                                       s.dtype, s.fmap, n, s.nk, rows, s.D, s.W,
                                       c10::cuda::getCurrentCUDAStream().stream()),
                "key rows", op);
+  if (proj.defined()) {
+    out.v_raw = std::move(out.v_aug);
+    out.v_aug = at::empty_like(out.v_raw);
+    out.v_aug.narrow(2, s.D, s.W - s.D).copy_(out.v_raw.narrow(2, s.D, s.W - s.D));
+    tf32_gemm(1, n * rows, s.D, s.D, {out.v_raw.const_data_ptr<float>(), s.W},
+              {proj.const_data_ptr<float>(), s.D, /*transposed=*/true}, out.v_aug.mutable_data_ptr<float>(), s.W, 0,
+              0.f);
+  }
   auto h = tf32_bmm(out.phi_k.view({n * s.Tk, s.block_k, s.D}), true, out.v_aug.view({n * s.Tk, s.block_k, s.W}),
                     false)
                .view({n, s.Tk, s.D * s.W});
@@ -205,13 +244,14 @@ KeySide key_side(const at::Tensor& k, const at::Tensor& v, const at::Tensor& mar
   return out;
 }
 
-// O^l and its denominator for the pairs [c0, c0 + n): q, k, v contiguous; out (pairs * G, nq, D) and
-// denom (pairs * G, nq) contiguous.
+// O^l (O^l W^T with a projection) and its denominator for the pairs [c0, c0 + n): q, k, v
+// contiguous; out (pairs * G, nq, D) and denom (pairs * G, nq) contiguous.
 void linear_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& marginal,
-                    const LinearShape& s, int64_t c0, int64_t n, float eps, const at::Tensor& out,
-                    const at::Tensor& denom) {
+                    const at::Tensor& proj, const LinearShape& s, int64_t c0, int64_t n, float eps,
+                    const at::Tensor& out, const at::Tensor& denom) {
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
-  auto keys = key_side(k, v, marginal, s, c0, n, kOp);
+  auto keys = key_side(k, v, marginal, proj, s, c0, n, kOp);
+  keys.v_raw = at::Tensor();
   const int64_t seqs = n * s.group, rows = s.Tq * s.block_q, first_row = c0 * s.group * s.nq;
   auto phi_q = at::empty({seqs, rows, s.D}, q.options().dtype(at::kFloat));
   check_launch(cuda::sla_feature_rows(row_address(q, first_row), nullptr, phi_q.mutable_data_ptr<float>(), nullptr,
@@ -225,14 +265,15 @@ void linear_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 }
 
 // Adds the linear branch's gradients of the pairs [c0, c0 + n) into dq, dk, dv (contiguous, in the
-// dtypes of q, k, v, holding the sparse branch's gradients): q, k, v, grad (= dO^l), out (= O^l)
-// contiguous, denom (pairs * G, nq).
+// dtypes of q, k, v, holding the sparse branch's gradients) and, with a projection, into d_proj
+// (float32 D x D): q, k, v, grad (= dO^l), out (= O^l) contiguous, denom (pairs * G, nq).
 void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad,
                      const at::Tensor& out, const at::Tensor& denom, const at::Tensor& marginal,
-                     const LinearShape& s, int64_t c0, int64_t n, const at::Tensor& dq, const at::Tensor& dk,
-                     const at::Tensor& dv, c10::cuda::CUDAEvent& sparse_done) {
+                     const at::Tensor& proj, const LinearShape& s, int64_t c0, int64_t n, const at::Tensor& dq,
+                     const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& d_proj,
+                     c10::cuda::CUDAEvent& sparse_done) {
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
-  auto keys = key_side(k, v, marginal, s, c0, n, kBwdOp);
+  auto keys = key_side(k, v, marginal, proj, s, c0, n, kBwdOp);
   const int64_t seqs = n * s.group, rows_q = s.Tq * s.block_q, rows_k = s.Tk * s.block_k;
   const int64_t first_q = c0 * s.group * s.nq, first_k = c0 * s.nk;
   auto opts = q.options().dtype(at::kFloat);
@@ -251,6 +292,18 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                 .view({n * s.Tk, s.D, s.W});
   auto d_phi_k = tf32_bmm(keys.v_aug.view({n * s.Tk, s.block_k, s.W}), false, dh, true);   // (.., bk, D)
   auto dv_aug = tf32_bmm(keys.phi_k.view({n * s.Tk, s.block_k, s.D}), false, dh, false);   // (.., bk, W)
+  // With a projection dv_aug holds d(V W^T): dW += d(V W^T)^T V, and dV = d(V W^T) W.
+  int64_t dv_ld = s.W;
+  if (proj.defined()) {
+    const int64_t key_rows = n * rows_k;
+    tf32_gemm(1, s.D, s.D, key_rows, {dv_aug.const_data_ptr<float>(), s.W, /*transposed=*/true},
+              {keys.v_raw.const_data_ptr<float>(), s.W}, d_proj.mutable_data_ptr<float>(), s.D, 0, 1.f);
+    auto dv_rows = at::empty({key_rows, s.D}, dv_aug.options());
+    tf32_gemm(1, key_rows, s.D, s.D, {dv_aug.const_data_ptr<float>(), s.W}, {proj.const_data_ptr<float>(), s.D},
+              dv_rows.mutable_data_ptr<float>(), s.D, 0, 0.f);
+    dv_aug = std::move(dv_rows);
+    dv_ld = s.D;
+  }
   // Into the sparse branch's gradients, in place (once they are there): sequences of `rows` rows from
   // row `first`.
   sparse_done.block(c10::cuda::getCurrentCUDAStream());
@@ -263,7 +316,7 @@ void linear_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   };
   add(dq, first_q, phi_q.const_data_ptr<float>(), d_phi_q, s.D, seqs, s.nq, rows_q, "dq rows");
   add(dk, first_k, keys.phi_k.const_data_ptr<float>(), d_phi_k, s.D, n, s.nk, rows_k, "dk rows");
-  add(dv, first_k, nullptr, dv_aug, s.W, n, s.nk, rows_k, "dv rows");
+  add(dv, first_k, nullptr, dv_aug, dv_ld, n, s.nk, rows_k, "dv rows");
 }
 
 std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cuda(const at::Tensor& scores_in, int64_t n_critical,
@@ -286,8 +339,10 @@ std::tuple<at::Tensor, at::Tensor> sla_select_blocks_cuda(const at::Tensor& scor
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& codes,
     const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q, int64_t block_k,
-    double scale, c10::string_view feature_map_name, bool linear_over_all_keys) {
-  check_sla_fwd_inputs(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k);
+    double scale, c10::string_view feature_map_name, bool linear_over_all_keys,
+    const std::optional<at::Tensor>& proj_weight, bool check_plan) {
+  const NoAutocast no_autocast;
+  check_sla_fwd_inputs(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   c10::cuda::CUDAGuard guard(q_in.device());
@@ -302,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
         run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
     return {out_sparse, lse, out_linear, denom};
   }
-  const SideStream side(q_in.device().index());
+  SideStream side(q_in.device().index());
   auto [out_sparse, lse] =
       run_block_sparse_fwd_cuda(q_in, k_in, v_in, kv_indices, kv_counts, block_q, block_k, scale, kOp);
   {
@@ -310,32 +365,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
     auto marginal = marginal_mask(codes, s, B, H, linear_over_all_keys);
+    const auto proj = float32_projection(proj_weight);
     const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false));
     for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
-      linear_forward(q, k, v, marginal, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
+      linear_forward(q, k, v, marginal, proj, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
   }
   side.join();
   return {out_sparse, lse, out_linear, denom};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
     const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
     const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
     const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map_name,
-    bool linear_over_all_keys) {
+    bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight, bool check_plan) {
+  const NoAutocast no_autocast;
   check_sla_bwd_inputs(grad_sparse, grad_linear, q_in, k_in, v_in, codes, kv_indices, kv_counts, out_sparse, lse,
-                       delta, out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys);
+                       delta, out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys,
+                       proj_weight, check_plan);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kBwdOp);
   c10::cuda::CUDAGuard guard(q_in.device());
+  const auto proj = float32_projection(proj_weight);
+  auto d_proj = proj.defined() ? at::zeros_like(proj) : no_proj_weight_grad(q_in);
+  const auto with_d_proj = [&](std::tuple<at::Tensor, at::Tensor, at::Tensor> grads) {
+    auto& [dq, dk, dv] = grads;
+    return std::make_tuple(dq, dk, dv, proj.defined() ? d_proj.to(proj_weight->scalar_type()) : d_proj);
+  };
   const auto sparse = [&] {
     return run_block_sparse_bwd_cuda(grad_sparse, q_in, k_in, v_in, delta, lse, kv_indices, kv_counts, block_q,
                                      block_k, scale, kBwdOp);
   };
-  if (q_in.numel() == 0 || k_in.numel() == 0) return sparse();
+  if (q_in.numel() == 0 || k_in.numel() == 0) return with_d_proj(sparse());
   // Sparse branch on the caller's stream; its outputs are fresh contiguous tensors that the linear
   // branch, computed meanwhile on the side stream, adds into once they are complete.
-  const SideStream side(q_in.device().index());
+  SideStream side(q_in.device().index());
   auto [dq, dk, dv] = sparse();
   c10::cuda::CUDAEvent sparse_done;
   sparse_done.record(c10::cuda::getCurrentCUDAStream());
@@ -349,11 +413,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
     auto den = denom.contiguous();
     const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true));
     for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
-      linear_backward(q, k, v, grad, out, den, marginal, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv,
-                      sparse_done);
+      linear_backward(q, k, v, grad, out, den, marginal, proj, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv,
+                      d_proj, sparse_done);
   }
   side.join();
-  return {dq, dk, dv};
+  return with_d_proj({dq, dk, dv});
 }
 
 }  // namespace

@@ -70,7 +70,9 @@ __device__ __forceinline__ void load_key_tile(uint32_t smem_k, uint32_t smem_v, 
 // Tile-list policy of the block-sparse op: the key blocks kv_indices[b', h', qb, 0..count) in plan
 // order, each walked as block_k / kTile tiles and clipped to seqlen_k (the last block may be
 // partial; its tiles that start past the end are skipped). Every thread of the CTA walks the same
-// list, so the loop over it is uniform.
+// list, so the loop over it is uniform. The count is clamped to [0, max_kv_blocks] and entries
+// outside [0, key blocks) are skipped, so that a plan taken on trust (SLA's check_plan=False) can
+// never make the kernel read outside the plan, k or v.
 template <int kTile>
 class IndexListTiles {
  public:
@@ -80,13 +82,15 @@ class IndexListTiles {
       : p_(p),
         blocks_(p.kv_indices + b * p.idx_batch_stride + h * p.idx_head_stride +
                 static_cast<int64_t>(qb) * p.max_kv_blocks),
-        count_(p.kv_counts[b * p.cnt_batch_stride + h * p.cnt_head_stride + qb]) {}
+        count_(min(max(p.kv_counts[b * p.cnt_batch_stride + h * p.cnt_head_stride + qb], 0), p.max_kv_blocks)),
+        last_block_((p.seqlen_k - 1) / p.block_k) {}
 
   // Sets `tile` to the next tile and returns true, or returns false when the list is exhausted.
   __device__ __forceinline__ bool next(KeyTile& tile) {
     while (pos_ < count_) {
-      if (sub_ * kTile < p_.block_k) {
-        const int start = __ldg(blocks_ + pos_) * p_.block_k + sub_ * kTile;
+      const int block = __ldg(blocks_ + pos_);
+      if (sub_ * kTile < p_.block_k && block >= 0 && block <= last_block_) {
+        const int start = block * p_.block_k + sub_ * kTile;
         if (start < p_.seqlen_k) {
           ++sub_;
           tile.start = start;
@@ -104,7 +108,8 @@ class IndexListTiles {
   const BlockSparseFwdParams& p_;
   const int32_t* blocks_;
   int count_;
-  int pos_ = 0;  // index into blocks_
+  int last_block_;  // the last key block
+  int pos_ = 0;     // index into blocks_
   int sub_ = 0;  // next tile within block blocks_[pos_]
 };
 

@@ -1,7 +1,8 @@
 """SLA: O = O^s + Proj(O^l) with O^s exact softmax attention over each query block's critical key
 blocks and O^l linear attention over its marginal ones (paper semantics; see reference.py).
 Differentiable in q, k, v and the projection: op sla_fwd computes both branches (and the feature
-maps phi(q), phi(k) itself, in float32 scratch) and op sla_bwd their gradients in one call (the
+maps phi(q), phi(k) itself, in float32 scratch; the projection's weight W on the values, since O^l W^T
+is the linear branch of V W^T) and op sla_bwd their gradients in one call (the
 block-sparse backward kernel for the sparse branch, a pre-aggregated kernel for the linear one,
 whose formula is linear_branch_backward_reference in reference.py, and the gradient through phi)."""
 
@@ -57,46 +58,32 @@ def sparse_linear_attention(
             raise ValueError(f"{name} must be a floating-point tensor of shape {shape}, got "
                              f"{t.dtype} {tuple(t.shape)}")
     scale = 1.0 / math.sqrt(D)
+    # The plan comes from sla_block_map, valid by construction: check_plan=False spares its checks'
+    # host sync on CUDA. The op applies proj_weight itself (out_linear = O^l W^T, in float32 on the
+    # values V W^T: no float32 pass over the output), whatever the weight's dtype, also under autocast.
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
-        q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys
-    )
-    if proj_weight is None:
-        out = out_sparse + out_linear
-    elif out_sparse.dtype == proj_weight.dtype:
-        # out_sparse + out_linear W^T (+ b) as one addmm: one fewer (B, H, N, D) temporary and pass.
-        # Without autograd, into out_sparse itself (fresh from the op, saved by nobody): a (B, H, N, D)
-        # allocation less, whose page faults cost as much as the addmm on the CPU. Not under autocast,
-        # which casts addmm but not addmm_: both paths must compute alike.
-        flat, lin = out_sparse.reshape(-1, D), out_linear.reshape(-1, D)
-        grads = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, proj_weight, proj_bias))
-        in_place = not grads and not autocast
-        out = (flat.addmm_(lin, proj_weight.t()) if in_place else torch.addmm(flat, lin, proj_weight.t())).view(
-            out_sparse.shape)
-        if proj_bias is not None:
-            out = out.add_(proj_bias)  # addmm does not keep its output for backward
-    else:
-        # Projection in the parameters' dtype (float32 for the module), or under autocast by its
-        # rules, which cast O^l themselves (a float32 copy first would be a wasted pass).
-        lin = out_linear if autocast else out_linear.to(proj_weight.dtype)
-        out = out_sparse + torch.nn.functional.linear(lin, proj_weight, proj_bias)
-    out = out.to(q.dtype)
+        q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys, proj_weight,
+        check_plan=False)
+    out = out_sparse + out_linear
+    if proj_bias is not None:
+        out = out + proj_bias.to(out.dtype)
     if return_sparsity:
         return out, kv_indices.shape[-1] / max(codes.shape[-1], 1)
     return out
 
 
 @torch.library.register_fake("genaccel::sla_fwd")
-def _sla_fwd_fake(q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, linear_over_all_keys):
+def _sla_fwd_fake(q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, linear_over_all_keys,
+                  proj_weight=None, check_plan=True):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     stats = q.new_empty(q.shape[:3], dtype=torch.float32)
     return out, stats, torch.empty_like(out), torch.empty_like(stats)
 
 
 def _sla_fwd_setup_context(ctx, inputs, output):
-    q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, all_keys = inputs
+    q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, all_keys, proj_weight, _ = inputs
     out_sparse, lse, out_linear, denom = output
-    ctx.save_for_backward(q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom)
+    ctx.save_for_backward(q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom, proj_weight)
     ctx.args = (block_q, block_k, scale, feature_map, all_keys)
     ctx.mark_non_differentiable(denom)
 
@@ -108,23 +95,28 @@ def _sla_mask_matmul_fake(mask, x):
 
 @torch.library.register_fake("genaccel::sla_bwd")
 def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse,
-                  delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+                  delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys,
+                  proj_weight=None, check_plan=True):
+    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    d_proj = q.new_empty((0,), dtype=torch.float32) if proj_weight is None else torch.empty_like(proj_weight)
+    return dq, dk, dv, d_proj
 
 
 def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
-    q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom = ctx.saved_tensors
+    q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom, proj_weight = ctx.saved_tensors
     block_q, block_k, scale, feature_map, all_keys = ctx.args
     if grad_sparse is None:
         grad_sparse = torch.zeros_like(out_sparse)
     if grad_linear is None:
         grad_linear = torch.zeros_like(out_linear)
     delta = attention_delta(grad_sparse, out_sparse, grad_lse)
-    dq, dk, dv = torch.ops.genaccel.sla_bwd(
+    # The forward checked this very plan, or was told it was valid: no second check (and no sync).
+    dq, dk, dv, d_proj = torch.ops.genaccel.sla_bwd(
         grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts,
-        out_sparse, lse, delta, out_linear, denom, block_q, block_k, scale, feature_map, all_keys,
+        out_sparse, lse, delta, out_linear, denom, block_q, block_k, scale, feature_map, all_keys, proj_weight,
+        check_plan=False,
     )
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, (None if proj_weight is None else d_proj), None
 
 
 torch.library.register_autograd("genaccel::sla_fwd", _sla_fwd_backward, setup_context=_sla_fwd_setup_context)
