@@ -202,11 +202,16 @@ at::Tensor feature_map_into(const at::Tensor& x, attention::SlaFeatureMap f, cpu
   return at::from_blob(memory.get(), x.sizes(), x.options());
 }
 
-// The values the linear branch runs on: V W^T with a projection (float32 v), else V. O^l is linear
-// in V, so the branch over V W^T yields Proj(O^l) without its bias, O^l W^T: projecting the keys'
-// values costs what projecting the output would and leaves no pass over the output behind.
-at::Tensor projected_values(const at::Tensor& v, const std::optional<at::Tensor>& proj_weight) {
-  return proj_weight.has_value() ? at::matmul(v, proj_weight->to(v.options()).t()) : v;
+// The values the linear branch runs on: V W^T with a projection (float32 v; in scratch that
+// `memory` holds, as feature_map_into), else V. O^l is linear in V, so the branch over V W^T yields
+// Proj(O^l) without its bias, O^l W^T: projecting the keys' values costs what projecting the output
+// would and leaves no pass over the output behind.
+at::Tensor projected_values(const at::Tensor& v, const std::optional<at::Tensor>& proj_weight, cpu::Scratch& memory) {
+  if (!proj_weight.has_value()) return v;
+  memory = cpu::scratch(static_cast<size_t>(v.numel()));
+  auto out = at::from_blob(memory.get(), v.sizes(), v.options());
+  at::matmul_out(out, v, proj_weight->to(v.options()).t());
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
@@ -231,9 +236,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   if (out_sparse.numel() > 0) {
     cpu::block_sparse_fwd_f32(make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out_sparse,
                                                            lse, block_q, block_k, scale));
-    cpu::Scratch phi_q_memory, phi_k_memory;
+    cpu::Scratch phi_q_memory, phi_k_memory, values_memory;
     auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
-    auto v_pad = pad_columns(projected_values(v, proj_weight));
+    auto v_pad = pad_columns(projected_values(v, proj_weight, values_memory));
     auto p = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
                                     linear_over_all_keys);
     p.out = out_linear.mutable_data_ptr<float>();
@@ -294,12 +299,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   // Linear branch, on phi (and V W^T) recomputed: writes d_phi_q, d_phi_k and adds its dV into dv
   // (with a projection its d(V W^T) into dv_proj first, then dV = d(V W^T) W and dW = d(V W^T)^T V);
   // then the gradients through phi are added into dq and dk.
-  cpu::Scratch phi_q_memory, phi_k_memory;
+  cpu::Scratch phi_q_memory, phi_k_memory, values_memory, dv_proj_memory;
   auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
   cpu::Scratch d_phi_q = cpu::scratch(static_cast<size_t>(q.numel()));
   cpu::Scratch d_phi_k = cpu::scratch(static_cast<size_t>(k.numel()));
-  auto v_pad = pad_columns(projected_values(v, proj_weight));
-  auto dv_proj = proj_weight.has_value() ? at::zeros(dv.sizes(), dv.options()) : dv;
+  auto v_pad = pad_columns(projected_values(v, proj_weight, values_memory));
+  auto dv_proj = dv;
+  if (proj_weight.has_value()) {
+    dv_proj_memory = cpu::scratch(static_cast<size_t>(dv.numel()));
+    dv_proj = at::from_blob(dv_proj_memory.get(), dv.sizes(), dv.options()).zero_();
+  }
   attention::SlaLinearBwdParams lp{};
   lp.fwd = make_sla_linear_params(phi_q, phi_k, v_pad, codes, kv_indices.size(2), block_q, block_k,
                                   linear_over_all_keys);
@@ -316,8 +325,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   if (proj_weight.has_value()) {
     const int64_t D = q.size(3);
     auto w = proj_weight->to(at::kFloat);
-    dv.add_(at::matmul(dv_proj, w));
-    d_proj_weight = dv_proj.reshape({-1, D}).t().mm(v.reshape({-1, D})).to(proj_weight->scalar_type());
+    auto dv_proj_rows = dv_proj.view({-1, D});
+    dv.view({-1, D}).addmm_(dv_proj_rows, w);
+    d_proj_weight = dv_proj_rows.t().mm(v.reshape({-1, D})).to(proj_weight->scalar_type());
   }
   cpu::sla_feature_map_bwd_f32(rows_of(q), fmap, d_phi_q.get(), dq.mutable_data_ptr<float>());
   cpu::sla_feature_map_bwd_f32(rows_of(k), fmap, d_phi_k.get(), dk.mutable_data_ptr<float>());

@@ -26,14 +26,19 @@ cudaError_t allow_smem(Kernel kernel, int bytes) {
 }
 
 // The wgmma attention kernels (block_sparse_{fwd,bwd}_sm90.cuh) are opt-in until they have been
-// checked on a GPU: GENACCEL_ATTENTION_SM90=1 runs them on devices of compute capability 9.0.
+// checked on a GPU: GENACCEL_ATTENTION_SM90=1 runs them on devices of compute capability 9.0, in
+// builds with sm_90a code (GENACCEL_HAS_SM90A, set by CMake from GENACCEL_CUDA_ARCHS).
 inline bool use_sm90_kernels() {
+#if defined(GENACCEL_HAS_SM90A)
   if (!env_flag("GENACCEL_ATTENTION_SM90")) return false;
   int device = 0, major = 0, minor = 0;
   return cudaGetDevice(&device) == cudaSuccess &&
          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
          cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
          minor == 0;
+#else
+  return false;
+#endif
 }
 
 }  // namespace genaccel::cuda

@@ -64,9 +64,14 @@ def sparse_linear_attention(
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
         q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys, proj_weight,
         check_plan=False)
-    out = out_sparse + out_linear
+    # Without autograd the sum goes into out_sparse itself (fresh from the op, saved by nobody): a
+    # (B, H, N, D) allocation less, whose page faults cost as much as the sum on the CPU. The bias is
+    # added in place either way (into a fresh tensor that the addition does not keep for backward).
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, proj_weight, proj_bias))
+    out = out_sparse + out_linear if grads else out_sparse.add_(out_linear)
     if proj_bias is not None:
-        out = out + proj_bias.to(out.dtype)
+        out = out.add_(proj_bias.to(out.dtype))
     if return_sparsity:
         return out, kv_indices.shape[-1] / max(codes.shape[-1], 1)
     return out
