@@ -663,6 +663,58 @@ def test_op_ignores_padding_beyond_counts(gen):
     assert torch.equal(out, want) and torch.equal(lse, want_lse)
 
 
+# The value-range cases of OP_BAD: what check_plan=False takes on trust on CUDA.
+PLAN_VALUE_BAD = [pytest.param(m, r, id=i) for i, m, r in OP_BAD if i.startswith(("kv_counts_negative",
+                  "kv_counts_above", "kv_indices_negative", "kv_indices_eq", "kv_indices_huge", "kv_indices_min"))]
+
+
+@pytest.mark.parametrize("mutate, match", PLAN_VALUE_BAD)
+def test_cpu_checks_plan_values_even_when_told_not_to(mutate, match, gen):
+    """check_plan=False only spares CUDA its host sync; the CPU kernels index with the plan unguarded."""
+    with pytest.raises(BAD, match=match):
+        OP(**mutate(_base_op_args(gen)), check_plan=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@pytest.mark.parametrize("mutate, match", PLAN_VALUE_BAD)
+def test_cuda_plan_taken_on_trust_cannot_read_out_of_bounds(mutate, match, gen):
+    """On CUDA check_plan=False skips the value checks, not the kernel's guards: entries outside
+    [0, key blocks) are skipped and counts clamped to [0, max_kv], so a wrong plan gives wrong
+    numbers, never an illegal address; with check_plan=True the same plan raises."""
+    a = mutate(_base_op_args(gen, device="cuda", dtype=torch.bfloat16))
+    out, lse = OP(**a, check_plan=False)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+    with pytest.raises(BAD, match=match):
+        OP(**a)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+def test_cuda_trusted_plan_makes_no_host_sync(gen):
+    """A plan made once and passed with check_plan=False: forward and backward (whose autograd
+    formula trusts the plan its forward saw) never wait on the device, so they can be captured in
+    a CUDA graph."""
+    a = _base_op_args(gen, device="cuda", dtype=torch.bfloat16)
+    for name in "qkv":
+        a[name].requires_grad_()
+    go = torch.randn(a["q"].shape, generator=gen).to(torch.bfloat16).cuda()
+
+    def step():
+        out, _ = OP(**a, check_plan=False)
+        return torch.autograd.grad(out, [a[n] for n in "qkv"], go)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grads = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
 @pytest.mark.parametrize(

@@ -292,6 +292,26 @@ def test_bad_plans_raise_and_leave_the_device_usable(op_name, gen):
     assert all(torch.isfinite(t).all() for t in op(*args)[:3])
 
 
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_plans_taken_on_trust_cannot_read_out_of_bounds(op_name, gen):
+    """check_plan=False skips the value checks, not the kernels' guards: out-of-range entries are
+    skipped and counts clamped to the list's length, so a wrong plan gives wrong numbers, never an
+    illegal address (the next call still works)."""
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
+    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False)
+    fwd = [q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False]
+    bwd = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "softmax", False]
+    args, at = (fwd, 3) if op_name == "sla_fwd" else (bwd, 5)
+    op = getattr(torch.ops.genaccel, op_name)
+    for i, bad in [(1, idx - 100000), (1, idx + 100000), (2, cnt + 5), (2, cnt - 9)]:
+        broken = list(args)
+        broken[at + i] = bad
+        op(*broken, check_plan=False)
+        torch.cuda.synchronize()
+    assert all(torch.isfinite(t).all() for t in op(*args)[:3])
+
+
 def test_side_stream_matches_one_stream_bitwise(gen, monkeypatch):
     """The linear branch runs on a second stream, joined before the op returns (and, in the backward,
     adding into the sparse gradients only once they are complete): forward outputs and gradients

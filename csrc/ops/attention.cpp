@@ -86,10 +86,10 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
 
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k, const char* op) {
+                                   int64_t block_q, int64_t block_k, const char* op, bool check_plan) {
   check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   const int64_t Nk = k.size(2), Tk = (Nk + block_k - 1) / block_k;
-  if (kv_counts.numel() == 0) return;
+  if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
   const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
   if (block_plan_invalid(kv_indices, counts, used, Tk).item<bool>())
     raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
@@ -193,9 +193,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
 void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
                                         const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale) {
+                                        int64_t block_q, int64_t block_k, double scale, bool check_plan) {
   constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan);
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
               ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
@@ -240,8 +240,8 @@ at::Tensor attention_delta_cpu(const at::Tensor& dout, const at::Tensor& out) {
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
-    int64_t block_k, double scale) {
-  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k);
+    int64_t block_k, double scale, bool check_plan) {
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, kOp, check_plan);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
@@ -261,10 +261,10 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
-    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale) {
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, bool check_plan) {
   constexpr const char* op = "block_sparse_attn_bwd";
   check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
-                                     kv_counts_in, block_q, block_k, scale);
+                                     kv_counts_in, block_q, block_k, scale, check_plan);
   cpu::check_capability(op);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
@@ -280,10 +280,10 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   m.def("attention_delta(Tensor dout, Tensor out) -> Tensor");
   m.def(
       "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
-      "int block_q, int block_k, float scale) -> (Tensor out, Tensor lse)");
+      "int block_q, int block_k, float scale, bool check_plan=True) -> (Tensor out, Tensor lse)");
   m.def(
       "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
-      "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale) "
+      "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale, bool check_plan=True) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
 }
 

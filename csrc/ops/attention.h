@@ -11,11 +11,19 @@ namespace genaccel::ops {
 
 // Checks q/k/v/kv_indices/kv_counts of block_sparse_attn_fwd (ranks, shapes, dtypes, devices,
 // index ranges) and raises a c10::Error naming `op` (the op being called) and the argument on the
-// first violation. The index ranges cost one host sync.
+// first violation. The index ranges cost one host sync on CUDA; with check_plan false they are
+// taken on trust there (the ops' check_plan argument; the CUDA kernels skip out-of-range entries
+// and clamp counts, so a wrong plan cannot make them read out of bounds). The CPU checks them
+// always: it costs no sync, and the CPU kernels index with the plan unguarded.
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                    int64_t block_q, int64_t block_k,
-                                   const char* op = "block_sparse_attn_fwd");
+                                   const char* op = "block_sparse_attn_fwd", bool check_plan = true);
+
+// Whether the plan's values must be checked: always on the CPU, on CUDA unless the caller vouches.
+inline bool plan_values_checked(const at::Tensor& q, bool check_plan) {
+  return check_plan || q.device().is_cpu();
+}
 
 // All of those checks but the index ranges (no device sync).
 void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -48,7 +56,7 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
 void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
                                         const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale);
+                                        int64_t block_q, int64_t block_k, double scale, bool check_plan);
 
 // Fills the torch-free backward params (tensors as for make_block_sparse_fwd_params; dout with a
 // contiguous last dim, delta/lse/dq/dk/dv contiguous).

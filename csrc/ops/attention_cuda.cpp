@@ -61,8 +61,9 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k);
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan) {
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, "block_sparse_attn_fwd",
+                                check_plan);
   TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
   return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
                                    "block_sparse_attn_fwd");
@@ -142,9 +143,9 @@ at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan) {
   check_block_sparse_attn_bwd_inputs(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
-                                     scale);
+                                     scale, check_plan);
   return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
                                    scale, "block_sparse_attn_bwd");
 }

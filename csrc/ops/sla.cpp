@@ -48,7 +48,7 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
                   codes.size(3) == Tk,
               op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
-  if (kv_counts.numel() == 0 || (!check_plan && !q.device().is_cpu())) return;
+  if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
   // Two conditions on the values, read back in one device-to-host copy (one sync per op call):
   // the plan's index ranges, and that it lists exactly the critical blocks of the codes (a listed
   // marginal block would be counted by both branches, an unlisted critical one by neither).

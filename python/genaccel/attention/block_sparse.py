@@ -107,12 +107,15 @@ def block_sparse_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     kv_indices, kv_counts = block_mask_to_indices(block_mask)
-    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, kv_indices, kv_counts, bq, bk, float(scale))
+    # A plan from block_mask_to_indices is valid by construction: check_plan=False spares the op its
+    # host sync on CUDA (the planning's own max_kv sync remains).
+    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, kv_indices, kv_counts, bq, bk, float(scale),
+                                                        check_plan=False)
     return (out, lse) if return_lse else out
 
 
 @torch.library.register_fake("genaccel::block_sparse_attn_fwd")
-def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale):
+def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, check_plan=True):
     torch._check(q.dim() == 4, lambda: f"q must be 4-D, got {q.dim()}-D")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -120,13 +123,14 @@ def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k
 
 
 @torch.library.register_fake("genaccel::block_sparse_attn_bwd")
-def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale):
+def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale,
+                                check_plan=True):
     # The kernels return contiguous gradients whatever the inputs' strides.
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _block_sparse_attn_setup_context(ctx, inputs, output):
-    q, k, v, kv_indices, kv_counts, block_q, block_k, scale = inputs
+    q, k, v, kv_indices, kv_counts, block_q, block_k, scale, _ = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts)
     ctx.args = (block_q, block_k, scale)
@@ -151,10 +155,11 @@ def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     delta = attention_delta(grad_out, out, grad_lse)
+    # The forward checked this very plan, or was told it was valid: no second check (and no sync).
     dq, dk, dv = torch.ops.genaccel.block_sparse_attn_bwd(
-        grad_out, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale
+        grad_out, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale, check_plan=False
     )
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
