@@ -5,8 +5,9 @@ Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so 
 and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
 than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs, block_k of
 several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
-and a plan in descending order (a partly masked first tile); on Hopper the block-sparse cases run again
-with the wgmma forward kernel (GENACCEL_ATTENTION_SM90=1). The float64
+a plan in descending order (a partly masked first tile), and corrupted plans taken on trust
+(check_plan=False: the kernels must stay in bounds); on Hopper the block-sparse cases run again
+with the wgmma kernels (GENACCEL_ATTENTION_SM90=1). The float64
 reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
 
 Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
@@ -72,6 +73,16 @@ SELECT_CASES = [
 DELTA_CASES = [
     ("delta bf16 D128 (16-byte loads)", (2, 3, 257, 128), torch.bfloat16, False),
     ("delta fp16 D13 misaligned (scalar)", (1, 2, 99, 14), torch.float16, True),
+]
+
+
+# Corrupted plans passed with check_plan=False (taken on trust): the kernels must skip entries
+# outside [0, key blocks) and clamp counts to [0, max_kv], never read out of bounds (memcheck).
+TRUSTED_PLAN_CASES = [
+    ("trusted plan, indices past the end", lambda idx, cnt: (idx + 100000, cnt)),
+    ("trusted plan, negative indices", lambda idx, cnt: (idx - 100000, cnt)),
+    ("trusted plan, counts past max_kv", lambda idx, cnt: (idx, cnt + 7)),
+    ("trusted plan, negative counts", lambda idx, cnt: (idx, cnt - 100)),
 ]
 
 
@@ -218,13 +229,37 @@ def run_select_case(case, gen) -> str:
     return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
 
 
-def run_case_wgmma(case, gen) -> str:
-    """run_case with the wgmma forward kernel (GENACCEL_ATTENTION_SM90=1, Hopper only)."""
-    os.environ["GENACCEL_ATTENTION_SM90"] = "1"
-    try:
-        return run_case(case, gen)
-    finally:
-        del os.environ["GENACCEL_ATTENTION_SM90"]
+def run_trusted_plan_case(case, gen) -> str:
+    name, corrupt = case
+    B, H, N, D = 1, 2, 200, 64
+    q, k, v = (torch.randn(B, H, N, D, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    import genaccel
+
+    mask = (torch.rand(B, H, 4, 4, generator=gen) < 0.5).cuda()
+    idx, cnt = corrupt(*genaccel.block_mask_to_indices(mask, max_kv_blocks=4))
+    op = torch.ops.genaccel
+    out, lse = op.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125, check_plan=False)
+    delta = op.attention_delta(out, out)
+    grads = op.block_sparse_attn_bwd(out, q, k, v, delta, lse, idx, cnt, 64, 64, 0.125, check_plan=False)
+    torch.cuda.synchronize()
+    finite = all(torch.isfinite(t).all() for t in (out, *grads))
+    return "ok   ran in bounds (memcheck), outputs finite" if finite else "FAIL non-finite outputs"
+
+
+def with_wgmma(run):
+    """`run` with the wgmma kernels (GENACCEL_ATTENTION_SM90=1, Hopper only)."""
+
+    def run_wgmma(case, gen) -> str:
+        os.environ["GENACCEL_ATTENTION_SM90"] = "1"
+        try:
+            return run(case, gen)
+        finally:
+            del os.environ["GENACCEL_ATTENTION_SM90"]
+
+    return run_wgmma
+
+
+run_case_wgmma = with_wgmma(run_case)
 
 
 def run_delta_case(case, gen) -> str:
@@ -253,9 +288,11 @@ def main() -> int:
     runs = ([(case[0], run_case, case, case[-1]) for case in CASES]
             + [(case[0], run_sla_case, case, True) for case in SLA_CASES]
             + [(case[0], run_select_case, case, True) for case in SELECT_CASES]
-            + [(case[0], run_delta_case, case, True) for case in DELTA_CASES])
+            + [(case[0], run_delta_case, case, True) for case in DELTA_CASES]
+            + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
+        runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]
     for name, run, case, required in runs:
         try:
             result = run(case, gen)
