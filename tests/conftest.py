@@ -45,6 +45,18 @@ def rel_err(out, ref):
     return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
 
 
+def run_without_host_sync(step):
+    """Runs step() once to warm up (first calls initialise cuBLAS and the like), then again with
+    torch's sync debug mode set to raise on any host sync; returns the second result."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 @pytest.fixture
 def gen(request):
     """A fresh, per-test seeded generator: different data per test case, reproducible on failure.

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genaccel
-from conftest import CUDA, RTOL, attention_kernels, rel_err
+from conftest import CUDA, RTOL, attention_kernels, rel_err, run_without_host_sync
 from genaccel.attention.sla import sla_block_map
 from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference
 
@@ -213,14 +213,7 @@ def test_forward_and_backward_make_no_host_sync(gen):
         out = genaccel.sparse_linear_attention(q, k, v, w, b, 0.2, 0.1, (64, 64))
         return torch.autograd.grad(out, (q, k, v, w, b), go)
 
-    step()  # first calls initialise cuBLAS and the like
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        grads = step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.isfinite(g).all() for g in run_without_host_sync(step))
 
 
 def test_forward_replays_in_a_cuda_graph(gen):
@@ -269,18 +262,24 @@ def test_backward_errors_name_the_op(gen):
             torch.ops.genaccel.sla_bwd(*broken)
 
 
-@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
-def test_bad_plans_raise_and_leave_the_device_usable(op_name, gen):
-    """The plan's ranges and its consistency with the codes are checked together on the device: an
-    out-of-range index (negative too, which gather would assert on) or count raises a clear error,
-    and the next call still works (no device-side assert)."""
+def op_and_args_with_plan(op_name, gen):
+    """(op, its args, the index of kv_indices - 1 in them, kv_indices, kv_counts) of sla_fwd or
+    sla_bwd on a small bf16 problem, so that args[at + 1] is the plan's indices, args[at + 2] its counts."""
     q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
     codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
     out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False)
     fwd = [q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False]
     bwd = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "softmax", False]
     args, at = (fwd, 3) if op_name == "sla_fwd" else (bwd, 5)
-    op = getattr(torch.ops.genaccel, op_name)
+    return getattr(torch.ops.genaccel, op_name), args, at, idx, cnt
+
+
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_bad_plans_raise_and_leave_the_device_usable(op_name, gen):
+    """The plan's ranges and its consistency with the codes are checked together on the device: an
+    out-of-range index (negative too, which gather would assert on) or count raises a clear error,
+    and the next call still works (no device-side assert)."""
+    op, args, at, idx, cnt = op_and_args_with_plan(op_name, gen)
     for i, bad, match in [(1, idx - 9, "kv_indices must lie in"), (1, idx + 9, "kv_indices must lie in"),
                           (2, cnt + 5, "kv_counts must lie in"), (1, 2 - idx, "must list exactly the critical blocks"),
                           (2, cnt - 1, "must list exactly the critical blocks")]:
@@ -297,13 +296,7 @@ def test_plans_taken_on_trust_cannot_read_out_of_bounds(op_name, gen):
     """check_plan=False skips the value checks, not the kernels' guards: out-of-range entries are
     skipped and counts clamped to the list's length, so a wrong plan gives wrong numbers, never an
     illegal address (the next call still works)."""
-    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16)
-    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
-    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False)
-    fwd = [q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False]
-    bwd = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "softmax", False]
-    args, at = (fwd, 3) if op_name == "sla_fwd" else (bwd, 5)
-    op = getattr(torch.ops.genaccel, op_name)
+    op, args, at, idx, cnt = op_and_args_with_plan(op_name, gen)
     for i, bad in [(1, idx - 100000), (1, idx + 100000), (2, cnt + 5), (2, cnt - 9)]:
         broken = list(args)
         broken[at + i] = bad
