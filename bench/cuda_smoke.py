@@ -44,7 +44,9 @@ CASES = [
     # Key blocks in descending order (the raw op takes any order): the partial last key block is
     # the first tile a row sees, so the online softmax starts from a partly masked tile.
     ("descending plan, partial tile first", 1, 2, 2, 200, 333, 128, torch.bfloat16, (64, 64), 0.6, False, "bhnd", True),
-    ("D=32", 1, 2, 2, 130, 130, 32, torch.bfloat16, (64, 64), 0.5, False, "bhnd", False),
+    # Head dims without a kernel of their own: zero-padded to 64 / 128.
+    ("D=32 (padded to 64)", 1, 2, 2, 130, 130, 32, torch.bfloat16, (64, 64), 0.5, False, "bhnd", True),
+    ("D=96 (padded to 128), GQA 2:1", 1, 4, 2, 190, 170, 96, torch.float16, (64, 64), 0.5, False, "bhnd", True),
     ("float32", 1, 2, 2, 130, 130, 64, torch.float32, (64, 64), 0.5, False, "bhnd", False),
 ]
 DESCENDING_PLAN = {"descending plan, partial tile first"}
@@ -57,6 +59,8 @@ SLA_CASES = [
     ("SLA D=128 128x64, MQA, chunk/pair", 2, 2, 1, 200, 330, 128, torch.bfloat16, (128, 64), "elu", False, "bhnd", "1"),
     ("SLA N below one block, fp16", 1, 3, 3, 40, 50, 128, torch.float16, (64, 128), "relu", True, "bhnd", None),
     ("SLA non-contiguous (B, N, H, D)", 1, 4, 4, 190, 190, 64, torch.bfloat16, (64, 64), "softmax", False, "bnhd", None),
+    ("SLA D=96 (sparse branch padded)", 1, 4, 2, 200, 170, 96, torch.bfloat16, (64, 64), "elu", False, "bhnd", None),
+    ("SLA D=32 (sparse branch padded)", 1, 2, 2, 130, 100, 32, torch.float16, (64, 64), "softmax", False, "bhnd", None),
 ]
 
 # SLA's block selection (op sla_select_blocks) against its CPU kernel, exactly: name, score shape,

@@ -23,6 +23,9 @@ CASES = [
     ("key_blocks_256", 1, 2, 2, 200, 520, 64, (64, 256), "random", 0.4),
     ("single_last", 2, 2, 1, 130, 190, 64, (128, 128), "single_last", 1.0),
     ("full_d128", 1, 2, 2, 192, 192, 128, (64, 128), "full", 1.0),
+    # Head dims without a kernel of their own run zero-padded to 128 / 64.
+    ("padded_d96_gqa", 1, 4, 2, 200, 150, 96, (64, 64), "random", 0.6),
+    ("padded_d40", 1, 2, 2, 130, 190, 40, (128, 64), "random", 0.5),
 ]
 
 
@@ -110,12 +113,14 @@ def test_empty_sequences(gen):
 
 
 def test_unsupported_configuration_raises(gen):
-    q, k, v = (make_input(gen, (1, 2, 64, 32), torch.bfloat16, "cuda") for _ in range(3))
+    q, k, v = (make_input(gen, (1, 2, 64, 160), torch.bfloat16, "cuda") for _ in range(3))
     idx = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device="cuda")
     cnt = torch.ones(1, 1, 1, dtype=torch.int32, device="cuda")
     rows = torch.zeros(1, 2, 64, device="cuda")
-    with pytest.raises(RuntimeError, match="head dim 64 and 128 only"):
+    with pytest.raises(RuntimeError, match="block_sparse_attn_bwd \\(CUDA\\): head dims above 128 are not supported"):
         torch.ops.genaccel.block_sparse_attn_bwd(q, q, k, v, rows, rows, idx, cnt, 64, 64, 0.125)
+    with pytest.raises(RuntimeError, match="block_sparse_attn_fwd \\(CUDA\\): head dims above 128 are not supported"):
+        torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125)
 
 
 def test_opcheck(gen):

@@ -17,6 +17,8 @@ CASES = [
     (2, 4, 2, 300, 260, 64, (64, 64)),     # GQA, partial blocks, Nq != Nk
     (1, 2, 1, 130, 400, 128, (128, 64)),   # D=128, block_q 128, Nk > Nq
     (1, 3, 3, 40, 50, 128, (64, 128)),     # N below one block
+    (1, 4, 2, 200, 170, 96, (64, 64)),     # D=96: the sparse branch padded to 128
+    (1, 2, 2, 130, 100, 32, (64, 64)),     # D=32: padded to 64
 ]
 
 
@@ -123,6 +125,7 @@ GRAD_CASES = [
     (1, 4, 2, 300, 260, 64, (64, 64)),     # GQA, partial blocks, Nq != Nk
     (2, 2, 1, 200, 330, 128, (128, 64)),   # MQA, D=128, block_q 128, two batches
     (1, 3, 3, 40, 50, 128, (64, 128)),     # N below one block
+    (1, 4, 2, 200, 170, 96, (64, 64)),     # D=96: the sparse branch padded to 128
 ]
 
 
@@ -234,6 +237,12 @@ def test_forward_replays_in_a_cuda_graph(gen):
     torch.cuda.synchronize()
     # Same kernels on the new q (cuBLAS may pick other algorithms under capture: not bit for bit).
     assert rel_err(captured, fresh) <= 1e-3 and rel_err(captured, eager) > 0.1
+
+
+def test_unsupported_head_dim_is_refused_clearly(gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 80, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="sla_fwd \\(CUDA\\): the linear branch's kernels take head dims 32, 64, 96"):
+        genaccel.sparse_linear_attention(q, k, v)
 
 
 def test_backward_opcheck(gen):

@@ -1,5 +1,5 @@
-"""Hypothesis fuzz of sparse_linear_attention on CUDA, within the CUDA kernels' limits (bf16/fp16, D 64
-or 128, block_q 64/128, block_k 64..256): random batch, GQA, lengths (also below one block and not
+"""Hypothesis fuzz of sparse_linear_attention on CUDA, within the CUDA kernels' limits (bf16/fp16, D 32,
+64, 96 or 128, block_q 64/128, block_k 64..256): random batch, GQA, lengths (also below one block and not
 multiples of it), fractions, feature maps, semantics, layouts, projections and chunking of the linear
 branch give the float64 reference's output and gradients (on the same block codes). Skipped without
 a GPU or hypothesis."""
@@ -22,7 +22,7 @@ from genaccel.attention.sla import sla_block_map  # noqa: E402
 from genaccel.attention.sla.reference import sparse_linear_attention_reference  # noqa: E402
 from test_sla_fuzz import fuzz_inputs, sla_configs  # noqa: E402
 
-CUDA_CONFIGS = sla_configs(head_dims=(64, 128), q_blocks=st.sampled_from([64, 128]),
+CUDA_CONFIGS = sla_configs(head_dims=(32, 64, 96, 128), q_blocks=st.sampled_from([64, 128]),
                            k_blocks=st.sampled_from([64, 128, 192, 256]),
                            dtypes=(torch.bfloat16, torch.float16), max_len=400)
 

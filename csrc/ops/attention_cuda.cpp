@@ -35,6 +35,23 @@ at::Tensor vector_aligned(const at::Tensor& t) {
   return ok ? c : c.clone(at::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
 }
 
+// The kernels exist for head dims 64 and 128. A smaller head dim D runs on the next of them with
+// q, k, v (and dout) zero-padded to it, a copy: the padded columns add nothing to q.k, carry zeros
+// through P.V and the gradients, and are cut off the results. Above 128 the op raises.
+struct KernelHeadDim {
+  int64_t D, padded;
+  KernelHeadDim(const at::Tensor& q, const char* op) : D(q.size(3)), padded(q.size(3) <= 64 ? 64 : 128) {
+    TORCH_CHECK(D <= 128, op, " (CUDA): head dims above 128 are not supported yet, got ", D,
+                " (the CPU kernels take up to 256)");
+  }
+  // x (..., D) as the kernel reads it: padded to `padded` columns, or vector_aligned.
+  at::Tensor rows(const at::Tensor& x) const {
+    return D == padded ? vector_aligned(x) : at::constant_pad_nd(x, {0, padded - D});
+  }
+  // A result (..., padded) cut back to (..., D), contiguous.
+  at::Tensor cut(const at::Tensor& x) const { return D == padded ? x : x.narrow(3, 0, D).contiguous(); }
+};
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
@@ -42,11 +59,12 @@ std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
     int64_t block_k, double scale, const char* op) {
   c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
+  const KernelHeadDim head_dim(q_in, op);
+  auto q = head_dim.rows(q_in), k = head_dim.rows(k_in), v = head_dim.rows(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  if (out.numel() == 0) return {out, lse.fill_(-INFINITY)};
+  if (out.numel() == 0) return {head_dim.cut(out), lse.fill_(-INFINITY)};
   auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q, block_k,
                                         scale);
   const DType dtype = to_dtype(q.scalar_type());
@@ -54,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
   TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
   const int err = cuda::block_sparse_fwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
-  return {out, lse};
+  return {head_dim.cut(out), lse};
 }
 
 namespace {
@@ -98,9 +116,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
   if (q_in.numel() == 0 || k_in.numel() == 0)
     return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
             at::zeros(v_in.sizes(), v_in.options())};
-  auto q = vector_aligned(q_in), k = vector_aligned(k_in), v = vector_aligned(v_in);
-  auto dout = vector_aligned(dout_in.scalar_type() == q.scalar_type() ? dout_in
-                                                                       : dout_in.to(q.scalar_type()));
+  const KernelHeadDim head_dim(q_in, op);
+  auto q = head_dim.rows(q_in), k = head_dim.rows(k_in), v = head_dim.rows(v_in);
+  auto dout = head_dim.rows(dout_in.scalar_type() == q.scalar_type() ? dout_in : dout_in.to(q.scalar_type()));
   auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto dq = at::empty(q.sizes(), q.options());
@@ -121,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
   p.plan.list_head_stride = q_list.size(1) == 1 ? 0 : q_list.stride(1);
   const int err = cuda::block_sparse_bwd(p, dtype, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
-  return {dq, dk, dv};
+  return {head_dim.cut(dq), head_dim.cut(dk), head_dim.cut(dv)};
 }
 
 namespace {

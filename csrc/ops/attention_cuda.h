@@ -14,7 +14,8 @@ DType to_dtype(at::ScalarType t);
 
 // out, lse of block_sparse_attn_fwd on CUDA tensors whose inputs were already checked
 // (check_block_sparse_fwd_inputs); `op` names the calling op in errors. Copies misaligned views
-// once; raises when the kernel does not support the dtype, head dim or block sizes.
+// once, pads head dims below 128 other than 64 to the kernels' (a copy); raises when the kernels do
+// not support the dtype, head dim (above 128) or block sizes.
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op);

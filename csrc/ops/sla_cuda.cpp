@@ -57,6 +57,13 @@ void check_launch(int err, const char* what, const char* op = kOp) {
   TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
 }
 
+// The linear branch's row kernels take head dims 32, 64, 96 and 128 (the sparse branch pads those
+// below 128 to its kernels' 64 or 128).
+void check_row_head_dim(const at::Tensor& q, const char* op) {
+  TORCH_CHECK(cuda::sla_row_head_dim(q.size(3)), op, " (CUDA): the linear branch's kernels take head dims 32, 64, 96 "
+              "and 128, got ", q.size(3), " (the CPU kernels take any head dim up to 256)");
+}
+
 // GENACCEL_SLA_FLOAT32_GEMMS=1: the linear branch at float32 accuracy (see tf32_gemm, mask_matmul).
 bool float32_gemms() { return env_flag("GENACCEL_SLA_FLOAT32_GEMMS"); }
 
@@ -343,6 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     const std::optional<at::Tensor>& proj_weight, bool check_plan) {
   const NoAutocast no_autocast;
   check_sla_fwd_inputs(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
+  check_row_head_dim(q_in, kOp);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   c10::cuda::CUDAGuard guard(q_in.device());
@@ -384,6 +392,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
   check_sla_bwd_inputs(grad_sparse, grad_linear, q_in, k_in, v_in, codes, kv_indices, kv_counts, out_sparse, lse,
                        delta, out_linear, denom, block_q, block_k, scale, feature_map_name, linear_over_all_keys,
                        proj_weight, check_plan);
+  check_row_head_dim(q_in, kBwdOp);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kBwdOp);
   c10::cuda::CUDAGuard guard(q_in.device());
   const auto proj = float32_projection(proj_weight);

@@ -72,7 +72,7 @@ struct Pack4<__half> {
   }
 };
 
-// One thread per four columns of a row (dim % 4 == 0; the CUDA path has D 64 or 128): 16-byte
+// One thread per four columns of a row (dim % 4 == 0; the CUDA path has D 32, 64, 96 or 128): 16-byte
 // loads, 8-byte stores. num rows are `quad_stride` quads apart; the denominator is column dim.
 template <class T>
 __global__ void normalize_kernel(const float4* __restrict__ num, uint2* __restrict__ out,
@@ -276,11 +276,14 @@ __global__ void add_grad_rows_kernel(const T* base, const float* __restrict__ ph
 
 int64_t row_blocks(int64_t rows) { return (rows + kRowWarps - 1) / kRowWarps; }
 
-// Calls fn(T{}, std::integral_constant<int, E>{}) for the dtype and D in {64, 128}; false otherwise.
+// Calls fn(T{}, std::integral_constant<int, E>{}) for the dtype and D = 32 E in {32, 64, 96, 128}
+// (sla_row_head_dim); false otherwise.
 template <class Fn>
 bool with_row_types(DType dtype, int64_t dim, Fn&& fn) {
   auto with_e = [&](auto t) {
+    if (dim == 32) return fn(t, std::integral_constant<int, 1>{}), true;
     if (dim == 64) return fn(t, std::integral_constant<int, 2>{}), true;
+    if (dim == 96) return fn(t, std::integral_constant<int, 3>{}), true;
     if (dim == 128) return fn(t, std::integral_constant<int, 4>{}), true;
     return false;
   };

@@ -26,8 +26,11 @@ int sla_linear_normalize(const float* num, int64_t width, void* out, float* deno
                          int64_t groups, int64_t rows, int64_t padded_rows, int64_t dim, float eps,
                          void* stream);
 
+// Head dims the row kernels below are built for: 32, 64, 96 and 128 (32 floats per warp lane step).
+inline bool sla_row_head_dim(int64_t dim) { return dim == 32 || dim == 64 || dim == 96 || dim == 128; }
+
 // The per-token rows around the linear branch's GEMMs, over `seqs` sequences of `rows` tokens in
-// `dtype` (bf16 or fp16; dim 64 or 128, else cudaErrorInvalidValue), inputs contiguous (seqs, rows,
+// `dtype` (bf16 or fp16; dim per sla_row_head_dim, else cudaErrorInvalidValue), inputs contiguous (seqs, rows,
 // dim), float32 outputs contiguous with `padded_rows` rows per sequence, the rows past `rows` zero.
 //
 // phi = feature map f of x (seqs, padded_rows, dim); with v (else nullptr) also v_aug (seqs,
