@@ -168,8 +168,13 @@ class SideStream {
     }
   }
   // Joins on the way out too: if an error unwinds past the side stream's work, the caller's stream
-  // must still not reuse the outputs that work writes.
-  ~SideStream() { join(); }
+  // must still not reuse the outputs that work writes. (A destructor must not throw.)
+  ~SideStream() {
+    try {
+      join();
+    } catch (...) {
+    }
+  }
   c10::cuda::CUDAStreamGuard guard() const { return c10::cuda::CUDAStreamGuard(side_); }
   void join() {
     if (side_ == main_ || joined_) return;
