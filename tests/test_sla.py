@@ -451,6 +451,21 @@ def test_module_rejects_bad_configuration():
         genaccel.nn.SparseLinearAttention(16, topk=0.7, low_k=0.5)
 
 
+def test_module_loads_the_original_repositorys_projection(gen):
+    """thu-ml/SLA names the projection proj_l: its state dict loads into `proj`, nested too, and the
+    layer then computes with those weights; our own state dicts round-trip unchanged."""
+    w, b = proj(gen, 16)
+    outer = torch.nn.Sequential(genaccel.nn.SparseLinearAttention(16, topk=0.5, low_k=0.0))
+    outer.load_state_dict({"0.proj_l.weight": w, "0.proj_l.bias": b})
+    layer = outer[0]
+    assert torch.equal(layer.proj.weight, w) and torch.equal(layer.proj.bias, b)
+    q, k, v = inputs(gen, 1, 2, 2, 96, 96, 16, torch.float32)
+    assert torch.equal(layer(q, k, v), genaccel.sparse_linear_attention(q, k, v, w, b, 0.5, 0.0, (64, 64)))
+    fresh = genaccel.nn.SparseLinearAttention(16)
+    fresh.load_state_dict(layer.state_dict())
+    assert set(layer.state_dict()) == {"proj.weight", "proj.bias"} and torch.equal(fresh.proj.weight, w)
+
+
 def test_autograd_runs_the_fused_backward_op(gen):
     q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32))
     out = genaccel.sparse_linear_attention(q, k, v, torch.eye(16), None, 0.25, 0.25, 32)

@@ -16,7 +16,12 @@ class SparseLinearAttention(torch.nn.Module):
 
     `proj` is Linear(head_dim, head_dim), shared by all heads and zero-initialised, so a fresh layer
     computes exactly sparse-only attention and fine-tuning learns the compensation. Parameters stay
-    float32; under bf16 autocast the projection runs in bf16 like any nn.Linear.
+    float32; the op applies the projection's weight in float32 (TF32 on CUDA) also under autocast,
+    and adds the bias in the attention's dtype.
+
+    State dicts of the original repository's module (thu-ml/SLA, whose projection is `proj_l`) load
+    as they are; its main branch computes the linear branch over all keys without a negligible
+    class: `low_k=0.0, linear_over_all_keys=True`.
     """
 
     def __init__(self, head_dim: int, topk: float = 0.05, low_k: float = 0.10,
@@ -32,6 +37,7 @@ class SparseLinearAttention(torch.nn.Module):
         self.proj = torch.nn.Linear(head_dim, head_dim)
         torch.nn.init.zeros_(self.proj.weight)
         torch.nn.init.zeros_(self.proj.bias)
+        self._register_load_state_dict_pre_hook(_rename_original_projection)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False):
         return sparse_linear_attention(q, k, v, self.proj.weight, self.proj.bias, self.topk, self.low_k,
@@ -41,3 +47,11 @@ class SparseLinearAttention(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"head_dim={self.proj.in_features}, topk={self.topk}, low_k={self.low_k}, "
                 f"block_size={self.block_size}, feature_map={self.feature_map!r}")
+
+
+def _rename_original_projection(state_dict, prefix, *args):
+    """Loads thu-ml/SLA's `proj_l.weight` / `proj_l.bias` into `proj` (same shapes and meaning)."""
+    for name in ("weight", "bias"):
+        key = f"{prefix}proj_l.{name}"
+        if key in state_dict:
+            state_dict[f"{prefix}proj.{name}"] = state_dict.pop(key)
