@@ -3,7 +3,7 @@ through the linear branch (marginal), or not at all (negligible).
 
 Scores are mean-pooled q . mean-pooled (k - mean_tokens(k)) (the "smooth-K" shift changes no
 row's order but keeps the pooled values small), pooled over the valid tokens of each block in
-float32, their product in float64. Per row, the top floor(topk * Tk) blocks (at least one) are critical and the bottom
+float32. Per row, the top floor(topk * Tk) blocks (at least one) are critical and the bottom
 floor(low_k * Tk) negligible; ties go to the lower block index (op sla_select_blocks, a CPU and a
 CUDA kernel).
 """
@@ -72,11 +72,10 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     sizes = torch.full((pooled_k.shape[-2], 1), float(bk), device=k.device)
     sizes[-1] = nk - (pooled_k.shape[-2] - 1) * bk
     pooled_k = pooled_k - (pooled_k * sizes).sum(dim=-2, keepdim=True) / nk
-    # The scores' product in float64 (of the float32 pooled blocks; small: Tq x D x Tk per head),
-    # rounded once to float32: neither autocast (half precision) nor a user's TF32 setting can then
-    # change which blocks are critical.
+    # float32 scores also under autocast (which would run this matmul in half precision and so
+    # change which blocks are critical).
     with torch.autocast(q.device.type, enabled=False):
-        scores = (pooled_q.double() @ pooled_k.repeat_interleave(group, dim=1).double().transpose(-1, -2)).float()
+        scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     n_crit, n_neg = block_counts(scores.shape[-1], topk, low_k)
     # Per row: the n_crit highest scores critical, the n_neg lowest negligible (ties to the lower
     # block index, as the reference's stable sort), and the critical ids in ascending order: the
