@@ -692,6 +692,19 @@ def test_cuda_plan_taken_on_trust_cannot_read_out_of_bounds(mutate, match, gen):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@pytest.mark.parametrize("D", [40, 96])
+def test_cuda_padded_head_dims_take_channels_last_inputs(D, gen):
+    """Head dims without a kernel run zero-padded; a channels-last (B, H, N, D) input, whose padded
+    copy would keep that layout, still reaches the kernel with contiguous rows."""
+    q, k, v = (make_input(gen, (1, 4, 150, D), torch.bfloat16, "cuda").contiguous(memory_format=torch.channels_last)
+               for _ in range(3))
+    mask = make_mask(gen, (1, 4, 3, 3), "random", 0.6)
+    out, lse = genaccel.block_sparse_attention(q, k, v, mask.cuda(), 64, return_lse=True)
+    check_against_reference(out, lse, q, k, v, mask, 64, None, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
 def test_cuda_trusted_plan_makes_no_host_sync(gen):
     """A plan made once and passed with check_plan=False: forward and backward (whose autograd
     formula trusts the plan its forward saw) never wait on the device, so they can be captured in

@@ -580,6 +580,12 @@ def test_sla_bwd_opcheck(fmap, gen):
     torch.library.opcheck(torch.ops.genaccel.sla_bwd.default, tuple(args))
 
 
+def test_sla_bwd_opcheck_with_a_transposed_projection(gen):
+    """d_proj_weight comes back contiguous whatever the weight's strides, in the fake kernel too."""
+    args = sla_bwd_args(gen)
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd.default, (*args, torch.randn(16, 16, generator=gen).t()))
+
+
 def test_sla_bwd_without_queries(gen):
     args = sla_bwd_args(gen)
     q, k = args[2], args[3]

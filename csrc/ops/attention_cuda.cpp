@@ -46,7 +46,8 @@ struct KernelHeadDim {
   }
   // x (..., D) as the kernel reads it: padded to `padded` columns, or vector_aligned.
   at::Tensor rows(const at::Tensor& x) const {
-    return D == padded ? vector_aligned(x) : at::constant_pad_nd(x, {0, padded - D});
+    // contiguous(): constant_pad_nd keeps a channels-last layout, whose last dim is strided.
+    return D == padded ? vector_aligned(x) : at::constant_pad_nd(x, {0, padded - D}).contiguous();
   }
   // A result (..., padded) cut back to (..., D), contiguous.
   at::Tensor cut(const at::Tensor& x) const { return D == padded ? x : x.narrow(3, 0, D).contiguous(); }

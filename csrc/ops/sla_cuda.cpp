@@ -93,6 +93,7 @@ void tf32_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, Matrix a, Matrix 
                   b.ld <= kIntMax && ldc <= kIntMax,
               "SLA (CUDA): a linear-branch GEMM is too large for cuBLAS: ", batch, " x ", M, " x ", N, " x ", K,
               " (lower GENACCEL_SLA_CHUNK_BYTES)");
+  TORCH_INTERNAL_ASSERT(a.ld >= (a.transposed ? M : K) && b.ld >= (b.transposed ? K : N) && ldc >= N);
   if (batch == 0 || M == 0 || N == 0) return;
   const auto compute = float32_gemms() ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
   const float alpha = 1.f;

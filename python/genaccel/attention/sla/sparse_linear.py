@@ -103,7 +103,8 @@ def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_count
                   delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys,
                   proj_weight=None, check_plan=True):
     dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-    d_proj = q.new_empty((0,), dtype=torch.float32) if proj_weight is None else torch.empty_like(proj_weight)
+    d_proj = (q.new_empty((0,), dtype=torch.float32) if proj_weight is None
+              else torch.empty_like(proj_weight, memory_format=torch.contiguous_format))
     return dq, dk, dv, d_proj
 
 
