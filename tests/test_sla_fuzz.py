@@ -50,6 +50,17 @@ def fuzz_inputs(c, gen):
     return qkv, [0.3 * torch.randn(c["D"], c["D"], generator=gen), 0.3 * torch.randn(c["D"], generator=gen)]
 
 
+def check_output(out, ref_parts, dtype):
+    """out against the reference's (out, out_sparse, out_linear): out is the sum of two branches each
+    rounded to the output dtype, so its error is relative to the branches' sizes, not to their sum,
+    which can cancel (one token, one feature: 0.1866 - 0.1910 = -0.0044, where one bf16 rounding of
+    each branch is already 2e-3 of it)."""
+    ref, ref_sparse = ref_parts[0].detach(), ref_parts[1].detach()
+    scale = (ref_sparse.abs() + (ref - ref_sparse).abs()).norm()
+    assert out.dtype == dtype
+    assert (out.detach().cpu().double() - ref).norm() <= RTOL[dtype] * scale, rel_err(out.detach().cpu(), ref)
+
+
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=sla_configs())
 def test_fuzz_matches_reference(c):
@@ -66,9 +77,11 @@ def test_fuzz_matches_reference(c):
     codes = sla_block_map(q, k, c["topk"], c["low_k"], block)[0]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     rq, rk, rv, *rp = ref_leaves
-    ref = sparse_linear_attention_reference(rq, rk, rv, codes, *(rp or [None, None]), block, c["fmap"], c["all_keys"])[0]
-    assert out.dtype == c["dtype"] and out.shape == q.shape
-    assert rel_err(out.detach(), ref.detach()) <= RTOL[c["dtype"]]
+    ref_parts = sparse_linear_attention_reference(rq, rk, rv, codes, *(rp or [None, None]), block, c["fmap"],
+                                                  c["all_keys"])
+    ref = ref_parts[0]
+    assert out.shape == q.shape
+    check_output(out, ref_parts, c["dtype"])
     if float32:
         go = torch.randn(out.shape, generator=gen)
         grads = torch.autograd.grad(out, leaves, go)
