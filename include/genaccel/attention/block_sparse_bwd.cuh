@@ -231,6 +231,40 @@ class KeyMajorQueryTiles {
   int sub_;        // next tile within query block list_[pos_]
 };
 
+// What the two dK/dV kernels (mma.sync here, wgmma in block_sparse_bwd_sm90.cuh) set up alike:
+// the rows of their 64-key tile in k and v, the shared-memory carve K | V | Q stage 0 | Q stage 1 |
+// dO stage 0 | dO stage 1 | lse2 x 2 stages | delta x 2 stages (Traits: kTile, kTileBytes,
+// kRowStatsOffset), and where a query tile's rows of q and dO start.
+template <class Traits>
+struct DkDvTile {
+  using T = typename Traits::Element;
+  const T* k;
+  const T* v;
+  uint32_t smem_k, smem_v, smem_q, smem_do;  // shared addresses; Q and dO of stage s at + s * kTileBytes
+  float* lse2_s;                             // [2][kTile]
+  float* delta_s;                            // [2][kTile]
+
+  __device__ __forceinline__ DkDvTile(const BlockSparseFwdParams& f, char* smem, int b, int kv_head, int k0)
+      : k(static_cast<const T*>(f.k) + b * f.k_batch_stride + kv_head * f.k_head_stride + k0 * f.k_row_stride),
+        v(static_cast<const T*>(f.v) + b * f.v_batch_stride + kv_head * f.v_head_stride + k0 * f.v_row_stride),
+        smem_k(ptx::smem_address(smem)),
+        smem_v(smem_k + Traits::kTileBytes),
+        smem_q(smem_v + Traits::kTileBytes),
+        smem_do(smem_q + 2 * Traits::kTileBytes),
+        lse2_s(reinterpret_cast<float*>(smem + Traits::kRowStatsOffset)),
+        delta_s(lse2_s + 2 * Traits::kTile) {}
+
+  // Query tile t's first rows in q and in dO (batch b).
+  __device__ __forceinline__ static const T* q_rows(const BlockSparseBwdCudaParams& p, int b, const QueryTile& t) {
+    const BlockSparseFwdParams& f = p.bwd.fwd;
+    return static_cast<const T*>(f.q) + b * f.q_batch_stride + t.head * f.q_head_stride + t.start * f.q_row_stride;
+  }
+  __device__ __forceinline__ static const T* do_rows(const BlockSparseBwdCudaParams& p, int b, const QueryTile& t) {
+    return static_cast<const T*>(p.bwd.dout) + b * p.bwd.do_batch_stride + t.head * p.bwd.do_head_stride +
+           t.start * p.bwd.do_row_stride;
+  }
+};
+
 // grid (ceil(seqlen_k / 64), kv_heads, batch).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
@@ -251,17 +285,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   const int kv_head = blockIdx.y, b = blockIdx.z;
   const int k0 = blockIdx.x * kTile;
 
-  const T* k = static_cast<const T*>(f.k) + b * f.k_batch_stride + kv_head * f.k_head_stride +
-               k0 * f.k_row_stride;
-  const T* v = static_cast<const T*>(f.v) + b * f.v_batch_stride + kv_head * f.v_head_stride +
-               k0 * f.v_row_stride;
-
-  const uint32_t smem_k = ptx::smem_address(smem);
-  const uint32_t smem_v = smem_k + kTileBytes;
-  const uint32_t smem_q = smem_v + kTileBytes;     // 2 stages
-  const uint32_t smem_do = smem_q + 2 * kTileBytes;  // 2 stages
-  float* lse2_s = reinterpret_cast<float*>(smem + Traits::kRowStatsOffset);  // [2][kTile]
-  float* delta_s = lse2_s + 2 * kTile;                                        // [2][kTile]
+  const DkDvTile<Traits> kt(f, smem, b, kv_head, k0);
 
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
@@ -271,20 +295,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   QueryTile tile;
   if (tiles.next(tile)) {
     const auto load_queries = [&](const QueryTile& t, int stage) {
-      const int64_t q_off = b * f.q_batch_stride + t.head * f.q_head_stride + t.start * f.q_row_stride;
-      const int64_t do_off =
-          b * p.bwd.do_batch_stride + t.head * p.bwd.do_head_stride + t.start * p.bwd.do_row_stride;
-      load_rows_async<kTile, D, kThreads>(smem_q + stage * kTileBytes,
-                                          static_cast<const T*>(f.q) + q_off, f.q_row_stride, 0,
+      load_rows_async<kTile, D, kThreads>(kt.smem_q + stage * kTileBytes, kt.q_rows(p, b, t), f.q_row_stride, 0,
                                           t.len, tid);
-      load_rows_async<kTile, D, kThreads>(smem_do + stage * kTileBytes,
-                                          static_cast<const T*>(p.bwd.dout) + do_off,
+      load_rows_async<kTile, D, kThreads>(kt.smem_do + stage * kTileBytes, kt.do_rows(p, b, t),
                                           p.bwd.do_row_stride, 0, t.len, tid);
-      load_query_stats<kTile>(p, b, t, tid, lse2_s + stage * kTile, delta_s + stage * kTile);
+      load_query_stats<kTile>(p, b, t, tid, kt.lse2_s + stage * kTile, kt.delta_s + stage * kTile);
     };
     // Each warp loads (and alone reads) its own 16 key rows of K and V.
-    load_rows_async<16, D, 32>(smem_k, k, f.k_row_stride, warp_row0, f.seqlen_k - k0, lane);
-    load_rows_async<16, D, 32>(smem_v, v, f.v_row_stride, warp_row0, f.seqlen_k - k0, lane);
+    load_rows_async<16, D, 32>(kt.smem_k, kt.k, f.k_row_stride, warp_row0, f.seqlen_k - k0, lane);
+    load_rows_async<16, D, 32>(kt.smem_v, kt.v, f.v_row_stride, warp_row0, f.seqlen_k - k0, lane);
     ptx::cp_async_commit();
     load_queries(tile, 0);
     ptx::cp_async_commit();
@@ -292,21 +311,21 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const LaneOffsets<kRowBytes> lo(lane);
     const float scale_log2 = f.scale * kLog2e;
     for_each_tile_double_buffered(tiles, tile, load_queries, [&](const QueryTile&, int stage) {
-      const uint32_t q_stage = smem_q + stage * kTileBytes;
-      const uint32_t do_stage = smem_do + stage * kTileBytes;
-      const float* lse2 = lse2_s + stage * kTile;
-      const float* delta = delta_s + stage * kTile;
+      const uint32_t q_stage = kt.smem_q + stage * kTileBytes;
+      const uint32_t do_stage = kt.smem_do + stage * kTileBytes;
+      const float* lse2 = kt.lse2_s + stage * kTile;
+      const float* delta = kt.delta_s + stage * kTile;
 
       // P^T (keys x queries) = exp2(K Q^T * scale * log2(e) - lse2[query]).
       float s[kTile / 8][4];
       zero(s);
-      mma_rows_bt<T, kRowBytes, D / 16>(s, smem_k + warp_row0 * kRowBytes, q_stage, lo);
+      mma_rows_bt<T, kRowBytes, D / 16>(s, kt.smem_k + warp_row0 * kRowBytes, q_stage, lo);
       transposed_probabilities(s, scale_log2, lse2, lane);
 
       // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta[query]).
       float ds[kTile / 8][4];
       zero(ds);
-      mma_rows_bt<T, kRowBytes, D / 16>(ds, smem_v + warp_row0 * kRowBytes, do_stage, lo);
+      mma_rows_bt<T, kRowBytes, D / 16>(ds, kt.smem_v + warp_row0 * kRowBytes, do_stage, lo);
       mma_acc_b<T, kRowBytes>(dv, s, do_stage, lo);  // dV += P^T dO
       transposed_dscores(ds, s, delta, lane);
       mma_acc_b<T, kRowBytes>(dk, ds, q_stage, lo);  // dK += dS^T Q

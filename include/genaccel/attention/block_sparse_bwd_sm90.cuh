@@ -57,15 +57,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const int kv_head = blockIdx.y, b = blockIdx.z;
   const int k0 = blockIdx.x * kTile;
 
-  const T* k = static_cast<const T*>(f.k) + b * f.k_batch_stride + kv_head * f.k_head_stride + k0 * f.k_row_stride;
-  const T* v = static_cast<const T*>(f.v) + b * f.v_batch_stride + kv_head * f.v_head_stride + k0 * f.v_row_stride;
-
-  const uint32_t smem_k = ptx::smem_address(smem);
-  const uint32_t smem_v = smem_k + kTileBytes;
-  const uint32_t smem_q = smem_v + kTileBytes;       // 2 stages
-  const uint32_t smem_do = smem_q + 2 * kTileBytes;  // 2 stages
-  float* lse2_s = reinterpret_cast<float*>(smem + Traits::kRowStatsOffset);  // [2][kTile]
-  float* delta_s = lse2_s + 2 * kTile;                                        // [2][kTile]
+  const DkDvTile<Traits> kt(f, smem, b, kv_head, k0);
 
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
@@ -75,38 +67,36 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   QueryTile tile;
   if (tiles.next(tile)) {
     const auto load_queries = [&](const QueryTile& t, int stage) {
-      const int64_t q_off = b * f.q_batch_stride + t.head * f.q_head_stride + t.start * f.q_row_stride;
-      const int64_t do_off = b * p.bwd.do_batch_stride + t.head * p.bwd.do_head_stride + t.start * p.bwd.do_row_stride;
-      load_rows_sw128<kTile, D, kThreads>(smem_q + stage * kTileBytes, static_cast<const T*>(f.q) + q_off,
-                                          f.q_row_stride, t.len, tid);
-      load_rows_sw128<kTile, D, kThreads>(smem_do + stage * kTileBytes, static_cast<const T*>(p.bwd.dout) + do_off,
+      load_rows_sw128<kTile, D, kThreads>(kt.smem_q + stage * kTileBytes, kt.q_rows(p, b, t), f.q_row_stride, t.len,
+                                          tid);
+      load_rows_sw128<kTile, D, kThreads>(kt.smem_do + stage * kTileBytes, kt.do_rows(p, b, t),
                                           p.bwd.do_row_stride, t.len, tid);
-      load_query_stats<kTile>(p, b, t, tid, lse2_s + stage * kTile, delta_s + stage * kTile);
+      load_query_stats<kTile>(p, b, t, tid, kt.lse2_s + stage * kTile, kt.delta_s + stage * kTile);
     };
     // K and V are read by the whole warpgroup: all threads load them.
-    load_rows_sw128<kTile, D, kThreads>(smem_k, k, f.k_row_stride, f.seqlen_k - k0, tid);
-    load_rows_sw128<kTile, D, kThreads>(smem_v, v, f.v_row_stride, f.seqlen_k - k0, tid);
+    load_rows_sw128<kTile, D, kThreads>(kt.smem_k, kt.k, f.k_row_stride, f.seqlen_k - k0, tid);
+    load_rows_sw128<kTile, D, kThreads>(kt.smem_v, kt.v, f.v_row_stride, f.seqlen_k - k0, tid);
     ptx::cp_async_commit();
     load_queries(tile, 0);
     ptx::cp_async_commit();
 
     const float scale_log2 = f.scale * kLog2e;
     const auto compute = [&](const QueryTile&, int stage) {
-      const uint32_t q_stage = smem_q + stage * kTileBytes;
-      const uint32_t do_stage = smem_do + stage * kTileBytes;
-      const float* lse2 = lse2_s + stage * kTile;
-      const float* delta = delta_s + stage * kTile;
+      const uint32_t q_stage = kt.smem_q + stage * kTileBytes;
+      const uint32_t do_stage = kt.smem_do + stage * kTileBytes;
+      const float* lse2 = kt.lse2_s + stage * kTile;
+      const float* delta = kt.delta_s + stage * kTile;
 
       // P^T (keys x queries) = exp2(K Q^T * scale * log2(e) - lse2[query]).
       float s[kTile / 8][4];
       zero(s);
-      wgmma_scores<T, D / 16>(s, smem_k, kTile, 0, q_stage);
+      wgmma_scores<T, D / 16>(s, kt.smem_k, kTile, 0, q_stage);
       transposed_probabilities(s, scale_log2, lse2, lane);
 
       // dP^T = V dO^T; dV += P^T dO; dS^T = P^T * (dP^T - delta[query]); dK += dS^T Q.
       float ds[kTile / 8][4];
       zero(ds);
-      wgmma_scores<T, D / 16>(ds, smem_v, kTile, 0, do_stage);
+      wgmma_scores<T, D / 16>(ds, kt.smem_v, kTile, 0, do_stage);
       wgmma_acc_pv<T, D>(dv, s, do_stage);
       transposed_dscores(ds, s, delta, lane);
       wgmma_acc_pv<T, D>(dk, ds, q_stage);
