@@ -45,8 +45,9 @@ constexpr const char* kBwdOp = "sla_bwd";
 // Columns of v_aug beyond D: the ones column, then zeros up to a 16-byte row.
 constexpr int64_t kAugColumns = 4;
 
-// Pairs of (batch, kv head) per chunk, so that the per-block sums of one chunk (bytes_per_pair each)
-// stay within GENACCEL_SLA_CHUNK_BYTES (default 1 GiB; the tests set it small to cover chunking).
+// Pairs of (batch, kv head) per chunk, so that the linear branch's buffers of one chunk
+// (LinearShape::bytes_per_pair each) stay within GENACCEL_SLA_CHUNK_BYTES (default 1 GiB; the tests
+// set it small to cover chunking).
 int64_t pairs_per_chunk(int64_t bytes_per_pair) {
   const char* env = std::getenv("GENACCEL_SLA_CHUNK_BYTES");
   const int64_t limit = env != nullptr && std::atoll(env) > 0 ? std::atoll(env) : int64_t{1} << 30;
@@ -212,9 +213,17 @@ struct LinearShape {
       : pairs(k.size(0) * k.size(1)), group(q.size(1) / k.size(1)), nq(q.size(2)), nk(k.size(2)),
         D(q.size(3)), W(q.size(3) + kAugColumns), block_q(bq), block_k(bk), Tq(tq), Tk(tk), fmap(f),
         dtype(to_dtype(q.scalar_type())) {}
-  // Bytes per pair of the per-block sums alive at once: h_j (float32) and its three bf16 parts, H_i,
-  // and in the backward dH_i with its parts.
-  int64_t bytes_per_pair(bool backward) const { return (10 * Tk + (backward ? 14 : 4) * group * Tq) * D * W; }
+  // Bytes per pair of the linear branch's buffers, all counted as if alive at once (a bound): the
+  // per-block sums h_j (float32) with its three bf16 parts, H_i, and in the backward dH_i with its
+  // parts (dh_j reuses h_j's share); and the float32 rows, per key phi(K), v_aug (v_raw with a
+  // projection) and in the backward dphi(K), d v_aug (dV with a projection), per query phi(Q) and
+  // the numerator (the backward: g_aug, dphi(Q)).
+  int64_t bytes_per_pair(bool backward, bool projection) const {
+    const int64_t block_sums = (10 * Tk + (backward ? 14 : 4) * group * Tq) * D * W;
+    const int64_t key_cols = D + W + (projection ? W : 0) + (backward ? D + W + (projection ? D : 0) : 0);
+    const int64_t query_cols = D + W + (backward ? D : 0);
+    return block_sums + 4 * (Tk * block_k * key_cols + group * Tq * block_q * query_cols);
+  }
 };
 
 // marginal (B, H, Tq, Tk) as (pairs, G * Tq, Tk): all ones with all_keys.
@@ -380,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
     auto marginal = marginal_mask(codes, s, B, H, linear_over_all_keys);
     const auto proj = float32_projection(proj_weight);
-    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false));
+    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(false, proj.defined()));
     for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
       linear_forward(q, k, v, marginal, proj, s, c0, std::min(chunk, s.pairs - c0), eps, out_linear, denom);
   }
@@ -426,7 +435,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
     const LinearShape s(q, k, kv_indices.size(2), codes.size(3), block_q, block_k, fmap);
     auto marginal = marginal_mask(codes, s, q.size(0), q.size(1), linear_over_all_keys);
     auto den = denom.contiguous();
-    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true));
+    const int64_t chunk = pairs_per_chunk(s.bytes_per_pair(true, proj.defined()));
     for (int64_t c0 = 0; c0 < s.pairs; c0 += chunk)
       linear_backward(q, k, v, grad, out, den, marginal, proj, s, c0, std::min(chunk, s.pairs - c0), dq, dk, dv,
                       d_proj, sparse_done);
