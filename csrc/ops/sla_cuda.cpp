@@ -157,8 +157,8 @@ at::Tensor sla_mask_matmul_cuda(const at::Tensor& mask, const at::Tensor& x) {
 // issued under `guard()` runs on the side stream; join() makes the caller's stream wait for it.
 // Tensors the side stream allocates belong to it; those it writes that the caller's stream
 // allocated (outputs, gradients) are only read after the join, and are declared before the
-// SideStream so that they outlive the join of its destructor when an error unwinds. GENACCEL_SLA_ONE_STREAM=1 keeps
-// everything on the caller's stream (to compare, or to debug).
+// SideStream so that they outlive the join of its destructor when an error unwinds.
+// GENACCEL_SLA_ONE_STREAM=1 keeps everything on the caller's stream (to compare, or to debug).
 class SideStream {
  public:
   explicit SideStream(c10::DeviceIndex device)
@@ -423,9 +423,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
   };
   if (q_in.numel() == 0 || k_in.numel() == 0) return with_d_proj(sparse());
   // Sparse branch on the caller's stream; its outputs are fresh contiguous tensors that the linear
-  // branch, computed meanwhile on the side stream, adds into once they are complete. They are
-  // declared before `side` so that on an error they outlive its joining destructor: the caching
-  // allocator must not hand their memory to the caller's stream while side work still writes it.
+  // branch, computed meanwhile on the side stream, adds into once they are complete (declared
+  // before `side`, see SideStream).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   SideStream side(q_in.device().index());
   grads = sparse();
