@@ -144,17 +144,17 @@ step toolchain 60 build.log bash -c '
   [ -n "$so" ] || so=$("$1" -c "import genaccel._C as m; print(m.__file__)")
   echo "module: $so"; ldd "$so" | grep -E "stdc\+\+|gomp|libgcc|cublas" || true
   echo "libstdc++ locale/ostream symbols defined inside the module: $({ nm -C --defined-only "$so"; nm -C -D --defined-only "$so"; } 2>/dev/null | grep -c -E "std::locale|codecvt|basic_ostream")"
-  "$1" bench/error_path_probe.py' "${SITE:-.}" "$PY"
+  "$1" tools/error_path_probe.py' "${SITE:-.}" "$PY"
 
 # 4. On sm_90 first each product of the opt-in wgmma kernels on its own (Q K^T via lse, P via V =
 # identity, the backward's), so that a wrong one is named; if any is wrong, the later steps skip the
 # wgmma kernels (GENACCEL_SKIP_WGMMA=1) instead of spending the budget on their failures.
-if ! step wgmma_probe 40 pytest_cuda.log "$PY" bench/wgmma_probe.py; then
+if ! step wgmma_probe 40 pytest_cuda.log "$PY" tools/wgmma_probe.py; then
   export GENACCEL_SKIP_WGMMA=1
 fi
 # Likewise SLA's second stream: if two streams do not reproduce one stream bit for bit, the rest runs on
 # one (GENACCEL_SLA_ONE_STREAM=1), so that the benchmarks still measure correct code.
-if ! step streams_probe 60 pytest_cuda.log "$PY" -m pytest -q -p no:cacheprovider tests/test_sla_cuda.py \
+if ! step streams_probe 60 pytest_cuda.log "$PY" -m pytest -q -p no:cacheprovider tests/attention/test_sla_cuda.py \
     -k side_stream_matches_one_stream; then
   export GENACCEL_SLA_ONE_STREAM=1
 fi
@@ -162,9 +162,9 @@ fi
 # own, printing each case, so that a crash names the case it died in. (It ran under cuda-gdb while a
 # host crash on the GPU image was hunted: the module's private libstdc++, fixed in cmake/torch.cmake.)
 step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
-  --ignore=tests/test_block_sparse_fuzz.py tests
+  --ignore=tests/attention/test_block_sparse_fuzz.py tests
 step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 \
-  "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/test_block_sparse_fuzz.py
+  "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/attention/test_block_sparse_fuzz.py
 
 # 5. memcheck on small block-sparse and SLA runs. API errors are not reported: torch probes the driver
 # with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3.
@@ -175,7 +175,7 @@ for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer
 done
 if [ -n "$SAN" ]; then
   step memcheck 150 memcheck.log "$SAN" --tool memcheck --report-api-errors no --error-exitcode 3 \
-    "$PY" bench/cuda_smoke.py
+    "$PY" tools/cuda_smoke.py
 else
   step memcheck 150 memcheck.log bash -c 'echo "compute-sanitizer not found (PATH, /usr/local/cuda)"; exit 127'
 fi
@@ -188,7 +188,7 @@ step bench_sla_wgmma 100 bench.log bash -c 'if [ "${GENACCEL_SKIP_WGMMA:-0}" != 
     GENACCEL_ATTENTION_SM90=1 "$1" -m genaccel bench --family sla --device cuda --no-progress --set topks=0.05 \
       --set modes=fwd,bwd --json "$2/bench_sla_wgmma.json"
   else echo "bench_sla_wgmma: not an sm_90 device or the wgmma probe failed, skipped"; fi' _ "$PY" "$OUT"
-step sla_profile 100 bench.log "$PY" bench/sla_cuda_profile.py
+step sla_profile 100 bench.log "$PY" tools/sla_cuda_profile.py
 step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
   --json "$OUT/bench_attention.json"
 

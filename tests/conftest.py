@@ -5,22 +5,19 @@ import pytest
 import torch
 
 import genaccel  # noqa: F401  (registers torch.ops.genaccel)
-
-# Tolerances on ||out - ref|| / ||ref|| against the float64 reference (shared/DESIGN.md).
-RTOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+from genaccel.testing import DTYPES, RTOL, rel_err  # noqa: F401  (re-exported to the tests)
 
 CUDA = torch.cuda.is_available() and genaccel.has_cuda_kernels()
 SLOW = os.environ.get("GENACCEL_SLOW_TESTS") == "1"
 # Hopper (compute capability 9.0), where GENACCEL_ATTENTION_SM90=1 selects the wgmma kernels;
-# GENACCEL_SKIP_WGMMA=1 (set by bench/gpu_check.sh when bench/wgmma_probe.py finds them wrong) skips them.
+# GENACCEL_SKIP_WGMMA=1 (set by bench/gpu_check.sh when tools/wgmma_probe.py finds them wrong) skips them.
 SM90 = CUDA and torch.cuda.get_device_capability() == (9, 0)
 SKIP_WGMMA = os.environ.get("GENACCEL_SKIP_WGMMA") == "1"
 
 
 def attention_kernels():
     """The CUDA attention kernels to run a test with: mma.sync always, wgmma on Hopper."""
-    why = "needs an sm_90 GPU" if not SM90 else "GENACCEL_SKIP_WGMMA=1 (bench/wgmma_probe.py failed)"
+    why = "needs an sm_90 GPU" if not SM90 else "GENACCEL_SKIP_WGMMA=1 (tools/wgmma_probe.py failed)"
     return ["mma.sync", pytest.param("wgmma", marks=pytest.mark.skipif(not SM90 or SKIP_WGMMA, reason=why))]
 
 
@@ -37,12 +34,6 @@ def attention_kernel(request, monkeypatch):
 def devices():
     """cpu always; cuda (marked) when a GPU and the CUDA kernels are both present."""
     return ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")])]
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
 
 
 def run_without_host_sync(step):

@@ -20,7 +20,7 @@
 #include <random>
 #include <vector>
 
-#include "cuda/attention/block_sparse_fwd.h"
+#include "cuda/attention/block_sparse/fwd.h"
 
 namespace {
 
@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
   p.num_q_blocks = T;
   p.scale = 1.f / std::sqrt(static_cast<float>(D));
 
-  if (const char* why = genaccel::cuda::block_sparse_fwd_unsupported(p, DType::kBFloat16)) {
+  if (const char* why = genaccel::cuda::block_sparse_fwd_unsupported(p, DType::kBFloat16, genaccel::attention::Backend::kSm80)) {
     std::fprintf(stderr, "unsupported configuration: %s\n", why);
     return 2;
   }
@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
   const auto launch = [&] {
-    CHECK_CUDA(static_cast<cudaError_t>(genaccel::cuda::block_sparse_fwd(p, DType::kBFloat16, stream)));
+    CHECK_CUDA(static_cast<cudaError_t>(genaccel::cuda::block_sparse_fwd(p, DType::kBFloat16, genaccel::attention::Backend::kSm80, stream)));
   };
   for (int i = 0; i < 5; ++i) launch();
   CHECK_CUDA(cudaStreamSynchronize(stream));

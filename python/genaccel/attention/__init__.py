@@ -1,4 +1,4 @@
-"""Attention kernels: block-sparse attention (the primitive under SLA, Radial and SVG2)."""
+"""Family `attention`: block-sparse attention and the sparse-attention methods built on it (SLA)."""
 
 from .block_sparse import block_mask_to_indices, block_sparse_attention
 

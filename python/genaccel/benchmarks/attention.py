@@ -222,7 +222,7 @@ class _Flex:
 def run_config(cfg: AttnConfig, device: torch.device, quick: bool, progress: Progress) -> List[dict]:
     """Rows (one per density) for one configuration."""
     import genaccel
-    from genaccel.attention.reference import block_sparse_attention_reference
+    from genaccel.attention.block_sparse.reference import block_sparse_attention_reference
 
     dtype = DTYPES[cfg.dtype]
     B, H, Hkv, N, D = cfg.B, cfg.H, cfg.hkv, cfg.N, cfg.D

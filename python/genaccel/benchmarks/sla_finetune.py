@@ -229,7 +229,7 @@ def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple
         # How much of the teacher's attention mass SLA's critical blocks hold (what sparse-only keeps).
         codes, _, _ = genaccel.sla_block_map(q, k, cfg.topk, cfg.low_k, bs)
         probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim), dim=-1)
-        from genaccel.attention.reference import expand_block_mask
+        from genaccel.attention.block_sparse.reference import expand_block_mask
 
         crit = expand_block_mask(codes == 1, q.shape[2], k.shape[2], bs)
         stats.setdefault("critical_mass", []).append((probs * crit).sum(-1).mean().item())

@@ -1,6 +1,6 @@
 """SLA: sparse-linear attention (critical blocks exact, marginal blocks linear, negligible skipped)."""
 
 from .block_map import sla_block_map
-from .sparse_linear import sparse_linear_attention
+from .ops import sparse_linear_attention
 
 __all__ = ["sla_block_map", "sparse_linear_attention"]

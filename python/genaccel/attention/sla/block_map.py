@@ -12,19 +12,13 @@ from typing import Tuple
 
 import torch
 
-from ..block_sparse import BlockSize, _block_size
-from .reference import block_counts
-
-
-def _check_fraction(name: str, x: float) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {x!r}")
-    return float(x)
+from ..._utils import BlockSize, block_size_pair, check_fraction
+from .spec import block_counts
 
 
 def check_sla_fractions(topk: float, low_k: float) -> Tuple[float, float]:
     """Validated (topk, low_k): each in [0, 1] and topk + low_k <= 1."""
-    topk, low_k = _check_fraction("topk", topk), _check_fraction("low_k", low_k)
+    topk, low_k = check_fraction("topk", topk), check_fraction("low_k", low_k)
     if topk + low_k > 1.0 + 1e-12:
         raise ValueError(f"topk + low_k must be at most 1, got {topk} + {low_k}")
     return topk, low_k
@@ -50,7 +44,7 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     -1 negligible; kv_indices / kv_counts list the critical blocks in the format of
     `genaccel.block_mask_to_indices`, ready for the sparse branch.
     """
-    bq, bk = _block_size(block_size)
+    bq, bk = block_size_pair(block_size)
     topk, low_k = check_sla_fractions(topk, low_k)
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[3] < 1:

@@ -4,10 +4,11 @@ from typing import Tuple, Union
 
 import torch
 
-from ..block_sparse import _block_size
+from ..._utils import block_size_pair, check_choice
+from ..block_sparse import ATTENTION_BACKENDS
 from .block_map import check_sla_fractions
-from .reference import FEATURE_MAPS
-from .sparse_linear import sparse_linear_attention
+from .ops import sparse_linear_attention
+from .spec import FEATURE_MAPS, PRECISIONS
 
 
 class SparseLinearAttention(torch.nn.Module):
@@ -21,17 +22,19 @@ class SparseLinearAttention(torch.nn.Module):
 
     State dicts of the original repository's module (thu-ml/SLA, whose projection is `proj_l`) load
     as they are; its main branch computes the linear branch over all keys without a negligible
-    class: `low_k=0.0, linear_over_all_keys=True`.
+    class: `low_k=0.0, linear_over_all_keys=True`. `precision` and `backend` are passed to
+    `genaccel.sparse_linear_attention`.
     """
 
     def __init__(self, head_dim: int, topk: float = 0.05, low_k: float = 0.10,
                  block_size: Union[int, Tuple[int, int]] = (64, 64), feature_map: str = "softmax",
-                 linear_over_all_keys: bool = False):
+                 linear_over_all_keys: bool = False, *, precision: str = "tf32", backend: str = "auto"):
         super().__init__()
-        if feature_map not in FEATURE_MAPS:
-            raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
+        check_choice("feature_map", feature_map, FEATURE_MAPS)
+        self.precision = check_choice("precision", precision, PRECISIONS)
+        self.backend = check_choice("backend", backend, ATTENTION_BACKENDS)
         self.topk, self.low_k = check_sla_fractions(topk, low_k)
-        self.block_size = _block_size(block_size)
+        self.block_size = block_size_pair(block_size)
         self.feature_map = feature_map
         self.linear_over_all_keys = linear_over_all_keys
         self.proj = torch.nn.Linear(head_dim, head_dim)
@@ -42,7 +45,7 @@ class SparseLinearAttention(torch.nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False):
         return sparse_linear_attention(q, k, v, self.proj.weight, self.proj.bias, self.topk, self.low_k,
                                        self.block_size, self.feature_map, self.linear_over_all_keys,
-                                       return_sparsity)
+                                       return_sparsity, precision=self.precision, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.proj.in_features}, topk={self.topk}, low_k={self.low_k}, "

@@ -19,13 +19,10 @@ import math
 
 import torch
 
-from ..reference import expand_block_mask
+from ..block_sparse.reference import expand_block_mask
+from .spec import ALL_KEYS_EPS, FEATURE_MAPS, block_counts  # noqa: F401  (re-exported for the tests)
 
 CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
-FEATURE_MAPS = ("softmax", "elu", "relu")
-ALL_KEYS_EPS = 1e-5
-
-
 def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
     """phi of SLA's linear branch, per token over the last (feature) dim."""
     if name == "softmax":
@@ -35,19 +32,6 @@ def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "relu":
         return torch.relu(x)
     raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {name!r}")
-
-
-def block_counts(n_blocks: int, topk: float, low_k: float):
-    """Critical and negligible blocks per row: floor(topk * Tk) but at least one critical block,
-    floor(low_k * Tk) negligible, never more than the blocks the critical ones leave."""
-    if n_blocks == 0:
-        return 0, 0
-    # floor of the exact product: 0.29 * 100 is 28.999999999999996 in binary floating point, and a
-    # user asking for 29 % of 100 blocks means 29 (the slack is far above that rounding error and
-    # far below any real fraction's distance to the next integer).
-    n_crit = min(n_blocks, max(1, math.floor(topk * n_blocks + 1e-9)))
-    n_neg = min(n_blocks - n_crit, math.floor(low_k * n_blocks + 1e-9))
-    return n_crit, n_neg
 
 
 def pooled_blocks(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,0 +1,89 @@
+// Launcher of the CUDA block-sparse attention forward: picks the kernel instance for (dtype, head
+// dim, block_q) and launches it. Device code: include/genaccel/attention/block_sparse/fwd.cuh.
+#include "cuda/attention/block_sparse/fwd.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common/launch_util.h"
+#include "genaccel/attention/block_sparse/fwd.cuh"
+#include "genaccel/attention/block_sparse/fwd_sm90.cuh"
+
+namespace genaccel::cuda {
+namespace {
+
+using attention::BlockSparseFwdParams;
+
+constexpr int kKeyTile = 64;
+constexpr int kMaxBlockK = 256;
+constexpr int kMaxGridYZ = 65535;
+
+template <class Traits, class Kernel>
+int launch_kernel(Kernel kernel, const BlockSparseFwdParams& p, cudaStream_t stream) {
+  static_assert(Traits::kKeyTile == kKeyTile, "block_k support below assumes 64-key tiles");
+  const cudaError_t err = allow_smem(kernel, Traits::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.num_q_blocks, p.heads, p.batch);
+  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class T, int kHeadDim, int kBlockQ>
+int launch(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
+  if (wgmma) {
+    using Traits = attention::Sm90FwdTraits<T, kHeadDim, kBlockQ>;
+    return launch_kernel<Traits>(attention::block_sparse_fwd_sm90_kernel<Traits>, p, stream);
+  }
+  using Traits = attention::FwdTraits<T, kHeadDim, kBlockQ>;
+  return launch_kernel<Traits>(attention::block_sparse_fwd_kernel<Traits>, p, stream);
+}
+
+template <class T, int kHeadDim>
+int launch_block_q(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
+  return p.block_q == 64 ? launch<T, kHeadDim, 64>(p, wgmma, stream) : launch<T, kHeadDim, 128>(p, wgmma, stream);
+}
+
+template <class T>
+int launch_head_dim(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
+  return p.head_dim == 64 ? launch_block_q<T, 64>(p, wgmma, stream) : launch_block_q<T, 128>(p, wgmma, stream);
+}
+
+}  // namespace
+
+const char* block_sparse_fwd_unsupported(const BlockSparseFwdParams& p, DType dtype, attention::Backend backend) {
+  if (backend == attention::Backend::kSm90 && !sm90_kernels_available())
+    return "backend 'sm90' (the wgmma kernels) needs a device of compute capability 9.0 and a build with "
+           "sm_90a code (GENACCEL_CUDA_ARCHS containing 90a)";
+  if (dtype != DType::kBFloat16 && dtype != DType::kFloat16)
+    return "the CUDA kernel supports bfloat16 and float16 inputs only (float32 runs on the CPU "
+           "kernel or must be cast)";
+  if (p.head_dim != 64 && p.head_dim != 128)
+    return "the CUDA kernel supports head dim 64 and 128 only";
+  if (p.block_q != 64 && p.block_q != 128)
+    return "the CUDA kernel supports block_q = 64 or 128 only";
+  if (p.block_k % kKeyTile != 0 || p.block_k < kKeyTile || p.block_k > kMaxBlockK)
+    return "the CUDA kernel supports block_k = 64, 128, 192 or 256 only";
+  if (!rows_aligned(p.q, p.q_batch_stride, p.q_head_stride, p.q_row_stride) ||
+      !rows_aligned(p.k, p.k_batch_stride, p.k_head_stride, p.k_row_stride) ||
+      !rows_aligned(p.v, p.v_batch_stride, p.v_head_stride, p.v_row_stride) ||
+      !rows_aligned(p.out, p.o_batch_stride, p.o_head_stride, p.o_row_stride))
+    return "the CUDA kernel needs q, k, v and out 16-byte aligned with batch, head and row "
+           "strides that are multiples of 8 elements (a contiguous copy satisfies this)";
+  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ)
+    return "the CUDA kernel supports at most 65535 heads and 65535 batches";
+  return nullptr;
+}
+
+int block_sparse_fwd(const BlockSparseFwdParams& p, DType dtype, attention::Backend backend, void* stream) {
+  if (block_sparse_fwd_unsupported(p, dtype, backend) != nullptr) return cudaErrorInvalidValue;
+  if (p.num_q_blocks == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const bool wgmma = backend == attention::Backend::kSm90;
+  return dtype == DType::kBFloat16 ? launch_head_dim<__nv_bfloat16>(p, wgmma, s)
+                                   : launch_head_dim<__half>(p, wgmma, s);
+}
+
+}  // namespace genaccel::cuda

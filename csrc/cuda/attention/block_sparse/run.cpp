@@ -1,0 +1,130 @@
+// The CUDA block-sparse attention forward and backward as tensor functions: alignment copies,
+// head-dim padding, the key-major plan, allocation and stream handling around the torch-free
+// launchers fwd.cu / bwd.cu. Used by the block-sparse and the SLA ops.
+#include "cuda/attention/block_sparse/run.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/attention/block_sparse/bwd.h"
+#include "cuda/attention/block_sparse/fwd.h"
+#include "cuda/common/torch_util.h"
+#include "ops/attention/block_sparse.h"
+
+namespace genaccel::ops {
+
+namespace {
+
+// The kernel loads rows in 16-byte pieces: pointers 16-byte aligned and batch/head/row strides
+// multiples of 8 elements. Views that are not (sliced, oddly strided) are copied once.
+at::Tensor vector_aligned(const at::Tensor& t) {
+  auto c = last_dim_contiguous(t);
+  const bool ok = reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 &&
+                  c.stride(0) % 8 == 0 && c.stride(1) % 8 == 0 && c.stride(2) % 8 == 0;
+  return ok ? c : c.clone(at::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
+}
+
+// The kernels exist for head dims 64 and 128. A smaller head dim D runs on the next of them with
+// q, k, v (and dout) zero-padded to it, a copy: the padded columns add nothing to q.k, carry zeros
+// through P.V and the gradients, and are cut off the results. Above 128 the op raises.
+struct KernelHeadDim {
+  int64_t D, padded;
+  KernelHeadDim(const at::Tensor& q, const char* op) : D(q.size(3)), padded(q.size(3) <= 64 ? 64 : 128) {
+    TORCH_CHECK(D <= 128, op, " (CUDA): head dims above 128 are not supported yet, got ", D,
+                " (the CPU kernels take up to 256)");
+  }
+  // x (..., D) as the kernel reads it: padded to `padded` columns, or vector_aligned.
+  at::Tensor rows(const at::Tensor& x) const {
+    // contiguous(): constant_pad_nd keeps a channels-last layout, whose last dim is strided.
+    return D == padded ? vector_aligned(x) : at::constant_pad_nd(x, {0, padded - D}).contiguous();
+  }
+  // A result (..., padded) cut back to (..., D), contiguous.
+  at::Tensor cut(const at::Tensor& x) const { return D == padded ? x : x.narrow(3, 0, D).contiguous(); }
+};
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
+    int64_t block_k, double scale, attention::Backend backend, const char* op) {
+  c10::cuda::CUDAGuard guard(q_in.device());
+  const KernelHeadDim head_dim(q_in, op);
+  auto q = head_dim.rows(q_in), k = head_dim.rows(k_in), v = head_dim.rows(v_in);
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {head_dim.cut(out), lse.fill_(-INFINITY)};
+  auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q, block_k,
+                                        scale);
+  const DType dtype = to_dtype(q.scalar_type());
+  const char* why = cuda::block_sparse_fwd_unsupported(p, dtype, backend);
+  TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
+  const int err = cuda::block_sparse_fwd(p, dtype, backend, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
+  return {head_dim.cut(out), lse};
+}
+
+namespace {
+
+// The plan in key-major order (attention::KeyMajorPlan): every counted entry (qb, kb) becomes the
+// key kb * Tq + qb, sorted per plan (batch, head), so each key block's query blocks are one ascending
+// run; its start is found by binary search. Returns (q_offsets (Bi, Hi, Tk + 1), q_list (Bi, Hi,
+// Tq * max_kv)), both int32.
+std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
+                                                  const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  const int64_t Tq = kv_indices.size(2), max_kv = kv_indices.size(3);
+  auto opts = kv_indices.options().dtype(at::kLong);
+  auto used = at::arange(max_kv, opts).view({1, 1, 1, max_kv}) < kv_counts.unsqueeze(-1);
+  auto query_block = at::arange(Tq, opts).view({1, 1, Tq, 1});
+  auto key = at::where(used, kv_indices.to(at::kLong) * Tq + query_block,
+                       num_k_blocks * Tq);
+  auto sorted = std::get<0>(key.view({Bi, Hi, Tq * max_kv}).sort(-1));
+  auto bounds = (at::arange(num_k_blocks + 1, opts) * Tq).expand({Bi, Hi, num_k_blocks + 1});
+  auto offsets = at::searchsorted(sorted, bounds.contiguous(), /*out_int32=*/true);
+  return {offsets, sorted.remainder(Tq).to(at::kInt)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, attention::Backend backend,
+    const char* op) {
+  c10::cuda::CUDAGuard guard(q_in.device());
+  if (q_in.numel() == 0 || k_in.numel() == 0)
+    return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
+            at::zeros(v_in.sizes(), v_in.options())};
+  const KernelHeadDim head_dim(q_in, op);
+  auto q = head_dim.rows(q_in), k = head_dim.rows(k_in), v = head_dim.rows(v_in);
+  auto dout = head_dim.rows(dout_in.scalar_type() == q.scalar_type() ? dout_in : dout_in.to(q.scalar_type()));
+  auto delta = delta_in.contiguous(), lse = lse_in.contiguous();
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  attention::BlockSparseBwdCudaParams p{};
+  p.bwd = make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices, kv_counts, dq, dk, dv,
+                                       block_q, block_k, scale);
+  const DType dtype = to_dtype(q.scalar_type());
+  const char* why = cuda::block_sparse_bwd_unsupported(p, dtype, backend);
+  TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
+  auto [q_offsets, q_list] = key_major_plan(kv_indices, kv_counts, (k.size(2) + block_k - 1) / block_k);
+  p.plan.q_offsets = q_offsets.const_data_ptr<int32_t>();
+  p.plan.q_list = q_list.const_data_ptr<int32_t>();
+  p.plan.off_batch_stride = q_offsets.size(0) == 1 ? 0 : q_offsets.stride(0);
+  p.plan.off_head_stride = q_offsets.size(1) == 1 ? 0 : q_offsets.stride(1);
+  p.plan.list_batch_stride = q_list.size(0) == 1 ? 0 : q_list.stride(0);
+  p.plan.list_head_stride = q_list.size(1) == 1 ? 0 : q_list.stride(1);
+  const int err = cuda::block_sparse_bwd(p, dtype, backend, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, op, " (CUDA): kernel launch failed with cudaError ", err);
+  return {head_dim.cut(dq), head_dim.cut(dk), head_dim.cut(dv)};
+}
+
+}  // namespace genaccel::ops

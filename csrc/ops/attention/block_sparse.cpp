@@ -1,0 +1,306 @@
+// genaccel attention ops: schemas, input checks, and the CPU registration.
+// CUDA registration: attention_cuda.cpp. Kernels: csrc/cpu/attention, csrc/cuda/attention.
+#include "ops/attention/block_sparse.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "cpu/attention/block_sparse/delta.h"
+#include "cpu/attention/block_sparse/bwd.h"
+#include "cpu/attention/block_sparse/fwd.h"
+#include "cpu/common/capability.h"
+
+namespace genaccel::ops {
+
+namespace {
+constexpr const char* kOp = "block_sparse_attn_fwd";
+
+void check_qkv(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sizes());
+  auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", dt);
+}
+}  // namespace
+
+at::Tensor last_dim_contiguous(const at::Tensor& t) {
+  // Rows must also not overlap (a BLAS leading dimension >= the row length): an expanded tensor
+  // with row stride 0 is copied too.
+  const bool ok = (t.stride(-1) == 1 || t.size(-1) <= 1) && t.stride(-2) >= t.size(-1);
+  return ok ? t : t.contiguous();
+}
+
+void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k, const char* op) {
+  check_qkv(q, "q", op);
+  check_qkv(k, "k", op);
+  check_qkv(v, "v", op);
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
+              ": q, k, v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B, op, ": batch of k ", k.size(0), " and v ", v.size(0),
+              " must equal batch of q ", B);
+  TORCH_CHECK(k.size(1) == v.size(1), op, ": k and v must have the same number of heads, got ",
+              k.size(1), " and ", v.size(1));
+  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v must have the same length, got ", k.size(2),
+              " and ", v.size(2));
+  TORCH_CHECK(k.size(3) == D && v.size(3) == D, op, ": head dim of k ", k.size(3), " and v ",
+              v.size(3), " must equal head dim of q ", D);
+  const int64_t Hkv = k.size(1);
+  TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, op, ": query heads ", H,
+              " must be a multiple of key/value heads ", Hkv, " (GQA)");
+  TORCH_CHECK(D >= 1 && D <= 256, op, ": head dim must be in [1, 256], got ", D);
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, op,
+              ": block sizes must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
+  const int64_t Nk = k.size(2);
+  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
+              ", Nk=", Nk);
+  const int64_t Tq = (Nq + block_q - 1) / block_q;
+
+  TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, op,
+              ": kv_indices and kv_counts must be int32, got ", kv_indices.scalar_type(), " and ",
+              kv_counts.scalar_type());
+  TORCH_CHECK(kv_indices.device() == q.device() && kv_counts.device() == q.device(), op,
+              ": kv_indices and kv_counts must be on the device of q (", q.device(), "), got ",
+              kv_indices.device(), " and ", kv_counts.device());
+  TORCH_CHECK(kv_indices.dim() == 4, op, ": kv_indices must be 4-D (B or 1, H or 1, Tq, max_kv), got shape ",
+              kv_indices.sizes());
+  TORCH_CHECK(kv_counts.dim() == 3, op, ": kv_counts must be 3-D (B or 1, H or 1, Tq), got shape ",
+              kv_counts.sizes());
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, op,
+              ": kv_indices must have shape (", B, " or 1, ", H, " or 1, ", Tq, ", max_kv) for Nq=", Nq,
+              " and block_q=", block_q, ", got ", kv_indices.sizes());
+  TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, op,
+              ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
+}
+
+void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                   int64_t block_q, int64_t block_k, const char* op, bool check_plan) {
+  check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
+  const int64_t Nk = k.size(2), Tk = (Nk + block_k - 1) / block_k;
+  if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
+  const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  if (block_plan_invalid(kv_indices, counts, used, Tk).item<bool>())
+    raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
+}
+
+std::pair<at::Tensor, at::Tensor> counts_and_used(const at::Tensor& kv_indices, const at::Tensor& kv_counts) {
+  const int64_t max_kv = kv_indices.size(3);
+  auto counts = kv_counts.to(at::kLong);
+  auto used = at::arange(max_kv, counts.options()).view({1, 1, 1, max_kv}) < counts.unsqueeze(-1);
+  return {counts, used};
+}
+
+at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& counts, const at::Tensor& used,
+                              int64_t num_k_blocks) {
+  auto bad_index = used & ((kv_indices < 0) | (kv_indices >= num_k_blocks));
+  auto bad_count = (counts < 0) | (counts > kv_indices.size(3));
+  return bad_index.any().logical_or(bad_count.any());
+}
+
+void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks,
+                            int64_t Nk, int64_t block_k, const char* op) {
+  auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+  const int64_t max_kv = kv_indices.size(3);
+  TORCH_CHECK(!((counts < 0) | (counts > max_kv)).any().item<bool>(), op, ": kv_counts must lie in [0, ", max_kv,
+              "] (the last dim of kv_indices), got values in [", counts.min().item<int64_t>(), ", ",
+              counts.max().item<int64_t>(), "]");
+  auto bad_vals = kv_indices.masked_select(used & ((kv_indices < 0) | (kv_indices >= num_k_blocks)));
+  TORCH_CHECK(bad_vals.numel() == 0, op, ": kv_indices must lie in [0, ", num_k_blocks, ") (key blocks of Nk=", Nk,
+              ", block_k=", block_k, ") for every counted entry; found ", bad_vals.numel(), " out of range, e.g. ",
+              bad_vals.numel() ? bad_vals[0].item<int>() : 0);
+  TORCH_CHECK(false, op, ": internal error: the block plan was flagged invalid but no entry is out of range");
+}
+
+at::Tensor cpu_float32(const at::Tensor& t) {
+  return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
+}
+
+attention::BlockSparseFwdParams make_block_sparse_fwd_params(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
+    int64_t block_k, double scale) {
+  attention::BlockSparseFwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr<float>();
+  p.kv_indices = kv_indices.const_data_ptr<int32_t>();
+  p.kv_counts = kv_counts.const_data_ptr<int32_t>();
+  p.idx_batch_stride = kv_indices.size(0) == 1 ? 0 : kv_indices.stride(0);
+  p.idx_head_stride = kv_indices.size(1) == 1 ? 0 : kv_indices.stride(1);
+  p.cnt_batch_stride = kv_counts.size(0) == 1 ? 0 : kv_counts.stride(0);
+  p.cnt_head_stride = kv_counts.size(1) == 1 ? 0 : kv_counts.stride(1);
+  p.max_kv_blocks = static_cast<int>(kv_indices.size(3));
+  p.q_batch_stride = q.stride(0), p.q_head_stride = q.stride(1), p.q_row_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_head_stride = k.stride(1), p.k_row_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0), p.v_head_stride = v.stride(1), p.v_row_stride = v.stride(2);
+  p.o_batch_stride = out.stride(0), p.o_head_stride = out.stride(1), p.o_row_stride = out.stride(2);
+  p.batch = static_cast<int>(q.size(0));
+  p.heads = static_cast<int>(q.size(1));
+  p.kv_heads = static_cast<int>(k.size(1));
+  p.seqlen_q = static_cast<int>(q.size(2));
+  p.seqlen_k = static_cast<int>(k.size(2));
+  p.head_dim = static_cast<int>(q.size(3));
+  p.block_q = static_cast<int>(block_q);
+  p.block_k = static_cast<int>(block_k);
+  p.num_q_blocks = static_cast<int>(kv_indices.size(2));
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+attention::BlockSparseBwdParams make_block_sparse_bwd_params(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+    int64_t block_q, int64_t block_k, double scale) {
+  attention::BlockSparseBwdParams p{};
+  // The forward params' out/lse slots: lse is read (saved from the forward); out carries dq's layout.
+  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
+  p.dout = dout.const_data_ptr();
+  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
+  p.delta = delta.const_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+  auto dq = at::empty(q.sizes(), q.options());
+  auto dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  cpu::block_sparse_bwd_f32(make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices,
+                                                         kv_counts, dq, dk, dv, block_q, block_k, scale));
+  return {dq, dk, dv};
+}
+
+void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                        int64_t block_q, int64_t block_k, double scale, bool check_plan) {
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan);
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
+              ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
+  const auto rows = q.sizes().slice(0, 3);
+  for (const auto* t : {&delta, &lse})
+    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
+                ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+}
+
+attention::Backend parse_attention_backend(c10::string_view backend, const char* op) {
+  // "auto" is sm80 until the wgmma kernels have passed a GPU check (CHANGELOG.md).
+  if (backend == "auto" || backend == "sm80") return attention::Backend::kSm80;
+  if (backend == "sm90") return attention::Backend::kSm90;
+  TORCH_CHECK(false, op, ": backend must be 'auto', 'sm80' or 'sm90', got '", std::string(backend), "'");
+}
+
+void check_attention_delta_inputs(const at::Tensor& dout, const at::Tensor& out) {
+  constexpr const char* op = "attention_delta";
+  check_qkv(dout, "dout", op);
+  check_qkv(out, "out", op);
+  TORCH_CHECK(dout.sizes() == out.sizes(), op, ": dout and out must have one shape, got ", dout.sizes(), " and ",
+              out.sizes());
+  TORCH_CHECK(dout.device() == out.device(), op, ": dout and out must be on one device, got ", dout.device(),
+              " and ", out.device());
+}
+
+attention::AttentionDeltaParams make_attention_delta_params(const at::Tensor& dout, const at::Tensor& out,
+                                                            const at::Tensor& delta) {
+  attention::AttentionDeltaParams p{};
+  p.dout = dout.const_data_ptr();
+  p.out = out.const_data_ptr();
+  p.delta = delta.mutable_data_ptr<float>();
+  p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
+  p.o_batch_stride = out.stride(0), p.o_head_stride = out.stride(1), p.o_row_stride = out.stride(2);
+  p.batch = out.size(0), p.heads = out.size(1), p.rows = out.size(2), p.dim = out.size(3);
+  return p;
+}
+
+namespace {
+
+at::Tensor attention_delta_cpu(const at::Tensor& dout, const at::Tensor& out) {
+  check_attention_delta_inputs(dout, out);
+  auto delta = at::empty({out.size(0), out.size(1), out.size(2)}, out.options().dtype(at::kFloat));
+  cpu::attention_delta_f32(make_attention_delta_params(cpu_float32(dout), cpu_float32(out), delta));
+  return delta;
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
+    int64_t block_k, double scale, bool check_plan, c10::string_view backend) {
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, kOp, check_plan);
+  parse_attention_backend(backend, kOp);  // validated; the CPU has one kernel
+  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
+  cpu::check_capability(kOp);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
+  auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (out.numel() > 0) {
+    auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q,
+                                          block_k, scale);
+    cpu::block_sparse_fwd_f32(p);
+  } else {
+    lse.fill_(-std::numeric_limits<float>::infinity());
+  }
+  return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
+    const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, bool check_plan,
+    c10::string_view backend) {
+  parse_attention_backend(backend, "block_sparse_attn_bwd");  // validated; the CPU has one kernel
+  constexpr const char* op = "block_sparse_attn_bwd";
+  check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
+                                     kv_counts_in, block_q, block_k, scale, check_plan);
+  cpu::check_capability(op);
+  auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
+  auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
+                                               lse_in.contiguous(), kv_indices_in.contiguous(),
+                                               kv_counts_in.contiguous(), block_q, block_k, scale);
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+}
+
+}  // namespace
+}  // namespace genaccel::ops
+
+TORCH_LIBRARY_FRAGMENT(genaccel, m) {
+  m.def("attention_delta(Tensor dout, Tensor out) -> Tensor");
+  m.def(
+      "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
+      "int block_q, int block_k, float scale, bool check_plan=True, str backend=\"auto\") -> (Tensor out, Tensor lse)");
+  m.def(
+      "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
+      "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale, bool check_plan=True, "
+      "str backend=\"auto\") "
+      "-> (Tensor dq, Tensor dk, Tensor dv)");
+}
+
+TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
+  m.impl("attention_delta", &genaccel::ops::attention_delta_cpu);
+  m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
+  m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cpu);
+}

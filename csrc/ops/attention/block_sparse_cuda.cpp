@@ -1,0 +1,64 @@
+// CUDA registration of the block-sparse attention ops: checks, then the runners of
+// csrc/cuda/attention/block_sparse/run.cpp.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/attention/block_sparse/delta.h"
+#include "cuda/attention/block_sparse/run.h"
+#include "cuda/common/torch_util.h"
+#include "ops/attention/block_sparse.h"
+
+namespace genaccel::ops {
+
+namespace {
+
+at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out_in) {
+  check_attention_delta_inputs(dout_in, out_in);
+  c10::cuda::CUDAGuard guard(out_in.device());
+  // Mixed dtypes are rare (autograd hands out gradients in the output's dtype): both widened then.
+  const bool same = dout_in.scalar_type() == out_in.scalar_type();
+  auto dout = last_dim_contiguous(same ? dout_in : dout_in.to(at::kFloat));
+  auto out = last_dim_contiguous(same ? out_in : out_in.to(at::kFloat));
+  auto delta = at::empty({out.size(0), out.size(1), out.size(2)}, out.options().dtype(at::kFloat));
+  const int err = cuda::attention_delta(make_attention_delta_params(dout, out, delta), to_dtype(out.scalar_type()),
+                                        c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == 0, "attention_delta (CUDA): kernel launch failed with cudaError ", err);
+  return delta;
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
+    c10::string_view backend) {
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, "block_sparse_attn_fwd",
+                                check_plan);
+  TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
+  return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
+                                   parse_attention_backend(backend, "block_sparse_attn_fwd"), "block_sparse_attn_fwd");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
+    c10::string_view backend) {
+  check_block_sparse_attn_bwd_inputs(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
+                                     scale, check_plan);
+  constexpr const char* op = "block_sparse_attn_bwd";
+  return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
+                                   scale, parse_attention_backend(backend, op), op);
+}
+
+}  // namespace
+}  // namespace genaccel::ops
+
+TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
+  m.impl("attention_delta", &genaccel::ops::attention_delta_cuda);
+  m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cuda);
+  m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cuda);
+}

@@ -1,0 +1,85 @@
+// Torch-free description of one block-sparse attention forward call, shared by the CPU kernel, the
+// CUDA launcher and the C++ microbenchmark. All strides are in elements; the last dim is contiguous.
+#pragma once
+#include <cstdint>
+
+#include "genaccel/common/dtype.h"
+
+namespace genaccel::attention {
+
+// Which CUDA kernels run the attention (the ops' `backend` argument): mma.sync (sm_80 and newer) or
+// warpgroup MMAs (wgmma, sm_90a only).
+enum class Backend : int { kSm80 = 0, kSm90 = 1 };
+
+struct BlockSparseFwdParams {
+  const void* q;  // (B, H, Nq, D)
+  const void* k;  // (B, Hkv, Nk, D)
+  const void* v;  // (B, Hkv, Nk, D)
+  void* out;      // (B, H, Nq, D), contiguous, dtype of q
+  float* lse;     // (B, H, Nq), contiguous, natural log, -inf for a row with no selected key
+
+  // Planned index list: kv_indices (Bi, Hi, Tq, max_kv_blocks), kv_counts (Bi, Hi, Tq), both
+  // int32 and contiguous in the last two dims. Bi is B or 1, Hi is H or 1; a batch/head stride of 0
+  // broadcasts one plan over every batch/head.
+  const int32_t* kv_indices;
+  const int32_t* kv_counts;
+  int64_t idx_batch_stride, idx_head_stride;  // into kv_indices
+  int64_t cnt_batch_stride, cnt_head_stride;  // into kv_counts
+  int max_kv_blocks;
+
+  int64_t q_batch_stride, q_head_stride, q_row_stride;
+  int64_t k_batch_stride, k_head_stride, k_row_stride;
+  int64_t v_batch_stride, v_head_stride, v_row_stride;
+  int64_t o_batch_stride, o_head_stride, o_row_stride;
+
+  int batch, heads, kv_heads;  // heads % kv_heads == 0 (GQA: query head h reads kv head h / (heads / kv_heads))
+  int seqlen_q, seqlen_k, head_dim;
+  int block_q, block_k;  // token sizes of one mask block
+  int num_q_blocks;      // ceil(seqlen_q / block_q)
+  float scale;           // softmax scale applied to q·k
+};
+
+
+// Backward of block-sparse attention: `fwd` describes q/k/v, lse and the plan exactly as in the
+// forward (its `out` is unused); dout is laid out like q, and delta[b, h, i] =
+// rowsum(dout * out)[i] - dlse[i] (the softmax Jacobian term, with any gradient of lse folded in).
+struct BlockSparseBwdParams {
+  BlockSparseFwdParams fwd;
+  const void* dout;
+  int64_t do_batch_stride, do_head_stride, do_row_stride;
+  const float* delta;  // (B, H, Nq) contiguous
+  void* dq;            // (B, H, Nq, D) contiguous
+  void* dk;            // (B, Hkv, Nk, D) contiguous
+  void* dv;            // (B, Hkv, Nk, D) contiguous
+};
+
+// The backward's delta before the lse term: delta[b, h, i] = sum_d dout[b, h, i, d] * out[b, h, i, d],
+// products and sum in float32 (op attention_delta). dout and out are (B, H, N, D) in one dtype with
+// contiguous last dims.
+struct AttentionDeltaParams {
+  const void* dout;
+  const void* out;
+  float* delta;  // (B, H, N), contiguous
+  int64_t do_batch_stride, do_head_stride, do_row_stride;
+  int64_t o_batch_stride, o_head_stride, o_row_stride;
+  int64_t batch, heads, rows, dim;
+};
+
+// The plan transposed to key-major order (CSR), for a backward that walks, per key block, the query
+// blocks whose lists name it: for plan batch b', plan head h' (broadcast like kv_indices) and key
+// block kb, the entries are q_list[b', h', q_offsets[b', h', kb] .. q_offsets[b', h', kb + 1]),
+// ascending; a key block listed twice by one query block appears twice, as the forward visits it twice.
+struct KeyMajorPlan {
+  const int32_t* q_offsets;  // (Bi, Hi, Tk + 1)
+  const int32_t* q_list;     // (Bi, Hi, L), L >= every q_offsets[..., Tk]
+  int64_t off_batch_stride, off_head_stride;    // 0 where the plan broadcasts
+  int64_t list_batch_stride, list_head_stride;  // 0 where the plan broadcasts
+};
+
+// The CUDA backward's parameters: the backward call and its key-major plan.
+struct BlockSparseBwdCudaParams {
+  BlockSparseBwdParams bwd;
+  KeyMajorPlan plan;
+};
+
+}  // namespace genaccel::attention

@@ -1,0 +1,7 @@
+"""Block-sparse attention: FlashAttention-style attention of each query block over a planned list of
+key blocks (the primitive under SLA, Radial and SVG2)."""
+
+from .ops import ATTENTION_BACKENDS, attention_delta, block_sparse_attention
+from .plan import block_mask_to_indices
+
+__all__ = ["ATTENTION_BACKENDS", "attention_delta", "block_mask_to_indices", "block_sparse_attention"]

@@ -1,0 +1,319 @@
+"""Small CUDA block-sparse attention and SLA runs, forward and backward, checked against the float64
+reference, and SLA's block selection checked against its CPU kernel.
+
+Meant to run under `compute-sanitizer --tool memcheck` (bench/gpu_check.sh), so the shapes are small
+and chosen for the edges where kernels read or write out of bounds: partial last blocks, N smaller
+than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs, block_k of
+several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
+a plan in descending order (a partly masked first tile), and corrupted plans taken on trust
+(check_plan=False: the kernels must stay in bounds); on Hopper the block-sparse cases run again
+with the wgmma kernels (GENACCEL_ATTENTION_SM90=1). The float64
+reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
+
+Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
+kernels. Cases marked optional (configurations the CUDA kernel may not cover yet) may be refused
+with a clear error; a wrong answer fails them like any other.
+"""
+
+import math
+import os
+import sys
+import traceback
+
+import torch
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}
+
+# name, B, H, Hkv, Nq, Nk, D, dtype, (bq, bk), mask density, mask batch/head broadcast, layout, required
+CASES = [
+    ("full mask, one block", 1, 2, 2, 64, 64, 64, torch.bfloat16, (64, 64), 1.0, False, "bhnd", True),
+    ("partial blocks, Nq!=Nk", 2, 4, 4, 200, 333, 128, torch.bfloat16, (64, 64), 0.5, False, "bhnd", True),
+    ("GQA 4:1, empty rows", 1, 8, 2, 257, 257, 128, torch.bfloat16, (64, 64), 0.3, False, "bhnd", True),
+    ("N below one block", 1, 3, 3, 50, 50, 64, torch.float16, (64, 64), 1.0, False, "bhnd", True),
+    ("fp16 GQA 2:1, broadcast mask", 2, 4, 2, 320, 192, 64, torch.float16, (64, 64), 0.6, True, "bhnd", True),
+    ("non-contiguous (B, N, H, D) view", 1, 4, 4, 190, 190, 128, torch.bfloat16, (64, 64), 0.5, False, "bnhd", True),
+    ("longer sequence", 1, 2, 2, 1000, 1000, 128, torch.bfloat16, (64, 64), 0.2, False, "bhnd", True),
+    # Every kernel instance (dtype x D 64/128 x block_q 64/128) and block_k > 64 (several 64-key
+    # tiles per block, the last block's tiles past Nk skipped), each with ragged tails.
+    ("128x64 blocks", 1, 2, 2, 300, 300, 128, torch.bfloat16, (128, 64), 0.5, False, "bhnd", True),
+    ("D=64 fp16 128x64 blocks, Nq<Nk", 1, 2, 2, 150, 300, 64, torch.float16, (128, 64), 0.5, False, "bhnd", True),
+    ("D=64 bf16 128x128 blocks, Nq>Nk", 1, 2, 2, 300, 150, 64, torch.bfloat16, (128, 128), 0.6, False, "bhnd", True),
+    ("D=128 bf16 64x128 blocks, GQA 2:1", 2, 4, 2, 190, 300, 128, torch.bfloat16, (64, 128), 0.5, False, "bhnd", True),
+    ("D=64 bf16 64x256 blocks, tail", 1, 2, 1, 130, 300, 64, torch.bfloat16, (64, 256), 0.7, False, "bhnd", True),
+    ("D=128 fp16 128x192 blocks, tail", 1, 2, 2, 260, 450, 128, torch.float16, (128, 192), 0.6, False, "bhnd", True),
+    # Key blocks in descending order (the raw op takes any order): the partial last key block is
+    # the first tile a row sees, so the online softmax starts from a partly masked tile.
+    ("descending plan, partial tile first", 1, 2, 2, 200, 333, 128, torch.bfloat16, (64, 64), 0.6, False, "bhnd", True),
+    # Head dims without a kernel of their own: zero-padded to 64 / 128.
+    ("D=32 (padded to 64)", 1, 2, 2, 130, 130, 32, torch.bfloat16, (64, 64), 0.5, False, "bhnd", True),
+    ("D=96 (padded to 128), GQA 2:1", 1, 4, 2, 190, 170, 96, torch.float16, (64, 64), 0.5, False, "bhnd", True),
+    ("float32", 1, 2, 2, 130, 130, 64, torch.float32, (64, 64), 0.5, False, "bhnd", False),
+]
+DESCENDING_PLAN = {"descending plan, partial tile first"}
+
+# SLA (sparse_linear_attention with a projection), forward and backward: the linear branch's row
+# kernels and GEMM operands at the same edges. name, B, H, Hkv, Nq, Nk, D, dtype, block, feature
+# map, linear_over_all_keys, layout, GENACCEL_SLA_CHUNK_BYTES (None: default)
+SLA_CASES = [
+    ("SLA GQA 2:1, partial blocks", 1, 4, 2, 300, 260, 64, torch.bfloat16, (64, 64), "softmax", False, "bhnd", None),
+    ("SLA D=128 128x64, MQA, chunk/pair", 2, 2, 1, 200, 330, 128, torch.bfloat16, (128, 64), "elu", False, "bhnd", "1"),
+    ("SLA N below one block, fp16", 1, 3, 3, 40, 50, 128, torch.float16, (64, 128), "relu", True, "bhnd", None),
+    ("SLA non-contiguous (B, N, H, D)", 1, 4, 4, 190, 190, 64, torch.bfloat16, (64, 64), "softmax", False, "bnhd", None),
+    ("SLA D=96 (sparse branch padded)", 1, 4, 2, 200, 170, 96, torch.bfloat16, (64, 64), "elu", False, "bhnd", None),
+    ("SLA D=32 (sparse branch padded)", 1, 2, 2, 130, 100, 32, torch.float16, (64, 64), "softmax", False, "bhnd", None),
+]
+
+# SLA's block selection (op sla_select_blocks) against its CPU kernel, exactly: name, score shape,
+# n_critical, n_negligible. 4096 blocks fill the kernel's shared-memory sort; 5000 take its global
+# scratch path.
+SELECT_CASES = [
+    ("select 37 blocks, ties", (2, 3, 5, 37), 5, 9),
+    ("select 4096 blocks (shared memory)", (1, 2, 3, 4096), 200, 400),
+    ("select 5000 blocks (global scratch)", (1, 2, 3, 5000), 250, 500),
+]
+
+# The backward's row term (op attention_delta) against float64: name, shape, dtype, and whether the
+# rows are sliced off 16-byte alignment (the kernel's scalar path).
+DELTA_CASES = [
+    ("delta bf16 D128 (16-byte loads)", (2, 3, 257, 128), torch.bfloat16, False),
+    ("delta fp16 D13 misaligned (scalar)", (1, 2, 99, 14), torch.float16, True),
+]
+
+
+# Corrupted plans passed with check_plan=False (taken on trust): the kernels must skip entries
+# outside [0, key blocks) and clamp counts to [0, max_kv], never read out of bounds (memcheck).
+TRUSTED_PLAN_CASES = [
+    ("trusted plan, indices past the end", lambda idx, cnt: (idx + 100000, cnt)),
+    ("trusted plan, negative indices", lambda idx, cnt: (idx - 100000, cnt)),
+    ("trusted plan, counts past max_kv", lambda idx, cnt: (idx, cnt + 7)),
+    ("trusted plan, negative counts", lambda idx, cnt: (idx, cnt - 100)),
+]
+
+
+def descending_plan(mask):
+    """kv_indices/kv_counts listing each row's key blocks in descending order (padding -1)."""
+    import genaccel
+
+    tk = mask.shape[-1]
+    idx, cnt = genaccel.block_mask_to_indices(mask.flip(-1))
+    return torch.where(idx >= 0, tk - 1 - idx, idx).to(torch.int32).contiguous(), cnt
+
+
+def make_inputs(case, gen):
+    _, B, H, Hkv, nq, nk, D, dtype, (bq, bk), density, bcast, layout, _ = case
+
+    def rand(b, h, n):
+        if layout == "bnhd":  # (B, N, H, D) storage seen as (B, H, N, D): strided, like a fused QKV
+            return torch.randn(b, n, h, D, generator=gen).transpose(1, 2)
+        return torch.randn(b, h, n, D, generator=gen)
+
+    q, k, v = rand(B, H, nq), rand(B, Hkv, nk), rand(B, Hkv, nk)
+    tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
+    mshape = (1, 1, tq, tk) if bcast else (B, H, tq, tk)
+    mask = torch.rand(mshape, generator=gen) < density
+    if density < 1.0 and tq > 2:
+        mask[..., 1, :] = False  # an empty row: output zeros, lse -inf
+    # The last (partial) query block always computes something with the last (partial) key block
+    # (with tq == 2, emptying row 1 would have emptied exactly the partial query block).
+    mask[..., -1, -1] = True
+    return q, k, v, mask, dtype, (bq, bk)
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    denom = ref.norm()
+    return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
+
+
+def run_case(case, gen) -> str:
+    """'ok ...', 'unsupported ...' or raises/returns 'FAIL ...'."""
+    import genaccel
+    from genaccel.attention.block_sparse.reference import block_sparse_attention_reference
+
+    q, k, v, mask, dtype, bs = make_inputs(case, gen)
+    # Round to the tested dtype first so the reference sees exactly the kernel's inputs.
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    ref_out, ref_lse = block_sparse_attention_reference(q, k, v, mask, bs)
+    dq, dk, dv = (t.cuda() for t in (q, k, v))
+    if case[11] == "bnhd":
+        assert not dq.is_contiguous()
+    if case[0] in DESCENDING_PLAN:
+        idx, cnt = descending_plan(mask.cuda())
+        out, lse = torch.ops.genaccel.block_sparse_attn_fwd(dq, dk, dv, idx, cnt, bs[0], bs[1], 1.0 / math.sqrt(dq.shape[-1]))
+    else:
+        out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True)
+    torch.cuda.synchronize()
+    out, lse = out.cpu(), lse.cpu()
+    if out.dtype != dtype or out.shape != ref_out.shape or lse.shape != ref_lse.shape:
+        return f"FAIL shapes/dtype: out {tuple(out.shape)} {out.dtype}, lse {tuple(lse.shape)}"
+    if not torch.isfinite(out).all():
+        return "FAIL non-finite output"
+    err = rel_err(out, ref_out)
+    finite = torch.isfinite(ref_lse)
+    lse_ok = torch.equal(torch.isfinite(lse), finite)
+    lse_err = rel_err(lse[finite], ref_lse[finite]) if finite.any() else 0.0
+    tol = TOL[dtype]
+    if err > tol or lse_err > tol or not lse_ok:
+        return f"FAIL rel err out {err:.2e} lse {lse_err:.2e} (tol {tol:.0e}), lse -inf rows match: {lse_ok}"
+
+    # Backward through the op, on the same plan, against autograd through the reference.
+    go = torch.randn(ref_out.shape, generator=gen).to(dtype)
+    if case[0] in DESCENDING_PLAN:
+        plan = (idx, cnt)
+    else:
+        plan = tuple(t.to(torch.int32).contiguous() for t in genaccel.block_mask_to_indices(mask.cuda()))
+    delta = (go.float() * out.float()).sum(-1)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    grads = torch.ops.genaccel.block_sparse_attn_bwd(go.cuda(), dq, dk, dv, delta.cuda(), lse.cuda(), *plan,
+                                                     bs[0], bs[1], scale)
+    torch.cuda.synchronize()
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = block_sparse_attention_reference(*leaves, mask, bs)[0]
+    expected = torch.autograd.grad((ref * go.double()).sum(), leaves)
+    grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
+    if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
+        return f"FAIL backward rel err dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
+    return (f"ok   rel err out {err:.2e} lse {lse_err:.2e}, "
+            f"dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)}")
+
+
+def run_sla_case(case, gen) -> str:
+    """SLA forward and backward (q, k, v, projection) against autograd through the reference."""
+    import os
+
+    import genaccel
+    from genaccel.attention.sla import sla_block_map
+    from genaccel.attention.sla.reference import sparse_linear_attention_reference
+
+    name, B, H, Hkv, Nq, Nk, D, dtype, bs, fmap, all_keys, layout, chunk = case
+    q = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
+    k, v = (torch.randn(B, Hkv, Nk, D, generator=gen).to(dtype) for _ in range(2))
+    w = 0.2 * torch.randn(D, D, generator=gen)
+    go = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
+    leaves = []
+    for t in (q, k, v):
+        c = t.cuda()
+        if layout == "bnhd":  # same values, a (B, N, H, D) tensor seen as (B, H, N, D)
+            c = c.transpose(1, 2).contiguous().transpose(1, 2)
+        leaves.append(c.requires_grad_())
+    wc = w.cuda().requires_grad_()
+    if chunk is not None:
+        os.environ["GENACCEL_SLA_CHUNK_BYTES"] = chunk
+    try:
+        out = genaccel.sparse_linear_attention(*leaves, wc, None, 0.2, 0.1, bs, fmap, linear_over_all_keys=all_keys)
+        grads = torch.autograd.grad((out * go.cuda()).float().sum(), (*leaves, wc))
+        torch.cuda.synchronize()
+    finally:
+        os.environ.pop("GENACCEL_SLA_CHUNK_BYTES", None)
+    codes = sla_block_map(leaves[0], leaves[1], 0.2, 0.1, bs)[0].cpu()
+    ref_in = [t.double().requires_grad_() for t in (q, k, v, w)]
+    ref = sparse_linear_attention_reference(*ref_in[:3], codes, ref_in[3], None, bs, fmap,
+                                            linear_over_all_keys=all_keys)[0]
+    expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
+    err = rel_err(out.detach().cpu(), ref.detach())
+    grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
+    tol = TOL[dtype]
+    if not torch.isfinite(out).all() or err > tol:
+        return f"FAIL forward rel err {err:.2e} (tol {tol:.0e})"
+    if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
+        return f"FAIL backward rel err dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
+    return f"ok   rel err out {err:.2e}, dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)}"
+
+
+def run_select_case(case, gen) -> str:
+    name, shape, n_crit, n_neg = case
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), float("nan")])
+    scores = torch.randn(*shape, generator=gen)
+    tied = torch.rand(shape, generator=gen) < 0.3
+    scores[tied] = pool[torch.randint(0, len(pool), (int(tied.sum()),), generator=gen)]
+    got = torch.ops.genaccel.sla_select_blocks(scores.cuda(), n_crit, n_neg)
+    torch.cuda.synchronize()
+    want = torch.ops.genaccel.sla_select_blocks(scores, n_crit, n_neg)
+    same = [torch.equal(g.cpu(), w) for g, w in zip(got, want)]
+    return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
+
+
+def run_trusted_plan_case(case, gen) -> str:
+    name, corrupt = case
+    B, H, N, D = 1, 2, 200, 64
+    q, k, v = (torch.randn(B, H, N, D, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    import genaccel
+
+    mask = (torch.rand(B, H, 4, 4, generator=gen) < 0.5).cuda()
+    idx, cnt = corrupt(*genaccel.block_mask_to_indices(mask, max_kv_blocks=4))
+    op = torch.ops.genaccel
+    out, lse = op.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125, check_plan=False)
+    delta = op.attention_delta(out, out)
+    grads = op.block_sparse_attn_bwd(out, q, k, v, delta, lse, idx, cnt, 64, 64, 0.125, check_plan=False)
+    torch.cuda.synchronize()
+    finite = all(torch.isfinite(t).all() for t in (out, *grads))
+    return "ok   ran in bounds (memcheck), outputs finite" if finite else "FAIL non-finite outputs"
+
+
+def with_wgmma(run):
+    """`run` with the wgmma kernels (GENACCEL_ATTENTION_SM90=1, Hopper only)."""
+
+    def run_wgmma(case, gen) -> str:
+        os.environ["GENACCEL_ATTENTION_SM90"] = "1"
+        try:
+            return run(case, gen)
+        finally:
+            del os.environ["GENACCEL_ATTENTION_SM90"]
+
+    return run_wgmma
+
+
+run_case_wgmma = with_wgmma(run_case)
+
+
+def run_delta_case(case, gen) -> str:
+    name, shape, dtype, misaligned = case
+    dout, out = (torch.randn(*shape, generator=gen).to(dtype).cuda() for _ in range(2))
+    if misaligned:
+        dout, out = dout[..., 1:], out[..., 1:]
+    got = torch.ops.genaccel.attention_delta(dout, out).cpu().double()
+    want = (dout.cpu().double() * out.cpu().double()).sum(-1)
+    err = rel_err(got, want)
+    return f"ok   rel err {err:.2e}" if err <= 1e-6 else f"FAIL rel err {err:.2e} (tol 1e-6)"
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
+        return 2
+    import genaccel
+
+    if not genaccel.has_cuda_kernels():
+        print(f"cuda_smoke: genaccel has no CUDA kernels in this build: {genaccel.build_info()}", file=sys.stderr)
+        return 2
+    print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
+    gen = torch.Generator().manual_seed(1234)
+    failed = passed = 0
+    runs = ([(case[0], run_case, case, case[-1]) for case in CASES]
+            + [(case[0], run_sla_case, case, True) for case in SLA_CASES]
+            + [(case[0], run_select_case, case, True) for case in SELECT_CASES]
+            + [(case[0], run_delta_case, case, True) for case in DELTA_CASES]
+            + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES])
+    if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
+        runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
+        runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]
+    for name, run, case, required in runs:
+        try:
+            result = run(case, gen)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            if not required:
+                result = f"unsupported (optional case): {type(exc).__name__}: {first}"
+            else:
+                traceback.print_exc()
+                result = f"FAIL raised {type(exc).__name__}: {first}"
+        bad = result.startswith("FAIL")
+        failed += bad
+        passed += result.startswith("ok")
+        print(f"{'FAIL' if bad else 'pass'}  {name:<34} {result}", flush=True)
+    print(f"cuda_smoke: {passed} ok, {failed} failed, {len(runs) - passed - failed} unsupported optional")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
