@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -35,9 +36,41 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return ok ? t : t.contiguous();
 }
 
+namespace {
+
+// Variable-size block offsets: int32, 3-D (B or 1, H or 1, blocks + 1) with blocks >= 1, on q's device.
+void check_offsets_shape(const at::Tensor& o, const char* name, int64_t B, int64_t H, const at::Device& device,
+                         const char* op) {
+  TORCH_CHECK(o.scalar_type() == at::kInt && o.dim() == 3 && (o.size(0) == B || o.size(0) == 1) &&
+                  (o.size(1) == H || o.size(1) == 1) && o.size(2) >= 2,
+              op, ": ", name, " must be int32 of shape (", B, " or 1, ", H, " or 1, blocks + 1) with blocks >= 1, got ",
+              o.scalar_type(), " ", o.sizes());
+  TORCH_CHECK(o.device() == device, op, ": ", name, " must be on the device of q (", device, "), got ", o.device());
+}
+
+// Their values: from 0 to n along the last dim, non-decreasing, no block longer than `block` (the
+// block_q / block_k argument, which bounds the kernels' scratch).
+void check_offsets_values(const at::Tensor& o, const char* name, int64_t n, int64_t block, const char* block_name,
+                          const char* op) {
+  auto sizes = o.diff(1, -1);
+  const bool ends = (o.select(-1, 0) == 0).all().item<bool>() && (o.select(-1, -1) == n).all().item<bool>();
+  TORCH_CHECK(ends, op, ": ", name, " must start at 0 and end at the sequence length ", n, " in every row");
+  TORCH_CHECK((sizes >= 0).all().item<bool>(), op, ": ", name, " must be non-decreasing");
+  const int64_t largest = sizes.max().item<int64_t>();
+  TORCH_CHECK(largest <= block, op, ": ", name, " has a block of ", largest, " tokens, more than ", block_name, "=",
+              block, " (pass the largest block size)");
+}
+
+// Offsets as the kernels read them: contiguous rows.
+BlockOffsets contiguous_offsets(const BlockOffsets& o) {
+  return {o.q.defined() ? o.q.contiguous() : o.q, o.k.defined() ? o.k.contiguous() : o.k};
+}
+
+}  // namespace
+
 void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k, const char* op) {
+                                   int64_t block_q, int64_t block_k, const char* op, const BlockOffsets& offsets) {
   check_qkv(q, "q", op);
   check_qkv(k, "k", op);
   check_qkv(v, "v", op);
@@ -65,7 +98,9 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
   const int64_t Nk = k.size(2);
   TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
               ", Nk=", Nk);
-  const int64_t Tq = (Nq + block_q - 1) / block_q;
+  const int64_t Tq = offsets.q.defined() ? offsets.q.size(-1) - 1 : (Nq + block_q - 1) / block_q;
+  if (offsets.q.defined()) check_offsets_shape(offsets.q, "q_block_offsets", B, H, q.device(), op);
+  if (offsets.k.defined()) check_offsets_shape(offsets.k, "k_block_offsets", B, H, q.device(), op);
 
   TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt, op,
               ": kv_indices and kv_counts must be int32, got ", kv_indices.scalar_type(), " and ",
@@ -80,17 +115,23 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
   const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
   TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, op,
               ": kv_indices must have shape (", B, " or 1, ", H, " or 1, ", Tq, ", max_kv) for Nq=", Nq,
-              " and block_q=", block_q, ", got ", kv_indices.sizes());
+              (offsets.q.defined() ? " and q_block_offsets" : " and block_q="),
+              (offsets.q.defined() ? std::string() : std::to_string(block_q)), ", got ", kv_indices.sizes());
   TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, op,
               ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
 }
 
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k, const char* op, bool check_plan) {
-  check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
-  const int64_t Nk = k.size(2), Tk = (Nk + block_k - 1) / block_k;
-  if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
+                                   int64_t block_q, int64_t block_k, const char* op, bool check_plan,
+                                   const BlockOffsets& offsets) {
+  check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op, offsets);
+  const int64_t Nk = k.size(2);
+  const int64_t Tk = offsets.num_k_blocks(Nk, block_k);
+  if (!plan_values_checked(q, check_plan)) return;
+  if (offsets.q.defined()) check_offsets_values(offsets.q, "q_block_offsets", q.size(2), block_q, "block_q", op);
+  if (offsets.k.defined()) check_offsets_values(offsets.k, "k_block_offsets", Nk, block_k, "block_k", op);
+  if (kv_counts.numel() == 0) return;
   const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
   if (block_plan_invalid(kv_indices, counts, used, Tk).item<bool>())
     raise_block_plan_error(kv_indices, kv_counts, Tk, Nk, block_k, op);
@@ -124,6 +165,64 @@ void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_c
   TORCH_CHECK(false, op, ": internal error: the block plan was flagged invalid but no entry is out of range");
 }
 
+// Every counted entry (qb, kb) becomes the key kb * Tq + qb, sorted per plan (batch, head), so each
+// key block's query blocks are one ascending run; its start is found by binary search.
+std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
+                                                  const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  const int64_t Tq = kv_indices.size(2), max_kv = kv_indices.size(3);
+  auto opts = kv_indices.options().dtype(at::kLong);
+  auto used = at::arange(max_kv, opts).view({1, 1, 1, max_kv}) < kv_counts.unsqueeze(-1);
+  auto query_block = at::arange(Tq, opts).view({1, 1, Tq, 1});
+  auto key = at::where(used, kv_indices.to(at::kLong) * Tq + query_block,
+                       num_k_blocks * Tq);
+  auto sorted = std::get<0>(key.view({Bi, Hi, Tq * max_kv}).sort(-1));
+  auto bounds = (at::arange(num_k_blocks + 1, opts) * Tq).expand({Bi, Hi, num_k_blocks + 1});
+  auto offsets = at::searchsorted(sorted, bounds.contiguous(), /*out_int32=*/true);
+  return {offsets, sorted.remainder(Tq).to(at::kInt)};
+}
+
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor& kv_indices,
+                                                               const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  constexpr const char* op = "block_sparse_key_major_plan";
+  TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt && kv_indices.dim() == 4 &&
+                  kv_counts.dim() == 3 && kv_counts.sizes() == kv_indices.sizes().slice(0, 3) &&
+                  kv_counts.device() == kv_indices.device(),
+              op, ": kv_indices (Bi, Hi, Tq, max_kv) and kv_counts (Bi, Hi, Tq) must be int32 on one device, got ",
+              kv_indices.scalar_type(), " ", kv_indices.sizes(), " and ", kv_counts.scalar_type(), " ",
+              kv_counts.sizes());
+  TORCH_CHECK(num_k_blocks >= 0 && num_k_blocks < (int64_t{1} << 31) / std::max<int64_t>(kv_indices.size(2), 1), op,
+              ": num_k_blocks must be in [0, 2^31 / Tq), got ", num_k_blocks);
+  if (kv_counts.numel() > 0) {
+    const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
+    TORCH_CHECK(!block_plan_invalid(kv_indices, counts, used, num_k_blocks).item<bool>(), op,
+                ": the plan has counts outside [0, max_kv] or entries outside [0, num_k_blocks=", num_k_blocks, ")");
+  }
+  return key_major_plan(kv_indices.contiguous(), kv_counts.contiguous(), num_k_blocks);
+}
+
+void check_key_major_plan(const KeyMajor& km, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                          int64_t num_k_blocks, bool check_values, const char* op) {
+  if (!km.offsets.defined() && !km.queries.defined()) return;
+  TORCH_CHECK(km.offsets.defined() && km.queries.defined(), op,
+              ": key_major_offsets and key_major_queries come together (from block_sparse_key_major_plan)");
+  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  for (const auto* t : {&km.offsets, &km.queries})
+    TORCH_CHECK(t->scalar_type() == at::kInt && t->dim() == 3 && t->size(0) == Bi && t->size(1) == Hi &&
+                    t->device() == kv_indices.device(),
+                op, ": key_major_offsets / key_major_queries must be int32 (", Bi, ", ", Hi, ", .) on ",
+                kv_indices.device(), " like kv_indices, got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
+  TORCH_CHECK(km.offsets.size(2) == num_k_blocks + 1, op, ": key_major_offsets must have ", num_k_blocks + 1,
+              " entries per plan row (key blocks + 1), got ", km.offsets.size(2));
+  if (!check_values) return;
+  auto [offsets, queries] = key_major_plan(kv_indices, kv_counts, num_k_blocks);
+  TORCH_CHECK(at::equal(offsets, km.offsets) && queries.size(2) <= km.queries.size(2) &&
+                  at::equal(queries, km.queries.narrow(2, 0, queries.size(2))),
+              op, ": key_major_offsets / key_major_queries are not the key-major form of kv_indices / kv_counts "
+              "(make them with block_sparse_key_major_plan, or genaccel.attention.BlockSparsePlan)");
+}
+
 at::Tensor cpu_float32(const at::Tensor& t) {
   return last_dim_contiguous(t.scalar_type() == at::kFloat ? t : t.to(at::kFloat));
 }
@@ -131,7 +230,7 @@ at::Tensor cpu_float32(const at::Tensor& t) {
 attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
-    int64_t block_k, double scale) {
+    int64_t block_k, double scale, const BlockOffsets& offsets) {
   attention::BlockSparseFwdParams p{};
   p.q = q.const_data_ptr();
   p.k = k.const_data_ptr();
@@ -159,6 +258,17 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
   p.block_k = static_cast<int>(block_k);
   p.num_q_blocks = static_cast<int>(kv_indices.size(2));
   p.scale = static_cast<float>(scale);
+  // Offsets (checked contiguous in their last dim) broadcast over batch/heads of size 1.
+  if (offsets.q.defined()) {
+    p.q_offsets = offsets.q.const_data_ptr<int32_t>();
+    p.qoff_batch_stride = offsets.q.size(0) == 1 ? 0 : offsets.q.stride(0);
+    p.qoff_head_stride = offsets.q.size(1) == 1 ? 0 : offsets.q.stride(1);
+  }
+  if (offsets.k.defined()) {
+    p.k_offsets = offsets.k.const_data_ptr<int32_t>();
+    p.koff_batch_stride = offsets.k.size(0) == 1 ? 0 : offsets.k.stride(0);
+    p.koff_head_stride = offsets.k.size(1) == 1 ? 0 : offsets.k.stride(1);
+  }
   return p;
 }
 
@@ -166,10 +276,10 @@ attention::BlockSparseBwdParams make_block_sparse_bwd_params(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
-    int64_t block_q, int64_t block_k, double scale) {
+    int64_t block_q, int64_t block_k, double scale, const BlockOffsets& offsets) {
   attention::BlockSparseBwdParams p{};
   // The forward params' out/lse slots: lse is read (saved from the forward); out carries dq's layout.
-  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale);
+  p.fwd = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, dq, lse, block_q, block_k, scale, offsets);
   p.dout = dout.const_data_ptr();
   p.do_batch_stride = dout.stride(0), p.do_head_stride = dout.stride(1), p.do_row_stride = dout.stride(2);
   p.delta = delta.const_data_ptr<float>();
@@ -182,21 +292,23 @@ attention::BlockSparseBwdParams make_block_sparse_bwd_params(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale) {
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const BlockOffsets& offsets) {
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
   cpu::block_sparse_bwd_f32(make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices,
-                                                         kv_counts, dq, dk, dv, block_q, block_k, scale));
+                                                         kv_counts, dq, dk, dv, block_q, block_k, scale,
+                                                         offsets));
   return {dq, dk, dv};
 }
 
 void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
                                         const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale, bool check_plan) {
+                                        int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                        const BlockOffsets& offsets) {
   constexpr const char* op = "block_sparse_attn_bwd";
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan);
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan, offsets);
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
               ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
@@ -248,8 +360,15 @@ at::Tensor attention_delta_cpu(const at::Tensor& dout, const at::Tensor& out) {
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
-    int64_t block_k, double scale, bool check_plan, c10::string_view backend) {
-  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, kOp, check_plan);
+    int64_t block_k, double scale, bool check_plan, c10::string_view backend,
+    const std::optional<at::Tensor>& q_block_offsets, const std::optional<at::Tensor>& k_block_offsets,
+    const std::optional<at::Tensor>& key_major_offsets, const std::optional<at::Tensor>& key_major_queries) {
+  const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
+  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, kOp, check_plan,
+                                offsets);
+  // Passed through for the backward (the CPU backward does not use them): shapes only.
+  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices_in, kv_counts_in,
+                       offsets.num_k_blocks(k_in.size(2), block_k), false, kOp);
   parse_attention_backend(backend, kOp);  // validated; the CPU has one kernel
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
   cpu::check_capability(kOp);
@@ -259,7 +378,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   if (out.numel() > 0) {
     auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q,
-                                          block_k, scale);
+                                          block_k, scale, contiguous_offsets(offsets));
     cpu::block_sparse_fwd_f32(p);
   } else {
     lse.fill_(-std::numeric_limits<float>::infinity());
@@ -271,16 +390,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
     const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, bool check_plan,
-    c10::string_view backend) {
-  parse_attention_backend(backend, "block_sparse_attn_bwd");  // validated; the CPU has one kernel
+    c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
+    const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
+    const std::optional<at::Tensor>& key_major_queries) {
   constexpr const char* op = "block_sparse_attn_bwd";
+  parse_attention_backend(backend, op);  // validated; the CPU has one kernel
+  const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
   check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
-                                     kv_counts_in, block_q, block_k, scale, check_plan);
+                                     kv_counts_in, block_q, block_k, scale, check_plan, offsets);
+  // The CPU backward walks the query-major plan; the key-major one is checked for shape only.
+  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices_in, kv_counts_in,
+                       offsets.num_k_blocks(k_in.size(2), block_k), false, op);
   cpu::check_capability(op);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
                                                lse_in.contiguous(), kv_indices_in.contiguous(),
-                                               kv_counts_in.contiguous(), block_q, block_k, scale);
+                                               kv_counts_in.contiguous(), block_q, block_k, scale,
+                                               contiguous_offsets(offsets));
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }
 
@@ -288,14 +414,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
 }  // namespace genaccel::ops
 
 TORCH_LIBRARY_FRAGMENT(genaccel, m) {
+  // The plan in key-major order for the CUDA backward (KeyMajor): made once with the plan
+  // (genaccel.attention.BlockSparsePlan) and handed to every backward instead of a sort per call.
+  m.def("block_sparse_key_major_plan(Tensor kv_indices, Tensor kv_counts, int num_k_blocks) "
+        "-> (Tensor offsets, Tensor queries)");
   m.def("attention_delta(Tensor dout, Tensor out) -> Tensor");
   m.def(
       "block_sparse_attn_fwd(Tensor q, Tensor k, Tensor v, Tensor kv_indices, Tensor kv_counts, "
-      "int block_q, int block_k, float scale, bool check_plan=True, str backend=\"auto\") -> (Tensor out, Tensor lse)");
+      "int block_q, int block_k, float scale, bool check_plan=True, str backend=\"auto\", "
+      "Tensor? q_block_offsets=None, Tensor? k_block_offsets=None, Tensor? key_major_offsets=None, "
+      "Tensor? key_major_queries=None) -> (Tensor out, Tensor lse)");
   m.def(
       "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor delta, Tensor lse, "
       "Tensor kv_indices, Tensor kv_counts, int block_q, int block_k, float scale, bool check_plan=True, "
-      "str backend=\"auto\") "
+      "str backend=\"auto\", Tensor? q_block_offsets=None, Tensor? k_block_offsets=None, "
+      "Tensor? key_major_offsets=None, Tensor? key_major_queries=None) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
@@ -303,4 +436,5 @@ TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("attention_delta", &genaccel::ops::attention_delta_cpu);
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
   m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cpu);
+  m.impl("block_sparse_key_major_plan", &genaccel::ops::block_sparse_key_major_plan);
 }

@@ -3,12 +3,27 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <tuple>
 #include <utility>
 
 #include "genaccel/attention/block_sparse/params.h"
 
 namespace genaccel::ops {
+
+// Variable-size blocks of the block-sparse ops (their q_block_offsets / k_block_offsets arguments):
+// int32 token offsets (B or 1, H or 1, blocks + 1) per side; an undefined tensor for uniform blocks.
+struct BlockOffsets {
+  at::Tensor q, k;
+  static BlockOffsets of(const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k) {
+    return {q.value_or(at::Tensor()), k.value_or(at::Tensor())};
+  }
+  bool any() const { return q.defined() || k.defined(); }
+  // The number of key blocks: the offsets', or ceil(Nk / block_k).
+  int64_t num_k_blocks(int64_t Nk, int64_t block_k) const {
+    return k.defined() ? k.size(-1) - 1 : (Nk + block_k - 1) / block_k;
+  }
+};
 
 // Checks q/k/v/kv_indices/kv_counts of block_sparse_attn_fwd (ranks, shapes, dtypes, devices,
 // index ranges) and raises a c10::Error naming `op` (the op being called) and the argument on the
@@ -19,7 +34,8 @@ namespace genaccel::ops {
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                    int64_t block_q, int64_t block_k,
-                                   const char* op = "block_sparse_attn_fwd", bool check_plan = true);
+                                   const char* op = "block_sparse_attn_fwd", bool check_plan = true,
+                                   const BlockOffsets& offsets = {});
 
 // Whether the plan's values must be checked: always on the CPU, on CUDA unless the caller vouches.
 inline bool plan_values_checked(const at::Tensor& q, bool check_plan) {
@@ -29,7 +45,8 @@ inline bool plan_values_checked(const at::Tensor& q, bool check_plan) {
 // All of those checks but the index ranges (no device sync).
 void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                   int64_t block_q, int64_t block_k, const char* op);
+                                   int64_t block_q, int64_t block_k, const char* op,
+                                   const BlockOffsets& offsets = {});
 
 // kv_counts as int64 and which (query block, slot) entries of kv_indices they count (bool, shaped
 // like kv_indices).
@@ -46,18 +63,40 @@ at::Tensor block_plan_invalid(const at::Tensor& kv_indices, const at::Tensor& co
 [[noreturn]] void raise_block_plan_error(const at::Tensor& kv_indices, const at::Tensor& kv_counts,
                                          int64_t num_k_blocks, int64_t Nk, int64_t block_k, const char* op);
 
+// The plan in key-major order (attention::KeyMajorPlan, op block_sparse_key_major_plan), for the
+// CUDA backward's dK/dV kernel that walks, per key block, the query blocks that list it: offsets
+// (Bi, Hi, Tk + 1) into queries (Bi, Hi, Tq * max_kv), both int32; undefined tensors when absent.
+struct KeyMajor {
+  at::Tensor offsets, queries;
+  static KeyMajor of(const std::optional<at::Tensor>& offsets, const std::optional<at::Tensor>& queries) {
+    return {offsets.value_or(at::Tensor()), queries.value_or(at::Tensor())};
+  }
+};
+std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                                  int64_t num_k_blocks);
+
+// Op block_sparse_key_major_plan: checks the plan, then key_major_plan.
+std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor& kv_indices,
+                                                               const at::Tensor& kv_counts, int64_t num_k_blocks);
+
+// Checks key-major lists handed to an op: shapes always, and with check_values that they equal
+// key_major_plan's (a sort and a host sync).
+void check_key_major_plan(const KeyMajor& km, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                          int64_t num_k_blocks, bool check_values, const char* op);
+
 // Fills the torch-free params from tensors whose last dim is contiguous; out/lse must be
 // contiguous (B, H, Nq, D) / (B, H, Nq).
 attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
-    int64_t block_k, double scale);
+    int64_t block_k, double scale, const BlockOffsets& offsets = {});
 
 // Checks the inputs of block_sparse_attn_bwd: those of the forward, plus dout, delta, lse and scale.
 void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
                                         const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale, bool check_plan);
+                                        int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                        const BlockOffsets& offsets = {});
 
 // Fills the torch-free backward params (tensors as for make_block_sparse_fwd_params; dout with a
 // contiguous last dim, delta/lse/dq/dk/dv contiguous).
@@ -65,14 +104,15 @@ attention::BlockSparseBwdParams make_block_sparse_bwd_params(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
-    int64_t block_q, int64_t block_k, double scale);
+    int64_t block_q, int64_t block_k, double scale, const BlockOffsets& offsets = {});
 
 // The CPU block-sparse backward on float32 tensors with contiguous last dims (delta, lse, kv_indices,
 // kv_counts contiguous; inputs already checked): float32 (dq, dk, dv) shaped like q, k, v.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale);
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale,
+    const BlockOffsets& offsets = {});
 
 // The ops' `backend` argument ("auto", "sm80" or "sm90": which CUDA kernels run); raises naming `op`
 // otherwise. The CPU validates it and runs its one kernel.

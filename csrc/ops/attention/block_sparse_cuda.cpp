@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "cuda/attention/block_sparse/delta.h"
 #include "cuda/attention/block_sparse/run.h"
@@ -16,6 +17,13 @@
 namespace genaccel::ops {
 
 namespace {
+
+void refuse_variable_blocks(const std::optional<at::Tensor>& q_offsets, const std::optional<at::Tensor>& k_offsets,
+                            const char* op) {
+  TORCH_CHECK(!q_offsets.has_value() && !k_offsets.has_value(), op,
+              " (CUDA): variable-size blocks (q_block_offsets / k_block_offsets) run on the CPU kernels only so far "
+              "(the CUDA kernels take uniform blocks)");
+}
 
 at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out_in) {
   check_attention_delta_inputs(dout_in, out_in);
@@ -34,9 +42,15 @@ at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out
 std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
-    c10::string_view backend) {
+    c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
+    const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
+    const std::optional<at::Tensor>& key_major_queries) {
+  refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_fwd");
   check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, "block_sparse_attn_fwd",
                                 check_plan);
+  // Passed through for the backward: checked there.
+  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices, kv_counts,
+                       (k.size(2) + block_k - 1) / block_k, false, "block_sparse_attn_fwd");
   TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
   return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
                                    parse_attention_backend(backend, "block_sparse_attn_fwd"), "block_sparse_attn_fwd");
@@ -46,12 +60,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
-    c10::string_view backend) {
+    c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
+    const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
+    const std::optional<at::Tensor>& key_major_queries) {
+  refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_bwd");
   check_block_sparse_attn_bwd_inputs(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
                                      scale, check_plan);
+  const auto key_major = KeyMajor::of(key_major_offsets, key_major_queries);
+  check_key_major_plan(key_major, kv_indices, kv_counts, (k.size(2) + block_k - 1) / block_k, check_plan,
+                       "block_sparse_attn_bwd");
   constexpr const char* op = "block_sparse_attn_bwd";
   return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
-                                   scale, parse_attention_backend(backend, op), op);
+                                   scale, parse_attention_backend(backend, op), op, key_major);
 }
 
 }  // namespace
@@ -61,4 +81,5 @@ TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
   m.impl("attention_delta", &genaccel::ops::attention_delta_cuda);
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cuda);
   m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cuda);
+  m.impl("block_sparse_key_major_plan", &genaccel::ops::block_sparse_key_major_plan);
 }

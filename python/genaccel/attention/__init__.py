@@ -1,5 +1,5 @@
 """Family `attention`: block-sparse attention and the sparse-attention methods built on it (SLA)."""
 
-from .block_sparse import block_mask_to_indices, block_sparse_attention
+from .block_sparse import BlockSparsePlan, block_mask_to_indices, block_sparse_attention
 
-__all__ = ["block_mask_to_indices", "block_sparse_attention"]
+__all__ = ["BlockSparsePlan", "block_mask_to_indices", "block_sparse_attention"]

@@ -68,8 +68,9 @@ void run_query_block(const attention::BlockSparseBwdParams& bp, int b, int h, in
   const auto& p = bp.fwd;
   const int kvh = h / (p.heads / p.kv_heads);
   const int D = p.head_dim, q_pad = ws.q_pad, d_pad = ws.d_pad;
-  const int q0 = qb * p.block_q;
-  const int m = std::min(p.block_q, p.seqlen_q - q0);
+  const auto queries = attention::query_block_tokens(p, b, h, qb);
+  const int q0 = queries.begin, m = queries.end - queries.begin;
+  if (m == 0) return;  // an empty variable-size block
   const int64_t row0 = (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q + q0;  // into lse/delta/dq
 
   float* dq = static_cast<float*>(bp.dq) + row0 * D;
@@ -102,8 +103,9 @@ void run_query_block(const attention::BlockSparseBwdParams& bp, int b, int h, in
     int nblocks = 1;
     while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
     j += nblocks;
-    const int k0 = first * p.block_k;
-    const int n = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(first + nblocks) * p.block_k, p.seqlen_k) - k0);
+    const auto keys = attention::key_blocks_tokens(p, b, h, first, first + nblocks);
+    const int k0 = keys.begin, n = keys.end - keys.begin;
+    if (n == 0) continue;  // empty variable-size key blocks
     float* st = ws.st.data();
     float* dpt = ws.dpt.data();
     micro_gemm<false>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, ws.qt.data(), q_pad, st, q_pad);

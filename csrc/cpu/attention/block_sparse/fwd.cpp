@@ -88,9 +88,10 @@ void softmax_update(float* st, const float* colmax, int n, int q_pad, Workspace&
 
 // Sparse masks visit key blocks in no order the hardware prefetcher can follow: ask for the next
 // block's K and V rows (into L2) while this run computes.
-void prefetch_block(const attention::BlockSparseFwdParams& p, const float* k, const float* v, int block) {
-  const int64_t k0 = static_cast<int64_t>(block) * p.block_k;
-  const int64_t rows = std::min<int64_t>(p.block_k, p.seqlen_k - k0);
+void prefetch_block(const attention::BlockSparseFwdParams& p, int b, int h, const float* k, const float* v,
+                    int block) {
+  const auto keys = attention::key_blocks_tokens(p, b, h, block, block + 1);
+  const int64_t k0 = keys.begin, rows = keys.end - keys.begin;
   const int64_t row_bytes = static_cast<int64_t>(p.head_dim) * sizeof(float);
   for (int64_t r = 0; r < rows; ++r) {
     const char* kr = reinterpret_cast<const char*>(k + (k0 + r) * p.k_row_stride);
@@ -109,8 +110,9 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
   const int b = static_cast<int>(task / (static_cast<int64_t>(p.num_q_blocks) * p.heads));
   const int kvh = h / (p.heads / p.kv_heads);
   const int D = p.head_dim, q_pad = ws.q_pad;
-  const int q0 = qb * p.block_q;
-  const int m = std::min(p.block_q, p.seqlen_q - q0);
+  const auto queries = attention::query_block_tokens(p, b, h, qb);
+  const int q0 = queries.begin, m = queries.end - queries.begin;
+  if (m == 0) return;  // an empty variable-size block
 
   float* out = static_cast<float*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
                static_cast<int64_t>(q0) * p.o_row_stride;
@@ -147,9 +149,10 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
     int nblocks = 1;
     while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
     j += nblocks;
-    const int k0 = first * p.block_k;  // < seqlen_k, as first < num key blocks
-    const int n = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(first + nblocks) * p.block_k, p.seqlen_k) - k0);
-    if (j < count) prefetch_block(p, k, v, blocks[j]);
+    const auto keys = attention::key_blocks_tokens(p, b, h, first, first + nblocks);
+    const int k0 = keys.begin, n = keys.end - keys.begin;
+    if (j < count) prefetch_block(p, b, h, k, v, blocks[j]);
+    if (n == 0) continue;  // empty variable-size key blocks
     float* st = ws.st.data();
     micro_gemm<false, true>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad, ws.colmax.data());
     softmax_update(st, ws.colmax.data(), n, q_pad, ws, ot, D);
@@ -157,8 +160,13 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
   }
 
   for (int i = 0; i < m; ++i) {
-    const float inv = 1.f / ws.row_sum[i];
     float* o = out + static_cast<int64_t>(i) * p.o_row_stride;
+    if (ws.row_sum[i] == 0.f) {  // every listed key block was empty (variable-size blocks): no key
+      std::fill(o, o + D, 0.f);
+      lse[i] = kNegInf;
+      continue;
+    }
+    const float inv = 1.f / ws.row_sum[i];
     for (int d = 0; d < D; ++d) o[d] = ot[d * q_pad + i] * inv;
     lse[i] = (ws.row_max[i] + std::log2(ws.row_sum[i])) * kLn2;
   }

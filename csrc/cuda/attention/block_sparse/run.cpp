@@ -69,34 +69,12 @@ std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
   return {head_dim.cut(out), lse};
 }
 
-namespace {
-
-// The plan in key-major order (attention::KeyMajorPlan): every counted entry (qb, kb) becomes the
-// key kb * Tq + qb, sorted per plan (batch, head), so each key block's query blocks are one ascending
-// run; its start is found by binary search. Returns (q_offsets (Bi, Hi, Tk + 1), q_list (Bi, Hi,
-// Tq * max_kv)), both int32.
-std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
-                                                  const at::Tensor& kv_counts, int64_t num_k_blocks) {
-  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
-  const int64_t Tq = kv_indices.size(2), max_kv = kv_indices.size(3);
-  auto opts = kv_indices.options().dtype(at::kLong);
-  auto used = at::arange(max_kv, opts).view({1, 1, 1, max_kv}) < kv_counts.unsqueeze(-1);
-  auto query_block = at::arange(Tq, opts).view({1, 1, Tq, 1});
-  auto key = at::where(used, kv_indices.to(at::kLong) * Tq + query_block,
-                       num_k_blocks * Tq);
-  auto sorted = std::get<0>(key.view({Bi, Hi, Tq * max_kv}).sort(-1));
-  auto bounds = (at::arange(num_k_blocks + 1, opts) * Tq).expand({Bi, Hi, num_k_blocks + 1});
-  auto offsets = at::searchsorted(sorted, bounds.contiguous(), /*out_int32=*/true);
-  return {offsets, sorted.remainder(Tq).to(at::kInt)};
-}
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
     const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, attention::Backend backend,
-    const char* op) {
+    const char* op, const KeyMajor& key_major) {
   c10::cuda::CUDAGuard guard(q_in.device());
   if (q_in.numel() == 0 || k_in.numel() == 0)
     return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
@@ -115,7 +93,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
   const DType dtype = to_dtype(q.scalar_type());
   const char* why = cuda::block_sparse_bwd_unsupported(p, dtype, backend);
   TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
-  auto [q_offsets, q_list] = key_major_plan(kv_indices, kv_counts, (k.size(2) + block_k - 1) / block_k);
+  const int64_t Tk = (k.size(2) + block_k - 1) / block_k;
+  // A given key-major plan is taken on trust (checked by the op when asked), but clamped into range:
+  // a wrong one gives wrong gradients, not an illegal address. Tiny tensors, no host sync.
+  auto [q_offsets, q_list] =
+      key_major.offsets.defined()
+          ? std::make_tuple(std::get<0>(key_major.offsets.clamp(0, key_major.queries.size(-1)).cummax(-1))
+                                .to(at::kInt).contiguous(),
+                            key_major.queries.clamp(0, kv_indices.size(2) - 1).contiguous())
+          : key_major_plan(kv_indices, kv_counts, Tk);
   p.plan.q_offsets = q_offsets.const_data_ptr<int32_t>();
   p.plan.q_list = q_list.const_data_ptr<int32_t>();
   p.plan.off_batch_stride = q_offsets.size(0) == 1 ? 0 : q_offsets.stride(0);

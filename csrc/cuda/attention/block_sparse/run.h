@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "genaccel/attention/block_sparse/params.h"
+#include "ops/attention/block_sparse.h"
 
 namespace genaccel::ops {
 
@@ -15,13 +16,16 @@ namespace genaccel::ops {
 // not support the dtype, head dim (above 128), block sizes or backend.
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, attention::Backend backend, const char* op);
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, attention::Backend backend,
+    const char* op);
 
 // dq, dk, dv (in the dtypes of q, k, v) of block_sparse_attn_bwd on CUDA tensors whose inputs were
-// already checked (check_block_sparse_attn_bwd_inputs or an op's own checks); `op` as above.
+// already checked (check_block_sparse_attn_bwd_inputs or an op's own checks); `op` as above. The
+// key-major plan is built from kv_indices unless given.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, attention::Backend backend, const char* op);
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, attention::Backend backend,
+    const char* op, const KeyMajor& key_major = {});
 
 }  // namespace genaccel::ops

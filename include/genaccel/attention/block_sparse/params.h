@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "genaccel/common/dtype.h"
+#include "genaccel/common/host_device.h"
 
 namespace genaccel::attention {
 
@@ -34,10 +35,45 @@ struct BlockSparseFwdParams {
 
   int batch, heads, kv_heads;  // heads % kv_heads == 0 (GQA: query head h reads kv head h / (heads / kv_heads))
   int seqlen_q, seqlen_k, head_dim;
-  int block_q, block_k;  // token sizes of one mask block
-  int num_q_blocks;      // ceil(seqlen_q / block_q)
+  int block_q, block_k;  // token sizes of one mask block (with offsets: bounds on every block's size)
+  int num_q_blocks;      // ceil(seqlen_q / block_q), or the offsets' block count
   float scale;           // softmax scale applied to q·k
+
+  // Variable-size blocks (SVG2's clusters): token offsets, int32 (Bo, Ho, num_q_blocks + 1) and
+  // (Bo, Ho, num_k_blocks + 1), per (batch, query head) and broadcast like the plan (stride 0), from 0
+  // to the sequence length and non-decreasing. Null: uniform blocks of block_q / block_k tokens, the
+  // last one partial. (CPU kernels only, so far.)
+  const int32_t* q_offsets;
+  const int32_t* k_offsets;
+  int64_t qoff_batch_stride, qoff_head_stride;
+  int64_t koff_batch_stride, koff_head_stride;
 };
+
+// Tokens [begin, end) of a block or of a run of adjacent blocks.
+struct TokenRange {
+  int begin, end;
+};
+
+// The tokens of query block qb of (batch b, query head h).
+GENACCEL_HOST_DEVICE inline TokenRange query_block_tokens(const BlockSparseFwdParams& p, int b, int h, int qb) {
+  if (p.q_offsets != nullptr) {
+    const int32_t* o = p.q_offsets + b * p.qoff_batch_stride + h * p.qoff_head_stride;
+    return {o[qb], o[qb + 1]};
+  }
+  const int begin = qb * p.block_q;
+  return {begin, begin + p.block_q < p.seqlen_q ? begin + p.block_q : p.seqlen_q};
+}
+
+// The tokens of the adjacent key blocks [first, last) seen by (batch b, query head h).
+GENACCEL_HOST_DEVICE inline TokenRange key_blocks_tokens(const BlockSparseFwdParams& p, int b, int h, int first,
+                                                         int last) {
+  if (p.k_offsets != nullptr) {
+    const int32_t* o = p.k_offsets + b * p.koff_batch_stride + h * p.koff_head_stride;
+    return {o[first], o[last]};
+  }
+  const int64_t end = static_cast<int64_t>(last) * p.block_k;
+  return {first * p.block_k, end < p.seqlen_k ? static_cast<int>(end) : p.seqlen_k};
+}
 
 
 // Backward of block-sparse attention: `fwd` describes q/k/v, lse and the plan exactly as in the

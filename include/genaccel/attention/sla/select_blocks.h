@@ -5,11 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define GENACCEL_HOST_DEVICE __host__ __device__
-#else
-#define GENACCEL_HOST_DEVICE
-#endif
+#include "genaccel/common/host_device.h"
 
 namespace genaccel::attention {
 

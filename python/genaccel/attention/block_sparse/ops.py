@@ -6,12 +6,12 @@ selects (plan.py turns a block mask into those lists).
 """
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from ..._utils import BlockSize, block_size_pair, refuse_double_backward
-from .plan import block_mask_to_indices
+from .plan import BlockSparsePlan, block_mask_to_indices
 
 # The ops' `backend` argument: which CUDA kernels run ("auto" is "sm80" until the wgmma kernels pass a
 # GPU check); the CPU validates it and runs its one kernel.
@@ -22,8 +22,8 @@ def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    block_mask: torch.Tensor,
-    block_size: BlockSize = (64, 64),
+    block_mask: Union[torch.Tensor, BlockSparsePlan],
+    block_size: Optional[BlockSize] = None,
     scale: Optional[float] = None,
     return_lse: bool = False,
     *,
@@ -31,21 +31,48 @@ def block_sparse_attention(
 ):
     """Attention of each query block over the key blocks that `block_mask` selects.
 
-    q: (B, H, Nq, D); k, v: (B, Hkv, Nk, D) with H % Hkv == 0. block_mask: bool
-    (B or 1, H or 1, ceil(Nq/bq), ceil(Nk/bk)). Returns out (B, H, Nq, D) in the dtype of q, and with
-    return_lse also the float32 log-sum-exp (B, H, Nq) (-inf where a row selects no key block; such a
-    row's output is zero). scale defaults to 1/sqrt(D). backend picks the CUDA kernels: "auto",
-    "sm80" (mma.sync) or "sm90" (wgmma; Hopper; not yet run on a GPU); the CPU has one kernel.
+    q: (B, H, Nq, D); k, v: (B, Hkv, Nk, D) with H % Hkv == 0. block_mask: a bool mask
+    (B or 1, H or 1, ceil(Nq/bq), ceil(Nk/bk)) with block_size (default (64, 64)), or a
+    `BlockSparsePlan` made once for many calls (its block sizes, and variable-size blocks, come with
+    it). Returns out (B, H, Nq, D) in the dtype of q, and with return_lse also the float32
+    log-sum-exp (B, H, Nq) (-inf where a row selects no key; such a row's output is zero). scale
+    defaults to 1/sqrt(D). backend picks the CUDA kernels: "auto", "sm80" (mma.sync) or "sm90"
+    (wgmma; Hopper; not yet run on a GPU); the CPU has one kernel.
     """
-    bq, bk = block_size_pair(block_size)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
-    B, H, nq, D = q.shape
+    if isinstance(block_mask, BlockSparsePlan):
+        if block_size is not None:
+            raise ValueError("block_size comes with the plan; pass block_size=None with a BlockSparsePlan")
+        plan = block_mask
+        # A user's plan is checked by the op (one host sync on CUDA).
+        check_plan = True
+    else:
+        plan = _plan_mask(block_mask, q, k, block_size_pair((64, 64) if block_size is None else block_size))
+        # A plan from block_mask_to_indices is valid by construction: check_plan=False spares the op
+        # its host sync on CUDA (the planning's own max_kv sync remains).
+        check_plan = False
+    if plan.kv_indices.device != q.device:
+        raise ValueError(f"the plan must be on the device of q ({q.device}), got {plan.kv_indices.device}")
+    D = q.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(
+        q, k, v, plan.kv_indices, plan.kv_counts, plan.block_q, plan.block_k, float(scale),
+        check_plan=check_plan, backend=backend, **plan.op_args())
+    return (out, lse) if return_lse else out
+
+
+def _plan_mask(block_mask, q: torch.Tensor, k: torch.Tensor, block_size) -> BlockSparsePlan:
+    """The plan of a block mask for q, k (no key-major lists: the backward builds them if it runs)."""
+    bq, bk = block_size
+    B, H, nq = q.shape[:3]
     nk = k.shape[2]
     tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
     if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
-        raise ValueError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
+        raise ValueError(f"block_mask must be a bool tensor or a BlockSparsePlan, got "
+                         f"{getattr(block_mask, 'dtype', type(block_mask))}")
     if (
         block_mask.dim() != 4
         or block_mask.shape[0] not in (1, B)
@@ -58,19 +85,14 @@ def block_sparse_attention(
         )
     if block_mask.device != q.device:
         raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     kv_indices, kv_counts = block_mask_to_indices(block_mask)
-    # A plan from block_mask_to_indices is valid by construction: check_plan=False spares the op its
-    # host sync on CUDA (the planning's own max_kv sync remains).
-    out, lse = torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, kv_indices, kv_counts, bq, bk, float(scale),
-                                                        check_plan=False, backend=backend)
-    return (out, lse) if return_lse else out
+    return BlockSparsePlan(kv_indices, kv_counts, bq, bk, max(tk, 1))
 
 
 @torch.library.register_fake("genaccel::block_sparse_attn_fwd")
 def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, check_plan=True,
-                                backend="auto"):
+                                backend="auto", q_block_offsets=None, k_block_offsets=None, key_major_offsets=None,
+                                key_major_queries=None):
     torch._check(q.dim() == 4, lambda: f"q must be 4-D, got {q.dim()}-D")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -79,15 +101,22 @@ def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k
 
 @torch.library.register_fake("genaccel::block_sparse_attn_bwd")
 def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale,
-                                check_plan=True, backend="auto"):
+                                check_plan=True, backend="auto", q_block_offsets=None, k_block_offsets=None,
+                                key_major_offsets=None, key_major_queries=None):
     # The kernels return contiguous gradients whatever the inputs' strides.
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
+@torch.library.register_fake("genaccel::block_sparse_key_major_plan")
+def _block_sparse_key_major_plan_fake(kv_indices, kv_counts, num_k_blocks):
+    bi, hi, tq, max_kv = kv_indices.shape
+    return (kv_indices.new_empty((bi, hi, num_k_blocks + 1)), kv_indices.new_empty((bi, hi, tq * max_kv)))
+
+
 def _block_sparse_attn_setup_context(ctx, inputs, output):
-    q, k, v, kv_indices, kv_counts, block_q, block_k, scale, _, backend = inputs
+    q, k, v, kv_indices, kv_counts, block_q, block_k, scale, _, backend, *plan = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts)
+    ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts, *plan)
     ctx.args = (block_q, block_k, scale, backend)
 
 
@@ -105,7 +134,7 @@ def _attention_delta_fake(dout, out):
 
 
 def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, kv_indices, kv_counts = ctx.saved_tensors
+    q, k, v, out, lse, kv_indices, kv_counts, q_offsets, k_offsets, km_offsets, km_queries = ctx.saved_tensors
     block_q, block_k, scale, backend = ctx.args
     if grad_out is None:
         grad_out = torch.zeros_like(out)
@@ -113,9 +142,10 @@ def _block_sparse_attn_backward(ctx, grad_out, grad_lse):
     # The forward checked this very plan, or was told it was valid: no second check (and no sync).
     dq, dk, dv = torch.ops.genaccel.block_sparse_attn_bwd(
         grad_out, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale, check_plan=False,
-        backend=backend,
+        backend=backend, q_block_offsets=q_offsets, k_block_offsets=k_offsets, key_major_offsets=km_offsets,
+        key_major_queries=km_queries,
     )
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * 11
 
 
 torch.library.register_autograd(

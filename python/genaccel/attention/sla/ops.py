@@ -7,7 +7,7 @@ block-sparse backward kernel for the sparse branch, a pre-aggregated kernel for 
 whose formula is linear_branch_backward_reference in reference.py, and the gradient through phi)."""
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -32,6 +32,7 @@ def sparse_linear_attention(
     *,
     precision: str = "tf32",
     backend: str = "auto",
+    block_map: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ):
     """Sparse-linear attention of q (B, H, Nq, D) over k, v (B, Hkv, Nk, D).
 
@@ -45,7 +46,9 @@ def sparse_linear_attention(
     return_sparsity also the fraction of key blocks computed exactly. On CUDA, precision picks the
     linear branch's GEMMs ("tf32": TF32 per-block products and two-part bf16 mask sums; "fp32": float32
     and exact mask sums) and backend the sparse branch's kernels ("auto", "sm80", "sm90"); the CPU
-    computes in float32 with one kernel.
+    computes in float32 with one kernel. block_map: a (codes, kv_indices, kv_counts) plan from
+    `sla_block_map` to reuse (e.g. across denoising steps) instead of planning from q and k;
+    topk and low_k are then unused, and the op checks the plan (one host sync on CUDA).
     """
     bq, bk = block_size_pair(block_size)
     autocast = isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type)
@@ -58,19 +61,30 @@ def sparse_linear_attention(
         raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
     if proj_weight is None and proj_bias is not None:
         raise ValueError("proj_bias needs proj_weight")
-    codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))  # also checks q and k
+    if block_map is None:
+        codes, kv_indices, kv_counts = sla_block_map(q, k, topk, low_k, (bq, bk))  # also checks q and k
+        # Valid by construction: check_plan=False spares the plan checks' host sync on CUDA.
+        check_plan = False
+    else:
+        if not (isinstance(block_map, (tuple, list)) and len(block_map) == 3
+                and all(isinstance(t, torch.Tensor) for t in block_map)):
+            raise ValueError("block_map must be the (codes, kv_indices, kv_counts) tuple of sla_block_map")
+        for name, t in (("q", q), ("k", k)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D), got {getattr(t, 'shape', type(t))}")
+        codes, kv_indices, kv_counts = block_map
+        check_plan = True
     D = q.shape[-1]
     for name, t, shape in (("proj_weight", proj_weight, (D, D)), ("proj_bias", proj_bias, (D,))):
         if t is not None and (not t.is_floating_point() or tuple(t.shape) != shape):
             raise ValueError(f"{name} must be a floating-point tensor of shape {shape}, got "
                              f"{t.dtype} {tuple(t.shape)}")
     scale = 1.0 / math.sqrt(D)
-    # The plan comes from sla_block_map, valid by construction: check_plan=False spares its checks'
-    # host sync on CUDA. The op applies proj_weight itself (out_linear = O^l W^T, in float32 on the
+    # The op applies proj_weight itself (out_linear = O^l W^T, in float32 on the
     # values V W^T: no float32 pass over the output), whatever the weight's dtype, also under autocast.
     out_sparse, _, out_linear, _ = torch.ops.genaccel.sla_fwd(
         q, k, v, codes, kv_indices, kv_counts, bq, bk, scale, feature_map, linear_over_all_keys, proj_weight,
-        check_plan=False, precision=precision, backend=backend)
+        check_plan=check_plan, precision=precision, backend=backend)
     # Without autograd the sum goes into out_sparse itself (fresh from the op, saved by nobody): a
     # (B, H, N, D) allocation less, whose page faults cost as much as the sum on the CPU. The bias is
     # added in place either way (into a fresh tensor that the addition does not keep for backward).
