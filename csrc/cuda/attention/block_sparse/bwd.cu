@@ -12,6 +12,7 @@
 
 #include "cuda/attention/block_sparse/fwd.h"
 #include "cuda/common/launch_util.h"
+#include "genaccel/common/dispatch.h"
 #include "genaccel/attention/block_sparse/bwd.cuh"
 #include "genaccel/attention/block_sparse/bwd_sm90.cuh"
 
@@ -50,17 +51,6 @@ int launch(const BlockSparseBwdCudaParams& p, bool wgmma, cudaStream_t stream) {
                                   attention::block_sparse_bwd_dq_kernel<Dq>, p, stream);
 }
 
-template <class T, int kHeadDim>
-int launch_block_q(const BlockSparseBwdCudaParams& p, bool wgmma, cudaStream_t stream) {
-  return p.bwd.fwd.block_q == 64 ? launch<T, kHeadDim, 64>(p, wgmma, stream)
-                                 : launch<T, kHeadDim, 128>(p, wgmma, stream);
-}
-
-template <class T>
-int launch_head_dim(const BlockSparseBwdCudaParams& p, bool wgmma, cudaStream_t stream) {
-  return p.bwd.fwd.head_dim == 64 ? launch_block_q<T, 64>(p, wgmma, stream)
-                                  : launch_block_q<T, 128>(p, wgmma, stream);
-}
 
 }  // namespace
 
@@ -82,8 +72,15 @@ int block_sparse_bwd(const BlockSparseBwdCudaParams& p, DType dtype, attention::
   if (f.batch == 0 || f.heads == 0 || f.seqlen_q == 0 || f.seqlen_k == 0) return cudaSuccess;
   const auto s = static_cast<cudaStream_t>(stream);
   const bool wgmma = backend == attention::Backend::kSm90;
-  return dtype == DType::kBFloat16 ? launch_head_dim<__nv_bfloat16>(p, wgmma, s)
-                                   : launch_head_dim<__half>(p, wgmma, s);
+  int err = cudaErrorInvalidValue;
+  dispatch_half(dtype, [&](auto t) {
+    dispatch_int<64, 128>(f.head_dim, [&](auto d) {
+      dispatch_int<64, 128>(f.block_q, [&](auto bq) {
+        err = launch<decltype(t), decltype(d)::value, decltype(bq)::value>(p, wgmma, s);
+      });
+    });
+  });
+  return err;
 }
 
 }  // namespace genaccel::cuda

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/common/launch_util.h"
+#include "genaccel/common/dispatch.h"
 #include "genaccel/attention/block_sparse/fwd.cuh"
 #include "genaccel/attention/block_sparse/fwd_sm90.cuh"
 
@@ -41,15 +42,6 @@ int launch(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
   return launch_kernel<Traits>(attention::block_sparse_fwd_kernel<Traits>, p, stream);
 }
 
-template <class T, int kHeadDim>
-int launch_block_q(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
-  return p.block_q == 64 ? launch<T, kHeadDim, 64>(p, wgmma, stream) : launch<T, kHeadDim, 128>(p, wgmma, stream);
-}
-
-template <class T>
-int launch_head_dim(const BlockSparseFwdParams& p, bool wgmma, cudaStream_t stream) {
-  return p.head_dim == 64 ? launch_block_q<T, 64>(p, wgmma, stream) : launch_block_q<T, 128>(p, wgmma, stream);
-}
 
 }  // namespace
 
@@ -82,8 +74,15 @@ int block_sparse_fwd(const BlockSparseFwdParams& p, DType dtype, attention::Back
   if (p.num_q_blocks == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
   const auto s = static_cast<cudaStream_t>(stream);
   const bool wgmma = backend == attention::Backend::kSm90;
-  return dtype == DType::kBFloat16 ? launch_head_dim<__nv_bfloat16>(p, wgmma, s)
-                                   : launch_head_dim<__half>(p, wgmma, s);
+  int err = cudaErrorInvalidValue;
+  dispatch_half(dtype, [&](auto t) {
+    dispatch_int<64, 128>(p.head_dim, [&](auto d) {
+      dispatch_int<64, 128>(p.block_q, [&](auto bq) {
+        err = launch<decltype(t), decltype(d)::value, decltype(bq)::value>(p, wgmma, s);
+      });
+    });
+  });
+  return err;
 }
 
 }  // namespace genaccel::cuda

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "genaccel/common/dispatch.h"
+
 namespace genaccel::cuda {
 namespace {
 
@@ -280,16 +282,11 @@ int64_t row_blocks(int64_t rows) { return (rows + kRowWarps - 1) / kRowWarps; }
 // (sla_row_head_dim); false otherwise.
 template <class Fn>
 bool with_row_types(DType dtype, int64_t dim, Fn&& fn) {
-  auto with_e = [&](auto t) {
-    if (dim == 32) return fn(t, std::integral_constant<int, 1>{}), true;
-    if (dim == 64) return fn(t, std::integral_constant<int, 2>{}), true;
-    if (dim == 96) return fn(t, std::integral_constant<int, 3>{}), true;
-    if (dim == 128) return fn(t, std::integral_constant<int, 4>{}), true;
-    return false;
-  };
-  if (dtype == DType::kBFloat16) return with_e(__nv_bfloat16{});
-  if (dtype == DType::kFloat16) return with_e(__half{});
-  return false;
+  bool found = false;
+  dispatch_half(dtype, [&](auto t) {
+    found = dim % 32 == 0 && dispatch_int<1, 2, 3, 4>(static_cast<int>(dim / 32), [&](auto e) { fn(t, e); });
+  });
+  return found;
 }
 
 }  // namespace
