@@ -15,11 +15,11 @@
 
 namespace genaccel::cpu {
 
-// Large buffers (tens of MB for SLA at N = 32k, D = 128) are 2 MB aligned and, on Linux, marked for
-// transparent huge pages, so touching a fresh one costs a few page faults rather than one per 4 KB
-// page (these showed as ~20 % of SLA's linear-branch backward). Fresh memory still has to be
-// mapped and zeroed by the kernel (~1 ms per MB on the development VM), so a thread keeps the large
-// blocks it frees (up to kKeepBlocks of them and kKeepBytes in all) and its next call reuses them.
+// Large buffers are 2 MB aligned and, on Linux, marked for transparent huge pages, so touching a
+// fresh one costs a few page faults rather than one per 4 KB page. Fresh memory still has to be
+// mapped and zeroed by the kernel, which costs more than the linear branch's arithmetic on the
+// development VM (docs/sla.md), so a thread keeps the large blocks it frees (up to kKeepBlocks of
+// them and kKeepBytes in all) and its next call reuses them.
 constexpr size_t kHuge = size_t{2} << 20;
 
 class BlockCache {
