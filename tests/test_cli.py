@@ -1,15 +1,21 @@
 """The `genaccel` command: bench runs end to end on tiny sizes and writes what it promises.
 
 No timing assertions (timing belongs in benchmarks); this checks the plumbing: table rows, JSON
-keys, the exit codes, the error on a missing GPU.
+keys, the exit codes, the error on a missing GPU, the registry (a benchmark declared in this file
+runs through the same runner).
 """
 
 import json
+from dataclasses import dataclass, field
+from typing import List
 
 import pytest
 import torch
 
+from genaccel.benchmarks import Benchmark, register
+from genaccel.benchmarks.registry import REGISTRY, REL_ERR_COLUMN, column
 from genaccel.cli import main
+from genaccel.testing import RTOL
 
 DENSITIES = [0.25, 0.5, 1.0]
 TINY = [
@@ -87,3 +93,122 @@ def test_bench_backward_rows(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert set(row["bwd_timings"]) == {"sdpa", "genaccel"}
     assert row["bwd_genaccel_ms"] > 0 and row["bwd_speedup_vs_sdpa"] == row["bwd_sdpa_ms"] / row["bwd_genaccel_ms"]
+
+
+def test_bench_list_names_every_family(capsys):
+    assert main(["bench", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert {"attention", "sla", "sla-finetune"} <= set(names)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
+
+
+@pytest.mark.parametrize("family", ["attention", "sla", "sla-finetune"])
+def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
+    assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_key" in err and family in err
+
+
+def test_bench_bad_choice_is_refused(capsys):
+    assert main(["bench", "--quick", "--no-progress", *TINY, "--set", "backend=sm99"]) == 2
+    err = capsys.readouterr().err
+    assert "backend" in err and "sm99" in err and "sm80" in err
+
+
+def test_bench_backend_reaches_config_and_rows(tmp_path):
+    """--set backend=... is the op's backend= argument (it replaced GENACCEL_ATTENTION_SM90=1); the
+    CPU validates it and runs its one kernel. The JSON records it per config and per row."""
+    out = tmp_path / "sm80.json"
+    assert main(["bench", "--quick", "--no-progress", "--json", str(out), *TINY, "--set", "densities=0.5",
+                 "--set", "backend=sm80"]) == 0
+    data = json.loads(out.read_text())
+    assert [c["backend"] for c in data["configs"]] == ["sm80"]
+    assert [r["backend"] for r in data["rows"]] == ["sm80"]
+
+
+def test_environment_records_only_the_debug_knobs(monkeypatch):
+    from genaccel.benchmarks.timing import DEBUG_KNOBS, environment
+
+    monkeypatch.setenv("GENACCEL_SLA_CHUNK_BYTES", "4096")
+    monkeypatch.delenv("GENACCEL_SLA_ONE_STREAM", raising=False)
+    monkeypatch.setenv("GENACCEL_NOT_A_KNOB", "1")
+    assert "GENACCEL_SLA_ONE_STREAM" in DEBUG_KNOBS
+    assert environment(torch.device("cpu"))["genaccel_env"] == {"GENACCEL_SLA_CHUNK_BYTES": "4096"}
+
+
+# ---- a benchmark declared here: what adding a family's benchmark takes ---------------------------------
+
+@dataclass
+class MatmulConfig:
+    n: int = 32
+    sizes: List[int] = field(default_factory=lambda: [8, 16])
+    wrong: bool = False  # the candidate adds 1: its rows fail their error bound
+    dtype: str = "float32"
+    warmup: int = 1
+    min_rounds: int = 1
+    max_rounds: int = 2
+    target_s: float = 0.0
+
+    def label(self) -> str:
+        return f"matmul n{self.n}"
+
+
+def matmul_rows(cfg: MatmulConfig, run):
+    for size in cfg.sizes:
+        a, b = torch.randn(size, cfg.n), torch.randn(cfg.n, size)
+        row = {"config": cfg.label(), "size": size}
+        run.status(f"{cfg.label()} size {size}")
+        run.time(row, {"outer": lambda: sum(a[:, i, None] * b[i] for i in range(cfg.n)), "genaccel": lambda: a @ b})
+        run.check(a @ b + cfg.wrong, a.double() @ b.double(), row)
+        yield row
+
+
+@pytest.fixture
+def matmul_bench():
+    bench = register(Benchmark(
+        name="test-matmul", description="a @ b vs a sum of outer products (test)", config=MatmulConfig,
+        configs=lambda device, quick: [MatmulConfig()], rows=matmul_rows, count=lambda cfg: len(cfg.sizes),
+        where=lambda r: f"{r['config']} size {r['size']}",
+        columns=[column("config", 12, "config"), column("size", 5, "size"),
+                 column("vs outer", 8, "speedup_vs_outer", ".2f", "x"), REL_ERR_COLUMN],
+    ))
+    yield bench
+    REGISTRY.pop(bench.name)
+
+
+def test_registered_benchmark_runs_end_to_end(matmul_bench, tmp_path, capsys):
+    assert main(["bench", "--list"]) == 0
+    assert "test-matmul" in capsys.readouterr().out
+    path = tmp_path / "matmul.json"
+    argv = ["bench", "--family", "test-matmul", "--no-progress", "--json", str(path), "--set", "sizes=4,8,12"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert set(data) == {"schema", "family", "quick", "environment", "configs", "notes", "rows"}
+    assert data["family"] == "test-matmul" and data["quick"] is False
+    assert data["configs"] == [dict(n=32, sizes=[4, 8, 12], wrong=False, dtype="float32", warmup=1, min_rounds=1,
+                                    max_rounds=2, target_s=0.0, label="matmul n32")]
+    assert [r["size"] for r in data["rows"]] == [4, 8, 12]
+    for r in data["rows"]:
+        assert set(r["timings"]) == {"outer", "genaccel"} and 1 <= r["timings"]["genaccel"]["n"] <= 2
+        assert r["speedup_vs_outer"] == r["outer_ms"] / r["genaccel_ms"]
+        assert r["rel_err_tol"] == RTOL[torch.float32] and r["rel_err_ok"] is True
+    assert len(_table_rows(out, "matmul n32")) == 3 and "FAIL" not in out
+
+
+def test_registered_benchmark_fails_its_error_bound(matmul_bench, capsys):
+    assert main(["bench", "--family", "test-matmul", "--no-progress", "--set", "wrong=true", "--set", "sizes=4"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: matmul n32 size 4: rel err" in out
+
+
+def test_registered_benchmark_without_its_kernel_says_so(matmul_bench, tmp_path, capsys):
+    """A benchmark whose op has no kernel on the device: a note, no rows, exit 0 (nothing failed)."""
+    matmul_bench.needs_ops = ("no_such_op",)
+    path = tmp_path / "none.json"
+    assert main(["bench", "--family", "test-matmul", "--no-progress", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["rows"] == [] and data["configs"][0]["label"] == "matmul n32"
+    assert any("no CPU kernel" in n and "genaccel::no_such_op" in n for n in data["notes"])
+    assert "genaccel::no_such_op" in capsys.readouterr().out

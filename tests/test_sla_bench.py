@@ -14,6 +14,7 @@ import torch
 from genaccel.benchmarks import common, run_bench
 from genaccel.benchmarks import sla as sla_bench
 from genaccel.benchmarks import sla_finetune
+from genaccel.benchmarks.registry import has_kernel
 
 TINY_SLA = {
     "N": "384", "H": "2", "D": "32",  # 6 blocks of 64
@@ -79,10 +80,33 @@ def test_sla_family_under_autocast(tmp_path):
         run_bench("sla", quick=True, progress=False, overrides=dict(TINY_SLA, autocast="true"))
 
 
+def test_sla_family_backend_and_precision_reach_the_op(tmp_path, monkeypatch):
+    """--set backend=... / precision=... are the op's arguments (they replaced the environment
+    switches GENACCEL_ATTENTION_SM90 / GENACCEL_SLA_FLOAT32_GEMMS); recorded per config and row."""
+    import genaccel
+
+    seen = []
+    real = genaccel.sparse_linear_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("backend"), kwargs.get("precision")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(genaccel, "sparse_linear_attention", spy)
+    path = tmp_path / "sla.json"
+    rc = run_bench("sla", quick=True, json_path=str(path), progress=False,
+                   overrides=dict(TINY_SLA, topks="0.5", modes="fwd", backend="sm80", precision="fp32"))
+    assert rc == 0
+    data = json.loads(path.read_text())
+    assert [(c["backend"], c["precision"]) for c in data["configs"]] == [("sm80", "fp32")]
+    assert [(r["backend"], r["precision"]) for r in data["rows"]] == [("sm80", "fp32")]
+    assert seen and set(seen) == {("sm80", "fp32")}
+
+
 def test_cuda_defaults_add_an_autocast_config():
     cfgs = sla_bench.default_configs("cuda", quick=False)
     assert [c.autocast for c in cfgs] == [False, True] and cfgs[1].topks == [0.05]
-    assert [c.autocast for c in sla_bench.apply_overrides(cfgs, {"dtype": "float32"})] == [False]
+    assert [c.autocast for c in sla_bench.BENCHMARK.make_configs("cuda", False, {"dtype": "float32"})] == [False]
     assert [c.autocast for c in sla_bench.default_configs("cpu", quick=False)] == [False]
 
 
@@ -115,9 +139,9 @@ def test_sla_family_skips_devices_without_kernel(capsys):
     class Fake:
         type = "cuda"
 
-    if sla_bench.has_kernel(Fake()):
+    if has_kernel(Fake(), "sla_fwd"):
         pytest.skip("this build has a CUDA SLA kernel")
-    configs, rows, notes = sla_bench.run(Fake(), True, None, None, out=__import__("sys").stdout)
+    configs, rows, notes = sla_bench.BENCHMARK.run(Fake(), True, None, None, out=__import__("sys").stdout)
     assert rows == [] and any("no CUDA kernel" in n for n in notes)
     assert "no CUDA kernel" in capsys.readouterr().out
 
@@ -127,9 +151,9 @@ def test_sla_finetune_skips_devices_without_backward(capsys):
     class Fake:
         type = "cuda"
 
-    if sla_bench.has_kernel(Fake(), "sla_bwd"):
+    if has_kernel(Fake(), "sla_bwd"):
         pytest.skip("this build has a CUDA SLA backward")
-    configs, rows, notes = sla_finetune.run(Fake(), True, None, None, out=__import__("sys").stdout)
+    configs, rows, notes = sla_finetune.BENCHMARK.run(Fake(), True, None, None, out=__import__("sys").stdout)
     assert rows == [] and any("genaccel::sla_bwd" in n for n in notes)
 
 
@@ -191,8 +215,8 @@ def test_sla_finetune_whole_student_tiny(capsys):
     """train=model: a sparse-only student and an SLA student, both starting from the teacher's
     weights, train side by side; the sparse-only student's step 0 is the frozen sparse-only error."""
     overrides = dict(TINY_FT, train="model")
-    configs, rows, notes = sla_finetune.run(torch.device("cpu"), False, overrides, lambda total, name: _Silent(),
-                                            out=__import__("sys").stdout)
+    configs, rows, notes = sla_finetune.BENCHMARK.run(torch.device("cpu"), False, overrides,
+                                                      lambda total, name: _Silent(), out=__import__("sys").stdout)
     by_curve = {}
     for r in rows:
         by_curve.setdefault(r["curve"], []).append(r)
@@ -209,8 +233,8 @@ def test_sla_finetune_whole_student_tiny(capsys):
 
 def test_sla_finetune_rejects_unknown_train_mode():
     with pytest.raises(ValueError, match="train must be"):
-        sla_finetune.run(torch.device("cpu"), False, dict(TINY_FT, train="everything"),
-                         lambda total, name: _Silent(), out=__import__("sys").stdout)
+        sla_finetune.BENCHMARK.run(torch.device("cpu"), False, dict(TINY_FT, train="everything"),
+                                   lambda total, name: _Silent(), out=__import__("sys").stdout)
 
 
 class _Silent:

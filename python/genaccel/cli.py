@@ -10,28 +10,26 @@ import sys
 from typing import List, Optional
 
 
-def _parse_sets(items: List[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
 def _cmd_bench(args) -> int:
-    from .benchmarks import BenchError, run_bench
+    from .benchmarks import BenchError, benchmarks, run_bench
+    from .benchmarks.registry import BROKEN, parse_sets
 
+    if args.list:
+        known = benchmarks()
+        width = max((len(name) for name in known), default=0)
+        for name, bench in known.items():
+            print(f"{name:<{width}}  {bench.description}")
+        for mod, why in BROKEN.items():
+            print(f"(genaccel.benchmarks.{mod} failed to import: {why})")
+        return 0
     try:
-        overrides = _parse_sets(args.set)
         return run_bench(
             family=args.family,
             device=args.device,
             quick=args.quick,
             json_path=args.json,
             plot_path=args.plot,
-            overrides=overrides,
+            overrides=parse_sets(args.set),
             progress=False if args.no_progress else None,
         )
     except (BenchError, ValueError) as exc:
@@ -80,8 +78,11 @@ def _cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarks import FAMILIES
+    import dataclasses
 
+    from .benchmarks import benchmarks
+
+    known = benchmarks()
     parser = argparse.ArgumentParser(prog="genaccel", description="genaccel kernels: benchmarks and build facts")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -93,16 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
         "one process (median of rounds after warm-up), and checks its error against the float64 reference. "
         "Exit code: 0 ok, 1 genaccel raised or exceeded its error bound on some row, 2 could not run.",
     )
-    bench.add_argument("--family", default="attention", choices=sorted(FAMILIES),
-                       help="which family to benchmark: " + "; ".join(f"{k}: {v[1]}" for k, v in FAMILIES.items()))
+    bench.add_argument("--family", default="attention", choices=sorted(known),
+                       help="which benchmark to run (--list says what each is)")
+    bench.add_argument("--list", action="store_true", help="list the benchmarks, one a line, and exit")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--quick", action="store_true", help="small sizes, few repeats, no compiled baselines")
     bench.add_argument("--json", metavar="FILE", help="write environment and all rows as JSON")
-    bench.add_argument("--plot", metavar="FILE", help="write a PNG of speedup vs density (needs matplotlib)")
+    bench.add_argument("--plot", metavar="FILE", help="write the benchmark's plot as PNG (needs matplotlib)")
     bench.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                        help="override a config field for every configuration, e.g. --set N=8192 "
-                       "--set densities=0.1,1.0 (attention keys: B H Hkv N D dtype block_q block_k "
-                       "densities flex err_blocks seed warmup min_rounds max_rounds target_s)")
+                       "--set densities=0.1,1.0 --set backend=sm90; keys: " + "; ".join(
+                           f"{name}: {' '.join(f.name for f in dataclasses.fields(b.config))}"
+                           for name, b in known.items()))
     bench.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     bench.set_defaults(func=_cmd_bench)
 

@@ -1,149 +1,87 @@
-"""Helpers shared by the benchmark families: config overrides, error metric, table formatting.
-
-They live here rather than in one family so that every family prints, coerces and measures the same
-way (a `--set` value or a relative error means one thing across `genaccel bench` families).
-"""
+"""What the attention benchmark families (attention, sla) share: the config fields of an attention
+shape, the baselines a PyTorch user would pick instead (dense SDPA, compiled FlexAttention), random
+block masks, the FLOPs of kept blocks, the query blocks checked against the float64 reference and
+the gradient callables timed in the backward modes."""
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from typing import Callable, List, Optional, Sequence, Tuple
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-# (header, width, formatter of a row): one table column. The first column is left-aligned.
-Column = Tuple[str, int, Callable[[dict], str]]
+from ..attention.block_sparse.ops import ATTENTION_BACKENDS
+from ..testing import DTYPE_NAMES
+from .registry import choice, column, short_error
+
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# The table columns of the speedup over SDPA (flash on CUDA) and over torch's default SDPA beside it.
+VS_SDPA_COLUMNS = [column("vs sdpa", 7, "speedup_vs_sdpa", ".2f", "x"),
+                   column("vs dflt", 7, "speedup_vs_sdpa_default", ".2f", "x")]
 
 
-def apply_overrides(configs: list, overrides: Optional[dict], family: str,
-                    coerce: Optional[Callable[[str, object, object], object]] = None, cls=None) -> list:
-    """Replaces fields of every (dataclass) config; values may be strings (from `--set KEY=VALUE`).
+@dataclass
+class AttentionShape:
+    """The fields every attention config has; `backend` goes to the op as `backend=`."""
 
-    `coerce(key, value, sample_config)` turns a string into the field's value; by default
-    `coerce_from_type` reads the field's annotation. `cls` (the config dataclass) is needed only
-    when `configs` may be empty; it defaults to the type of the first config. Unknown keys raise
-    ValueError naming the known ones, so a typo on the command line is refused, not ignored.
-    """
-    if not overrides:
-        return configs
-    cls = cls if cls is not None else type(configs[0])
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    coerce = coerce or (lambda key, value, sample: coerce_from_type(cls, key, value))
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown {family} config key {key!r}; known: {', '.join(sorted(fields))}")
-        changes[key] = coerce(key, value, configs[0] if configs else None)
-    return [dataclasses.replace(c, **changes) for c in configs]
+    B: int
+    H: int
+    N: int
+    D: int
+    dtype: str = choice("float32", DTYPE_NAMES)
+    block_q: int = 64
+    block_k: int = 64
+    backend: str = choice("auto", ATTENTION_BACKENDS)
+    err_blocks: int = 3  # query blocks checked against the float64 reference
+    seed: int = 0
+    # Timing plan: rounds fill about target_s per row, within [min_rounds, max_rounds].
+    warmup: int = 1
+    min_rounds: int = 3
+    max_rounds: int = 10
+    target_s: float = 10.0
 
-
-def _parse_bool(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes", "on")
-
-
-def coerce_from_type(cls, key: str, value):
-    """Converts a `--set` string to the type annotated on dataclass field `key` of `cls`: int,
-    float, bool, str, List[int|float|str] (comma separated) and Optional[...] ("none" = None).
-    Non-strings (overrides given from Python) pass through unchanged."""
-    if not isinstance(value, str):
-        return value
-    hint = typing.get_type_hints(cls)[key]
-    return _coerce_hint(hint, value, key)
+    def shape_label(self, heads: str) -> str:
+        dtype = SHORT_DTYPE.get(self.dtype, self.dtype)
+        return f"B{self.B} {heads} N{self.N} D{self.D} {dtype} {self.block_q}x{self.block_k}"
 
 
-def _coerce_hint(hint, value: str, key: str):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:
-        if type(None) in args and value.lower() == "none":
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce_hint(inner[0], value, key)
-    if origin in (list, List):
-        item = args[0] if args else str
-        return [_coerce_hint(item, x.strip(), key) for x in value.split(",") if x.strip()]
-    if hint is bool:
-        return _parse_bool(value)
-    if hint in (int, float, str):
-        try:
-            return hint(value)
-        except ValueError:
-            raise ValueError(f"{key} expects {hint.__name__}, got {value!r}") from None
-    raise ValueError(f"cannot set {key} from the command line (type {hint})")
+def no_grad(fn: Callable) -> Callable:
+    """fn called under torch.no_grad (a forward timed without building a graph)."""
+    def run():
+        with torch.no_grad():
+            return fn()
+
+    return run
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (the absolute norm when ref is zero)."""
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    diff = (out - ref).norm()
-    return (diff / denom).item() if denom > 0 else diff.item()
+def random_block_mask(B: int, H: int, tq: int, tk: int, density: float, gen: torch.Generator) -> torch.Tensor:
+    """Bool (B, H, tq, tk) with round(density * tk) (at least 1) key blocks in every row, so the
+    measured density is the target up to rounding, and no query block is idle."""
+    keep = min(tk, max(1, round(density * tk)))
+    order = torch.rand(B, H, tq, tk, generator=gen).argsort(dim=-1)
+    mask = torch.zeros(B, H, tq, tk, dtype=torch.bool)
+    mask.scatter_(-1, order[..., :keep], True)
+    return mask
 
 
-def short_error(exc: BaseException, limit: int = 160) -> str:
-    """First line of an exception (inductor puts whole compiler logs into its messages)."""
-    text = str(exc).strip().splitlines()
-    first = next((line.strip() for line in text if line.strip()), "")
-    msg = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+def _block_lengths(n: int, b: int) -> torch.Tensor:
+    """Tokens in each block of a length-n axis (the last block may be partial)."""
+    t = math.ceil(n / b)
+    lengths = torch.full((t,), b, dtype=torch.float64)
+    if t:
+        lengths[-1] = n - (t - 1) * b
+    return lengths
 
 
-def fmt(x, spec: str, suffix: str = "") -> str:
-    """A table cell: '-' for a missing value."""
-    return "-" if x is None else f"{x:{spec}}{suffix}"
-
-
-def format_header(columns: Sequence[Column]) -> str:
-    return "  ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w, _) in enumerate(columns))
-
-
-def format_cells(columns: Sequence[Column], row: dict) -> str:
-    cells = []
-    for i, (_, w, f) in enumerate(columns):
-        text = f(row)
-        cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
-    return "  ".join(cells)
-
-
-def format_row(columns: Sequence[Column], row: dict) -> str:
-    """One table line; a row on which genaccel raised carries the error after its cells."""
-    line = format_cells(columns, row)
-    if row.get("error"):
-        line += f"  genaccel error: {row['error']}"
-    return line
-
-
-NO_MATPLOTLIB = "matplotlib is not installed: no plot written"
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or None where matplotlib is missing (GPU
-    machines may not have it; a plot is then skipped with NO_MATPLOTLIB as the note)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def save_figure(fig, path: str) -> None:
-    """Writes a benchmark figure as a PNG (one size and resolution for every family) and frees it.
-    The PNG is palettised to 64 colours: line plots need no more, and result files committed under
-    bench/results stay ~20 KB instead of ~80 KB."""
-    import io
-
-    import matplotlib.pyplot as plt
-    from PIL import Image  # a dependency of matplotlib
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    buf.seek(0)
-    Image.open(buf).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+def kept_flops(mask: torch.Tensor, cfg: AttentionShape, B: int, H: int) -> float:
+    """Multiply-add FLOPs of QK^T and PV over the kept blocks only (the work floor of the kernel)."""
+    rows = _block_lengths(cfg.N, cfg.block_q)
+    cols = _block_lengths(cfg.N, cfg.block_k)
+    per_head = (mask.double() * rows[:, None] * cols[None, :]).sum().item()
+    scale = (B * H) / (mask.shape[0] * mask.shape[1])
+    return 4.0 * cfg.D * per_head * scale
 
 
 def reference_query_blocks(tq: int, bq: int, n: int, count: int, gen: torch.Generator):
@@ -158,15 +96,15 @@ def reference_query_blocks(tq: int, bq: int, n: int, count: int, gen: torch.Gene
     return blocks, torch.cat([torch.arange(b * bq, min((b + 1) * bq, n)) for b in blocks])
 
 
-def sdpa_candidate(q, k, v, scale, device: torch.device, dtype: torch.dtype) -> Tuple[Callable, str, Optional[str], Optional[Callable]]:
+def sdpa_candidate(q, k, v, scale, device: torch.device,
+                   dtype: torch.dtype) -> Tuple[Callable, str, Optional[str], Optional[Callable]]:
     """Dense SDPA as a PyTorch user would call it; on CUDA in half precision pinned to the flash
     backend (otherwise torch may pick cuDNN/efficient, and the baseline would change between torch
     versions). Returns (callable, backend name, note, torch's default backend when the first is
-    pinned to flash, else None): benchmarks time that one too, since it can be faster."""
+    pinned to flash, else None): benchmarks time that one too ("sdpa_default"), since it can be faster."""
     F = torch.nn.functional
-    gqa = q.shape[1] != k.shape[1]
     kwargs = {"scale": scale}
-    if gqa:
+    if q.shape[1] != k.shape[1]:
         kwargs["enable_gqa"] = True
 
     def plain():
@@ -187,22 +125,25 @@ def sdpa_candidate(q, k, v, scale, device: torch.device, dtype: torch.dtype) -> 
         torch.cuda.synchronize()
         return flash, "flash", None, plain
     except Exception as exc:  # not built in, or shape/GQA not supported by it
-        return plain, "default", f"flash SDPA unavailable ({short_error(exc, 100)}); baseline uses torch's default backend", None
+        why = f"flash SDPA unavailable ({short_error(exc, 100)}); baseline uses torch's default backend"
+        return plain, "default", why, None
 
 
-def record_sdpa_default(row: dict, timings: dict) -> None:
-    """Fills sdpa_default_ms and speedup_vs_sdpa_default when torch's default SDPA backend was timed
-    too (candidate "sdpa_default", see sdpa_candidate)."""
-    if "sdpa_default" in timings:
-        row["sdpa_default_ms"] = timings["sdpa_default"].median_ms
-        if row.get("genaccel_ms"):
-            row["speedup_vs_sdpa_default"] = row["sdpa_default_ms"] / row["genaccel_ms"]
+def sdpa_candidates(q, k, v, scale, device, dtype, wrap: Callable[[Callable], Callable] = lambda f: f):
+    """{"sdpa": ..., "sdpa_default": ... (CUDA half precision only)} from sdpa_candidate, each
+    passed through wrap (no_grad, gradients); and the backend name and note of "sdpa"."""
+    fn, backend, note, default = sdpa_candidate(q, k, v, scale, device, dtype)
+    candidates = {"sdpa": wrap(fn)}
+    if default is not None:
+        candidates["sdpa_default"] = wrap(default)
+    return candidates, backend, note
 
 
 def gradients(forward: Callable, inputs: List[torch.Tensor], grad_out: torch.Tensor, backward_only: bool) -> Callable:
     """A callable returning the gradients of sum(forward() * grad_out) in `inputs`: each call runs
     the forward and its backward, or (backward_only) the first call runs the forward once and every
-    call the backward of that graph, retained for the next."""
+    call the backward of that graph, retained for the next. (autograd.grad rather than .backward():
+    nothing accumulates in .grad between calls.)"""
     graph: List[torch.Tensor] = []
 
     def run():
@@ -214,3 +155,103 @@ def gradients(forward: Callable, inputs: List[torch.Tensor], grad_out: torch.Ten
             return torch.autograd.grad(graph[0], inputs, grad_out, retain_graph=True)
 
     return run
+
+
+class Flex:
+    """Compiled FlexAttention for one configuration; one compile serves every density (the
+    BlockMask tensors keep their shapes, only their contents change)."""
+
+    def __init__(self, cfg: AttentionShape, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.failed: Optional[str] = None
+        self.variant: Optional[str] = None  # "full" or "partial" once one compiled
+        self.compile_s: Optional[float] = None
+        self.fn = None
+        self.kernel_options = None
+        self.note: Optional[str] = None  # why the preferred variant was not used, once
+        self.compile_recorded = False
+        try:
+            from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+        except Exception as exc:
+            self.failed = f"FlexAttention unavailable: {short_error(exc)}"
+            return
+        self.fn = torch.compile(flex_attention, dynamic=False)
+        if device.type == "cuda":
+            # torch's default Triton tile (BLOCK_M=128 for half precision on sm80/sm90) must divide
+            # the BlockMask block size; with 64-row blocks it does not, so ask for tiles that do.
+            opts = {}
+            if cfg.block_q % 128:
+                opts["BLOCK_M"] = math.gcd(cfg.block_q, 128)
+            if cfg.block_k % 64:
+                opts["BLOCK_N"] = math.gcd(cfg.block_k, 64)
+            self.kernel_options = opts or None
+
+    def block_mask(self, mask: torch.Tensor, variant: str):
+        """BlockMask from our block mask. Every selected block is unmasked inside, so "full" blocks
+        (no mask_mod evaluated) are the fair FlexAttention setup; "partial" (noop mask_mod per
+        element) is the fallback where the full-block kernel does not compile."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        counts = mask.sum(dim=-1, dtype=torch.int32)
+        # FlexAttention reads kv_indices as a full (.., tq, tk) table: selected blocks first,
+        # ascending, then the rest (never read past counts, but must be valid block ids).
+        order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        counts, order = counts.to(self.device), order.to(self.device)
+        bs = (self.cfg.block_q, self.cfg.block_k)
+        seq = (self.cfg.N, self.cfg.N)
+        if variant == "full":
+            return BlockMask.from_kv_blocks(torch.zeros_like(counts), order, counts, order,
+                                            BLOCK_SIZE=bs, seq_lengths=seq)
+        return BlockMask.from_kv_blocks(counts, order, BLOCK_SIZE=bs, seq_lengths=seq)
+
+    def candidate(self, q, k, v, scale, mask: torch.Tensor, status: Callable[[str], None]):
+        """(callable, output) for this mask, compiling on first use; None when it cannot run."""
+        if self.failed:
+            return None
+        variants = [self.variant] if self.variant else ["full", "partial"]
+        errors = []
+        for variant in variants:
+            try:
+                kw = {"block_mask": self.block_mask(mask, variant), "scale": scale,
+                      "enable_gqa": q.shape[1] != k.shape[1]}
+                if self.kernel_options:
+                    kw["kernel_options"] = self.kernel_options
+
+                def run(kw=kw):
+                    return self.fn(q, k, v, **kw)
+
+                if self.variant is None:
+                    status(f"compiling FlexAttention ({variant} blocks)")
+                t0 = time.perf_counter()
+                out = run()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if self.variant is None:
+                    self.compile_s = time.perf_counter() - t0
+                    self.variant = variant
+                    if errors:
+                        self.note = (f"FlexAttention with full blocks failed ({'; '.join(errors)}); "
+                                     f"timed with {variant} blocks and a no-op mask_mod instead")
+                return run, out
+            except Exception as exc:
+                errors.append(f"{variant} blocks: {short_error(exc)}")
+        self.failed = "FlexAttention skipped, compile/run failed: " + "; ".join(errors)
+        return None
+
+    def add(self, row: dict, candidates: dict, q, k, v, scale, mask: torch.Tensor, status: Callable[[str], None]):
+        """Adds "flex" to the candidates and its fields (variant, kernel options, compile time once,
+        notes) to the row; returns its output, or None (with the reason in the row's notes)."""
+        got = self.candidate(q, k, v, scale, mask, status)
+        if got is None:
+            row["notes"].append(self.failed)
+            return None
+        candidates["flex"], out = got
+        row["flex_variant"] = self.variant
+        if self.note:
+            row["notes"].append(self.note)
+            self.note = None
+        if self.kernel_options:
+            row["flex_kernel_options"] = self.kernel_options
+        if self.compile_s is not None and not self.compile_recorded:
+            row["flex_compile_s"], self.compile_recorded = round(self.compile_s, 2), True
+        return out

@@ -41,7 +41,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import common
+from ..testing import rel_err
+from . import plotting
+from .registry import Benchmark, choice, column, format_cells, format_header, register
 
 
 @dataclass
@@ -72,7 +74,7 @@ class FinetuneConfig:
     # "model": the paper's setting: the whole student trains (its q, k, v, o weights start from the
     # teacher's), SLA's with its projections, and a sparse-only student is fine-tuned on the same
     # batches as the baseline it must beat.
-    train: str = "proj"
+    train: str = choice("proj", ("proj", "model"))
 
     @property
     def tokens(self) -> int:
@@ -193,7 +195,7 @@ def make_inputs(cfg: FinetuneConfig, count: int, width: int, gen: torch.Generato
 
 def _errors(y: torch.Tensor, teacher: torch.Tensor, x: torch.Tensor) -> Tuple[float, float]:
     """(error of the attention part y - x, error of the full output y), relative to the teacher."""
-    return common.rel_err(y - x, teacher - x), common.rel_err(y, teacher)
+    return rel_err(y - x, teacher - x), rel_err(y, teacher)
 
 
 def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple[List[dict], dict]:
@@ -246,7 +248,7 @@ def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple
         X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
         Y = (out - out_s).reshape(-1, cfg.head_dim).double()
         fit = X @ torch.linalg.lstsq(X.cpu(), Y.cpu()).solution.to(X.device)
-        stats.setdefault("proj_lstsq_residual", []).append(common.rel_err(fit, Y))
+        stats.setdefault("proj_lstsq_residual", []).append(rel_err(fit, Y))
         return out
 
     progress.status("teacher")
@@ -337,31 +339,26 @@ def run_experiment(cfg: FinetuneConfig, device: torch.device, progress) -> Tuple
 
 # ---- output -----------------------------------------------------------------------------------------
 
-_f = common.fmt
-_COLUMNS = [
-    ("curve", 14, lambda r: r["curve"]),
-    ("step", 5, lambda r: str(r["step"])),
-    ("rel err (y-x)", 13, lambda r: _f(r.get("rel_err"), ".4f")),
-    ("rel err (y)", 11, lambda r: _f(r.get("rel_err_output"), ".5f")),
-    ("train loss", 10, lambda r: _f(r.get("train_loss"), ".5f")),
-    ("time s", 7, lambda r: _f(r.get("elapsed_s"), ".1f")),
+COLUMNS = [
+    column("curve", 14, "curve"),
+    column("step", 5, "step"),
+    column("rel err (y-x)", 13, "rel_err", ".4f"),
+    column("rel err (y)", 11, "rel_err_output", ".5f"),
+    column("train loss", 10, "train_loss", ".5f"),
+    column("time s", 7, "elapsed_s", ".1f"),
 ]
 
 
-def format_header() -> str:
-    return common.format_header(_COLUMNS)
-
-
 def format_row(row: dict) -> str:
-    return common.format_cells(_COLUMNS, row)
+    return format_cells(COLUMNS, row)
 
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     """Held-out error against training step for SLA (and the fine-tuned sparse-only student with
     train=model), with the frozen sparse-only error as a horizontal line."""
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     if plt is None:
-        return common.NO_MATPLOTLIB
+        return plotting.NO_MATPLOTLIB
 
     def points(name):
         return [(r["step"], r["rel_err"]) for r in rows if r["curve"] == name and r.get("rel_err") is not None]
@@ -391,37 +388,26 @@ def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
     what = "whole student" if model else "projections only"
     ax.set_title(f"SLA fine-tuning ({what}), random attention stack teacher{change}\n{label}, "
                  f"{env.get('device_name', '?')} (y axis zoomed)", fontsize=9)
-    common.save_figure(fig, path)
+    plotting.save_figure(fig, path)
     return None
 
 
-def run(device: torch.device, quick: bool, overrides: Optional[dict], progress_factory, out) -> Tuple[List[dict], List[dict], List[str]]:
-    """The family entry used by genaccel.benchmarks.run_bench: returns (configs, rows, notes)."""
-    from .sla import has_kernel
-
-    cfg = common.apply_overrides([default_config(quick)], overrides, "sla-finetune")[0]
-    notes: List[str] = []
-    missing = [op for op in ("sla_fwd", "sla_bwd") if not has_kernel(device, op)]
-    if missing:
-        notes.append(f"SLA has no {device.type.upper()} kernel yet ({', '.join('genaccel::' + op for op in missing)}): "
-                     f"sla-finetune (training) skipped on {device.type}")
-        print(f"note: {notes[-1]}", file=out, flush=True)
-        return [cfg.as_dict()], [], notes
+def experiment(configs: List[FinetuneConfig], run) -> List[dict]:
+    """The runner's custom run (a training curve, not a timing sweep): rows of the curve, then a
+    "summary" row (not in the table); the summary is also the last note."""
+    (cfg,) = configs
     if cfg.tokens // cfg.block * cfg.topk < 1:
-        notes.append(f"topk {cfg.topk:g} of {math.ceil(cfg.tokens / cfg.block)} blocks rounds below one "
-                     "block: SLA keeps one critical block per row")
-    progress = progress_factory(cfg.steps, "sla-finetune")
-    progress.write(f"{cfg.label()}: fresh training inputs each step, {cfg.n_eval} held-out, {cfg.steps} steps, "
-                   f"Adam lr {cfg.lr:g}, batch {cfg.batch}")
-    progress.write(format_header())
-    try:
-        rows, summary = run_experiment(cfg, device, progress)
-    finally:
-        progress.close()
+        run.notes.append(f"topk {cfg.topk:g} of {math.ceil(cfg.tokens / cfg.block)} blocks rounds below one "
+                         "block: SLA keeps one critical block per row")
+    run.write(f"{cfg.label()}: fresh training inputs each step, {cfg.n_eval} held-out, {cfg.steps} steps, "
+              f"Adam lr {cfg.lr:g}, batch {cfg.batch}")
+    run.write(format_header(COLUMNS))
+    rows, summary = run_experiment(cfg, run.device, run.progress)
+    run.progress.close()
     for r in rows:
         r["config"] = cfg.label()
     mass = summary["teacher_critical_mass"]
-    notes.append(
+    note = (
         f"sparse-only {summary['sparse_only_rel_err']:.4f}, SLA untrained {summary['sla_untrained_rel_err']:.4f}, "
         f"SLA after {summary['sla_trained_step']} steps {summary['sla_trained_rel_err']:.4f} "
         f"(error {-100 * (summary['error_reduction'] or 0):+.2f}% vs sparse-only); teacher attention mass on "
@@ -431,11 +417,12 @@ def run(device: torch.device, quick: bool, overrides: Optional[dict], progress_f
         "attention error (an optimistic bound on what training the projections alone can recover)"
     )
     if cfg.train == "model":
-        notes[-1] += (f"; sparse-only fine-tuned on the same batches {summary['sparse_only_ft_rel_err']:.4f} "
-                      f"(SLA {-100 * (summary['error_reduction_vs_sparse_only_ft'] or 0):+.2f}% vs it)")
-    print(f"summary: {notes[-1]}", file=out, flush=True)
+        note += (f"; sparse-only fine-tuned on the same batches {summary['sparse_only_ft_rel_err']:.4f} "
+                 f"(SLA {-100 * (summary['error_reduction_vs_sparse_only_ft'] or 0):+.2f}% vs it)")
+    run.notes.append(note)
+    print(f"summary: {note}", file=run.out, flush=True)
     rows.append(dict(summary, curve="summary", step=summary["sla_trained_step"], config=cfg.label()))
-    return [cfg.as_dict()], rows, notes
+    return rows
 
 
 def failures(rows: List[dict]) -> List[str]:
@@ -462,13 +449,15 @@ def failures(rows: List[dict]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`bench/sla_finetune.py`: the experiment with its own flags, through run_bench so the JSON has
     the same schema and environment record as every `genaccel bench` family."""
-    from . import BenchError, run_bench
+    import sys
+
+    from .registry import BenchError, parse_sets, run_bench
 
     p = argparse.ArgumentParser(prog="sla_finetune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, help="training steps (default 200, --quick 40)")
+    p.add_argument("--steps", type=int, help="training steps (default 200, --quick 60)")
     p.add_argument("--json", metavar="FILE", help="write environment, config, curve and summary as JSON")
     p.add_argument("--plot", metavar="FILE", help="write the error curve as PNG (needs matplotlib)")
-    p.add_argument("--quick", action="store_true", help="smaller stack input and fewer steps (~30 s)")
+    p.add_argument("--quick", action="store_true", help="smaller stack input and fewer steps (~1.5 min on 2 cores)")
     p.add_argument("--seed", type=int, help="seed of weights, inputs and batch order (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
@@ -476,19 +465,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    + " ".join(f.name for f in dataclasses.fields(FinetuneConfig)) + ")")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if args.seed is not None:
-        overrides["seed"] = args.seed
     try:
+        overrides = parse_sets(args.set)
+        overrides.update({k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
         return run_bench("sla-finetune", device=args.device, quick=args.quick, json_path=args.json,
                          plot_path=args.plot, overrides=overrides, progress=False if args.no_progress else None)
     except (BenchError, ValueError) as exc:
-        print(f"sla_finetune: {exc}", file=__import__("sys").stderr)
+        print(f"sla_finetune: {exc}", file=sys.stderr)
         return 2
+
+
+BENCHMARK = register(Benchmark(
+    name="sla-finetune",
+    description="SLA student vs dense teacher on a frozen attention stack: error before/after training",
+    config=FinetuneConfig,
+    configs=lambda device, quick: [default_config(quick)],
+    experiment=experiment,
+    count=lambda cfg: cfg.steps,
+    needs_ops=("sla_fwd", "sla_bwd"),
+    failures=failures,
+    plot=plot,
+    columns=COLUMNS,
+))

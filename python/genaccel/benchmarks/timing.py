@@ -21,6 +21,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+# The only environment variables the library reads (once, when it loads: csrc/cuda/common/debug_knobs).
+DEBUG_KNOBS = ("GENACCEL_SLA_ONE_STREAM", "GENACCEL_SLA_CHUNK_BYTES")
+
 
 @dataclass
 class Timing:
@@ -229,9 +232,9 @@ def environment(device: torch.device) -> dict:
         "genaccel_build_info": genaccel.build_info(),
         "genaccel_has_cuda_kernels": genaccel.has_cuda_kernels(),
         "git": _git_commit(),
-        # Switches that change which kernels run or how they round (GENACCEL_ATTENTION_SM90,
-        # GENACCEL_SLA_FLOAT32_GEMMS, ...): a result taken with one set says so.
-        "genaccel_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("GENACCEL_")},
+        # The debugging knobs that are set (kernel choice and numerics are op arguments, recorded
+        # in each config and row): a result taken with one says so.
+        "genaccel_env": {k: os.environ[k] for k in DEBUG_KNOBS if k in os.environ},
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
