@@ -17,18 +17,22 @@ import pytest
 import torch
 
 import genaccel
-from genaccel.attention.block_sparse.reference import block_sparse_attention_reference, expand_block_mask
-
+from genaccel.attention.block_sparse.reference import expand_block_mask
 from genaccel.testing import make_input, make_mask
 
-from conftest import CUDA, DTYPES, RTOL, attention_kernels, devices, rel_err, run_without_host_sync
+from conftest import (
+    BAD,
+    DTYPES,
+    attention_backends,
+    check_against_reference,
+    devices,
+    needs_cuda,
+    rel_err,
+    run_without_host_sync,
+)
 
 OP = torch.ops.genaccel.block_sparse_attn_fwd
 DTYPE_ID = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-# |lse - ref| / (1 + |ref|): the scores are computed from the same (rounded) inputs as the
-# reference, in float32, so the lse is accurate to float32 rounding whatever the input dtype.
-LSE_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
-BAD = (RuntimeError, ValueError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,32 +42,6 @@ BAD = (RuntimeError, ValueError)
 
 def _pair(bs):
     return (bs, bs) if isinstance(bs, int) else tuple(bs)
-
-
-def check_against_reference(out, lse, q, k, v, mask, block_size, scale, dtype):
-    """out/lse of the kernel vs the float64 reference, with the DESIGN.md tolerances."""
-    B, H, Nq, D = q.shape
-    assert out.shape == (B, H, Nq, D) and out.dtype == q.dtype and out.device == q.device
-    assert lse.shape == (B, H, Nq) and lse.dtype == torch.float32 and lse.device == q.device
-    ref_out, ref_lse = block_sparse_attention_reference(
-        q.cpu(), k.cpu(), v.cpu(), mask.cpu(), _pair(block_size), scale
-    )
-    out, lse = out.cpu(), lse.cpu()
-    assert torch.isfinite(out).all(), "non-finite values in out"
-    assert not torch.isnan(lse).any(), "NaN in lse"
-    err = rel_err(out, ref_out)
-    assert err <= RTOL[dtype], f"rel_err(out) = {err:.3e} > {RTOL[dtype]:.0e}"
-    empty = torch.isneginf(ref_lse)
-    got_empty = torch.isneginf(lse)
-    assert torch.equal(got_empty, empty), (
-        f"lse is -inf on {int(got_empty.sum())} rows, the reference on {int(empty.sum())}"
-    )
-    assert (out[empty] == 0).all(), "a row that selects no key block must be exactly zero"
-    assert not torch.isposinf(lse).any()
-    if (~empty).any():
-        d = ((lse.double() - ref_lse).abs() / (1 + ref_lse.abs()))[~empty].max().item()
-        assert d <= LSE_TOL[dtype], f"lse error {d:.3e} > {LSE_TOL[dtype]:.0e}"
-    return err
 
 
 def hand_plan(mask, max_kv=None, pad=-1, reverse=False):
@@ -223,11 +201,11 @@ CUDA_CORE = [
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DTYPE_ID.get)
 @pytest.mark.parametrize("cfg", CUDA_CORE, ids=lambda c: c[0])
-@pytest.mark.parametrize("attention_kernel", attention_kernels(), indirect=True)
-def test_cuda_core_configs(cfg, dtype, attention_kernel, gen):
+@pytest.mark.parametrize("backend", attention_backends())
+def test_cuda_core_configs(cfg, dtype, backend, gen):
     """What the CUDA kernels must run (never skipped as unsupported): half types, D 64/128,
     64/128-token query blocks, with GQA, ragged tails, Nq != Nk, broadcast masks, strided inputs;
     with the mma.sync kernel and, on Hopper, the wgmma one."""
@@ -242,7 +220,7 @@ def test_cuda_core_configs(cfg, dtype, attention_kernel, gen):
     mask[..., -1, -1] = True
     if Tq >= 3:
         mask[..., 1, :] = False
-    out, lse = genaccel.block_sparse_attention(q, k, v, mask.cuda(), bs, return_lse=True)
+    out, lse = genaccel.block_sparse_attention(q, k, v, mask.cuda(), bs, return_lse=True, backend=backend)
     check_against_reference(out, lse, q, k, v, mask, bs, None, dtype)
 
 
@@ -623,7 +601,7 @@ def test_cpu_checks_plan_values_even_when_told_not_to(mutate, match, gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 @pytest.mark.parametrize("mutate, match", PLAN_VALUE_BAD)
 def test_cuda_plan_taken_on_trust_cannot_read_out_of_bounds(mutate, match, gen):
     """On CUDA check_plan=False skips the value checks, not the kernel's guards: entries outside
@@ -638,7 +616,7 @@ def test_cuda_plan_taken_on_trust_cannot_read_out_of_bounds(mutate, match, gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 @pytest.mark.parametrize("D", [40, 96])
 def test_cuda_padded_head_dims_take_channels_last_inputs(D, gen):
     """Head dims without a kernel run zero-padded; a channels-last (B, H, N, D) input, whose padded
@@ -651,7 +629,7 @@ def test_cuda_padded_head_dims_take_channels_last_inputs(D, gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 def test_cuda_trusted_plan_makes_no_host_sync(gen):
     """A plan made once and passed with check_plan=False: forward and backward (whose autograd
     formula trusts the plan its forward saw) never wait on the device, so they can be captured in
@@ -669,7 +647,7 @@ def test_cuda_trusted_plan_makes_no_host_sync(gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 @pytest.mark.parametrize(
     "where, match",
     [("k", r"q, k, v must be on one device"), ("v", r"q, k, v must be on one device"),
@@ -747,7 +725,7 @@ def test_wrapper_base_args_are_valid(gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@needs_cuda
 @pytest.mark.parametrize("where, match", [("block_mask", r"block_mask must be on the device of q"), ("k", r"q, k, v must be on one device")])
 def test_wrapper_rejects_mixed_devices(where, match, gen):
     a = _base_wrapper_args(gen, device="cuda")

@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import genaccel  # noqa: E402
-from conftest import DTYPES, devices  # noqa: E402
+from conftest import BAD, DTYPES, check_against_reference, devices  # noqa: E402
 from genaccel.attention.block_sparse.reference import block_sparse_attention_reference  # noqa: E402
 from genaccel.testing import make_input, make_mask  # noqa: E402
-from test_block_sparse import BAD, check_against_reference  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # hypothesis fuzz: random shapes / dtypes / blocks / masks / layouts match the reference, and

@@ -1,12 +1,24 @@
-"""genaccel.sparse_linear_attention (forward) against the float64 SLA reference, its identities, the
-op contract (opcheck, torch.compile) and bad input."""
+"""genaccel.sparse_linear_attention and ops sla_fwd / sla_bwd on each device against the float64 SLA
+reference (forward and gradients), its identities, the op contract (opcheck, torch.compile), bad
+input, the module; on the CPU also the fused backward against the linear branch's formula. CUDA-only
+(at the end): each backend and precision, the CUDA op against the CPU op (also with the linear branch
+in chunks), no host syncs, CUDA graphs, corrupted plans, the side stream."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import genaccel
-from conftest import RTOL, rel_err
+from conftest import (
+    HALF_DTYPES,
+    RTOL,
+    attention_backends,
+    devices,
+    on_cuda,
+    rel_err,
+    run_in_child,
+    run_without_host_sync,
+)
 from genaccel.attention.block_sparse import attention_delta
 from genaccel.attention.sla import sla_block_map
 from genaccel.attention.sla.reference import (
@@ -28,6 +40,14 @@ def proj(gen, D, device="cpu"):
     return (0.2 * torch.randn(D, D, generator=gen)).to(device), (0.2 * torch.randn(D, generator=gen)).to(device)
 
 
+def case_id(case):
+    return "x".join(map(str, case[:6]))
+
+
+def dtype_id(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
 CASES = [
     # B, H, Hkv, Nq, Nk, D, block
     (1, 2, 2, 256, 256, 64, (64, 64)),
@@ -35,22 +55,39 @@ CASES = [
     (1, 2, 1, 130, 400, 128, (32, 64)),  # D=128, Nk > Nq
     (1, 1, 1, 40, 50, 40, (64, 64)),     # N < one block, odd D
 ]
+# Within the CUDA kernels' limits: bf16/fp16, D 32/64/96/128, block_q 64/128, block_k 64..256.
+CUDA_CASES = [
+    # B, H, Hkv, Nq, Nk, D, block
+    (1, 2, 2, 256, 256, 64, (64, 64)),
+    (2, 4, 2, 300, 260, 64, (64, 64)),     # GQA, partial blocks, Nq != Nk
+    (1, 2, 1, 130, 400, 128, (128, 64)),   # D=128, block_q 128, Nk > Nq
+    (1, 3, 3, 40, 50, 128, (64, 128)),     # N below one block
+]
+# device, case, topk, low_k, linear_over_all_keys, dtype
+FORWARD_PARAMS = [
+    pytest.param("cpu", case, topk, low_k, False, dtype, id=f"cpu-{case_id(case)}-{topk}-{low_k}-{dtype_id(dtype)}")
+    for case in CASES for topk, low_k in [(0.05, 0.1), (0.2, 0.0), (0.2, 0.1), (1.0, 0.0)]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16)
+] + [
+    on_cuda("cuda", case, topk, low_k, all_keys, dtype,
+            id=f"cuda-{case_id(case)}-{topk}-{low_k}{'-all_keys' if all_keys else ''}-{dtype_id(dtype)}")
+    for case in CUDA_CASES for topk, low_k, all_keys in [(0.05, 0.1, False), (0.2, 0.0, False), (1.0, 0.0, False),
+                                                         (0.2, 0.1, True)]
+    for dtype in HALF_DTYPES
+]
 
 
-# CPU here; the CUDA forward has its own tests (test_sla_cuda.py: the kernel takes bf16/fp16, D 64/128).
-@pytest.mark.parametrize("device", ["cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
-@pytest.mark.parametrize("topk,low_k", [(0.05, 0.1), (0.2, 0.0), (0.2, 0.1), (1.0, 0.0)])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])))
-def test_forward_matches_reference(case, topk, low_k, fmap, dtype, device, gen):
+@pytest.mark.parametrize("device, case, topk, low_k, all_keys, dtype", FORWARD_PARAMS)
+def test_forward_matches_reference(device, case, topk, low_k, all_keys, fmap, dtype, gen):
     B, H, Hkv, Nq, Nk, D, block = case
     q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, dtype, device)
     w, b = proj(gen, D, device)
-    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap)
-    assert out.dtype == dtype and out.shape == q.shape
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, linear_over_all_keys=all_keys)
+    assert out.dtype == dtype and out.shape == q.shape and out.device == q.device
     codes = sla_block_map(q, k, topk, low_k, block)[0]
-    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), b.cpu(), block, fmap)[0]
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), b.cpu(), block, fmap,
+                                            linear_over_all_keys=all_keys)[0]
     assert rel_err(out.cpu(), ref) <= RTOL[dtype]
 
 
@@ -88,13 +125,19 @@ def test_identity_projection_adds_the_linear_branch(gen):
     assert rel_err(plain, eye) < 1e-6
 
 
-def test_rows_without_marginal_blocks_have_no_nan(gen):
-    q, k, v = inputs(gen, 1, 2, 2, 256, 256, 16, torch.float32)
-    out = genaccel.sparse_linear_attention(q, k, v, None, None, topk=0.25, low_k=0.75, block_size=64)
+@pytest.mark.parametrize("device, D, dtype", [("cpu", 16, torch.float32), on_cuda("cuda", 64, torch.bfloat16)])
+@pytest.mark.parametrize("topk, low_k", [(0.25, 0.75), (1.0, 0.0)], ids=["critical_or_negligible", "all_critical"])
+def test_rows_without_marginal_blocks_have_no_nan(device, D, dtype, topk, low_k, gen):
+    """No marginal block at all: O^l is zero, not NaN (the denominators are 0), so the output is
+    exactly the sparse branch, with or without a projection."""
+    q, k, v = inputs(gen, 1, 2, 2, 256, 256, D, dtype, device)
+    out = genaccel.sparse_linear_attention(q, k, v, None, None, topk=topk, low_k=low_k, block_size=64)
     assert torch.isfinite(out).all()
-    # No marginal block at all: exactly the sparse branch.
-    sparse = genaccel.sparse_linear_attention(q, k, v, torch.zeros(16, 16), None, topk=0.25, low_k=0.75, block_size=64)
-    assert torch.equal(out, sparse)
+    sparse = genaccel.sparse_linear_attention(q, k, v, torch.zeros(D, D, device=device), None, topk=topk,
+                                              low_k=low_k, block_size=64)
+    identity = genaccel.sparse_linear_attention(q, k, v, torch.eye(D, device=device), None, topk=topk, low_k=low_k,
+                                                block_size=64)
+    assert torch.equal(out, sparse) and torch.equal(identity, sparse)
 
 
 def test_relu_features_that_never_meet_give_zero_not_nan(gen):
@@ -129,12 +172,15 @@ def test_op_reports_denominator_and_lse(gen):
     assert rel_err(denom, expected) < 1e-5
 
 
-def test_opcheck(gen):
-    q, k, v = inputs(gen, 1, 2, 1, 96, 80, 16, torch.float32)
-    codes, idx, cnt = sla_block_map(q, k, 0.3, 0.2, 32)
-    args = (q, k, v, codes, idx, cnt, 32, 32, 0.25, "softmax", False)
-    torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+@pytest.mark.parametrize("device, dtype, Nq, Nk, D, block, topk, low_k, test_utils", [
+    ("cpu", torch.float32, 96, 80, 16, 32, 0.3, 0.2, ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")),
+    on_cuda("cuda", torch.bfloat16, 200, 130, 64, 64, 0.2, 0.1, ("test_schema", "test_faketensor")),
+])
+def test_opcheck(device, dtype, Nq, Nk, D, block, topk, low_k, test_utils, gen):
+    q, k, v = inputs(gen, 1, 2, 1, Nq, Nk, D, dtype, device)
+    codes, idx, cnt = sla_block_map(q, k, topk, low_k, block)
+    args = (q, k, v, codes, idx, cnt, block, block, D**-0.5, "softmax", False)
+    torch.library.opcheck(torch.ops.genaccel.sla_fwd.default, args, test_utils=test_utils)
 
 
 def test_opcheck_with_grad(gen):
@@ -209,19 +255,23 @@ def test_compile_fullgraph(gen):
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_fullgraph_backward(backend, gen):
+@pytest.mark.parametrize("device, dtype, Nq, Nk, D, topk, low_k, block, tol", [
+    ("cpu", torch.float32, 160, 130, 16, 0.25, 0.25, 32, 1e-5),
+    on_cuda("cuda", torch.bfloat16, 300, 260, 64, 0.2, 0.1, 64, 1e-2),
+])
+def test_compile_fullgraph_backward(device, dtype, Nq, Nk, D, topk, low_k, block, tol, backend, gen):
     """Forward and backward through torch.compile(fullgraph=True): the ops' fakes and
-    register_autograd trace, and the compiled gradients equal eager ones."""
-    leaves = [t.requires_grad_() for t in (*inputs(gen, 1, 4, 2, 160, 130, 16, torch.float32), *proj(gen, 16))]
+    register_autograd trace, and the compiled gradients equal eager ones (the same kernels run)."""
+    leaves = [t.requires_grad_() for t in (*inputs(gen, 1, 4, 2, Nq, Nk, D, dtype, device), *proj(gen, D, device))]
 
     def loss(q, k, v, w, b):
-        return genaccel.sparse_linear_attention(q, k, v, w, b, 0.25, 0.25, 32, "elu").square().sum()
+        return genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, "elu").float().square().sum()
 
     eager = torch.autograd.grad(loss(*leaves), leaves)
     torch._dynamo.reset()
     compiled = torch.autograd.grad(torch.compile(loss, backend=backend, fullgraph=True)(*leaves), leaves)
     for name, g, e in zip(["q", "k", "v", "w", "b"], compiled, eager):
-        assert rel_err(g, e) < 1e-5, name
+        assert rel_err(g.float(), e.float()) < tol, name
 
 
 @pytest.mark.parametrize(
@@ -255,15 +305,18 @@ def test_bad_shapes_say_what_is_wrong(gen):
 
 
 @pytest.mark.parametrize("fmap", FEATURE_MAPS)
-def test_nan_in_k_reaches_the_output(fmap, gen):
-    """As in torch: a NaN input poisons what depends on it instead of vanishing in a max or exp."""
-    q, k, v = inputs(gen, 1, 1, 1, 128, 128, 16, torch.float32)
-    k[0, 0, 70, 3] = float("nan")
+@pytest.mark.parametrize("device, H, N, D, dtype", [("cpu", 1, 128, 16, torch.float32),
+                                                    on_cuda("cuda", 2, 256, 64, torch.bfloat16)])
+def test_nan_in_k_reaches_the_output(device, H, N, D, dtype, fmap, gen):
+    """As in torch: a NaN input poisons what depends on it instead of vanishing in a max, an exp or
+    a division guard (here key 70, whose block is marginal or critical for every query block)."""
+    q, k, v = inputs(gen, 1, H, H, N, N, D, dtype, device)
+    k[0, :, 70, 3] = float("nan")
     out = genaccel.sparse_linear_attention(q, k, v, topk=0.5, low_k=0.0, feature_map=fmap)
-    ref = sparse_linear_attention_reference(q.double(), k.double(), v.double(),
-                                            sla_block_map(q, k, 0.5, 0.0, 64)[0], block_size=(64, 64),
+    codes = sla_block_map(q, k, 0.5, 0.0, (64, 64))[0].cpu()
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes, block_size=(64, 64),
                                             feature_map_name=fmap)[0]
-    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+    assert torch.equal(out.isnan().cpu(), ref.isnan()) and ref.isnan().any()
 
 
 def test_double_backward_raises(gen):
@@ -317,27 +370,62 @@ GRAD_CASES = [
     (1, 2, 2, 200, 330, 16, (64, 64), 0.2, 0.1, "softmax", True),
     (1, 4, 2, 260, 300, 24, (32, 32), 0.6, 0.0, "elu", False),  # few marginal blocks: direct sums
 ]
+CUDA_GRAD_CASES = [
+    # B, H, Hkv, Nq, Nk, D, block
+    (1, 4, 2, 300, 260, 64, (64, 64)),     # GQA, partial blocks, Nq != Nk
+    (2, 2, 1, 200, 330, 128, (128, 64)),   # MQA, D=128, block_q 128, two batches
+    (1, 3, 3, 40, 50, 128, (64, 128)),     # N below one block
+]
+# device, case, topk, low_k, feature map, linear_over_all_keys, dtype
+GRAD_PARAMS = [
+    pytest.param("cpu", c[:7], *c[7:], dtype, id=f"cpu-{c[9]}-topk{c[7]}-lowk{c[8]}-all{int(c[10])}-D{c[5]}-{dtype_id(dtype)}")
+    for c in GRAD_CASES for dtype in (torch.float32, torch.bfloat16)
+] + [
+    on_cuda("cuda", case, topk, low_k, fmap, all_keys, dtype,
+            id=f"cuda-{case_id(case)}-{fmap}-topk{topk}-lowk{low_k}-all{int(all_keys)}-{dtype_id(dtype)}")
+    for case in CUDA_GRAD_CASES for topk, low_k, all_keys in [(0.2, 0.1, False), (1.0, 0.0, False), (0.3, 0.2, True)]
+    for fmap in FEATURE_MAPS for dtype in HALF_DTYPES
+]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[9]}-topk{c[7]}-lowk{c[8]}-all{int(c[10])}-D{c[5]}")
-def test_gradients_match_reference(case, dtype, gen):
-    B, H, Hkv, Nq, Nk, D, block, topk, low_k, fmap, all_keys = case
-    q, k, v = (t.requires_grad_() for t in inputs(gen, B, H, Hkv, Nq, Nk, D, dtype))
-    w, b = (t.requires_grad_() for t in proj(gen, D))
-    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, all_keys)
+@pytest.mark.parametrize("device, case, topk, low_k, fmap, all_keys, dtype", GRAD_PARAMS)
+def test_gradients_match_reference(device, case, topk, low_k, fmap, all_keys, dtype, gen):
+    """Forward and the gradients of q, k, v and the projection (on CUDA: the fused block-sparse
+    backward kernels plus the linear branch's GEMMs and row kernels) against autograd through the
+    float64 reference."""
+    check_forward_and_gradients(device, case, topk, low_k, fmap, all_keys, dtype, gen)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", [(1, 4, 2, 200, 170, 96, (64, 64)), (1, 2, 2, 130, 100, 32, (64, 64))],
+                         ids=["D96_gqa", "D32"])
+def test_head_dims_without_their_own_attention_kernel(case, device, gen):
+    """D 96 and 32: on CUDA the sparse branch runs zero-padded to the 128 / 64 kernels, the linear
+    branch's row kernels at the true head dim."""
+    check_forward_and_gradients(device, case, 0.2, 0.1, "elu", False, torch.bfloat16, gen)
+
+
+def check_forward_and_gradients(device, case, topk, low_k, fmap, all_keys, dtype, gen):
+    B, H, Hkv, Nq, Nk, D, block = case
+    q, k, v = (t.requires_grad_() for t in inputs(gen, B, H, Hkv, Nq, Nk, D, dtype, device))
+    w, b = (t.requires_grad_() for t in proj(gen, D, device))
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, topk, low_k, block, fmap, linear_over_all_keys=all_keys)
     go = torch.randn(out.shape, generator=gen).to(dtype)
-    grads = torch.autograd.grad((out * go).float().sum(), (q, k, v, w, b))
-    codes = sla_block_map(q, k, topk, low_k, block)[0]
-    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, w, b)]
-    ref = sparse_linear_attention_reference(*ref_in[:3], codes, *ref_in[3:], block, fmap, all_keys)[0]
+    grads = torch.autograd.grad((out * go.to(device)).float().sum(), (q, k, v, w, b))
+    codes = sla_block_map(q, k, topk, low_k, block)[0].cpu()
+    ref_in = [t.detach().cpu().double().requires_grad_() for t in (q, k, v, w, b)]
+    ref = sparse_linear_attention_reference(*ref_in[:3], codes, *ref_in[3:], block, fmap,
+                                            linear_over_all_keys=all_keys)[0]
+    assert rel_err(out.detach().cpu(), ref.detach()) <= RTOL[dtype]
     expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
     tol = 1e-4 if dtype == torch.float32 else 2e-2  # the issue's bounds for gradients
     for name, g, e in zip(["q", "k", "v", "proj_weight", "proj_bias"], grads, expected):
+        assert g.device == q.device and g.dtype == (torch.float32 if name.startswith("proj") else dtype), name
+        g = g.cpu()
         if e.norm() == 0:
             assert g.abs().max() == 0, name
         else:
-            assert rel_err(g, e) <= tol, (name, rel_err(g, e))
+            assert torch.isfinite(g).all() and rel_err(g, e) <= tol, (name, rel_err(g, e))
 
 
 @pytest.mark.parametrize("all_keys", [False, True], ids=["marginal", "all_keys"])
@@ -428,13 +516,17 @@ def test_module_under_bf16_autocast(gen):
     assert torch.isfinite(layer.proj.weight.grad).all()
 
 
-def test_float32_inputs_under_autocast_run_in_the_autocast_dtype(gen):
+@pytest.mark.parametrize("device, Hkv, Nq, Nk, D, topk, low_k, block", [
+    ("cpu", 1, 130, 100, 16, 0.3, 0.1, 32),
+    on_cuda("cuda", 2, 200, 200, 64, 0.05, 0.10, 64),
+])
+def test_float32_inputs_under_autocast_run_in_the_autocast_dtype(device, Hkv, Nq, Nk, D, topk, low_k, block, gen):
     """As SDPA: under autocast, float32 q, k, v are cast to the autocast dtype (on CUDA the kernels
     take half precision only), and gradients reach the float32 leaves."""
-    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, 1, 130, 100, 16, torch.float32))
-    layer = genaccel.nn.SparseLinearAttention(16, topk=0.3, low_k=0.1, block_size=32)
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 2, Hkv, Nq, Nk, D, torch.float32, device))
+    layer = genaccel.nn.SparseLinearAttention(D, topk=topk, low_k=low_k, block_size=block).to(device)
     torch.nn.init.normal_(layer.proj.weight, std=0.1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = layer(q, k, v)
     assert out.dtype == torch.bfloat16
     with torch.no_grad():
@@ -668,3 +760,282 @@ def test_block_map_is_the_same_under_autocast(dtype, gen):
         amp = sla_block_map(q, k, 0.1, 0.2, 64)
     for a, b in zip(plain, amp):
         assert torch.equal(a, b)
+
+
+# ---- CUDA only: each backend and precision, the CUDA op against the CPU op, host syncs, CUDA graphs,
+# corrupted plans, the side stream. The debugging knobs (chunk bytes, one stream) are read when genaccel
+# loads, so their variants run in a child process (conftest.run_in_child).
+
+cuda_only = pytest.mark.parametrize("device", [on_cuda("cuda", id="cuda")])
+CUDA_FORWARD_CASES = CUDA_CASES[1:3]
+
+
+@cuda_only
+@pytest.mark.parametrize("backend", attention_backends())
+@pytest.mark.parametrize("case", CUDA_FORWARD_CASES, ids=case_id)
+def test_forward_with_each_attention_kernel(device, case, backend, gen):
+    """SLA's sparse branch on the mma.sync kernels (sm80) and, on Hopper, the wgmma ones (sm90)."""
+    B, H, Hkv, Nq, Nk, D, block = case
+    q, k, v = inputs(gen, B, H, Hkv, Nq, Nk, D, torch.bfloat16, device)
+    w = proj(gen, D, device)[0]
+    out = genaccel.sparse_linear_attention(q, k, v, w, None, 0.2, 0.1, block, backend=backend)
+    codes = sla_block_map(q, k, 0.2, 0.1, block)[0]
+    ref = sparse_linear_attention_reference(q.cpu(), k.cpu(), v.cpu(), codes.cpu(), w.cpu(), None, block)[0]
+    assert rel_err(out.cpu(), ref) <= RTOL[torch.bfloat16]
+
+
+@cuda_only
+@pytest.mark.parametrize("precision", ["tf32", "fp32"])
+@pytest.mark.parametrize("fmap", FEATURE_MAPS)
+def test_linear_branch_matches_cpu_float32(device, fmap, precision, gen, monkeypatch):
+    """The linear branch's own outputs (before the bf16 cast of O^l, via the denominator) agree with
+    the CPU op's float32 computation: with precision="tf32" to TF32-level error (the two-part bf16
+    splits of the mask sums lose at most 2^-16 per term, the per-block GEMMs round their operands to
+    TF32, 2^-11 relative; a float model of the branch moves the denominators by 4e-5 with
+    round-to-nearest and 1e-3 with truncation); with precision="fp32" the GEMMs stay float32 and the
+    splits take three parts (exact), so to float32-level error."""
+    if precision == "fp32":
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    B, H, Hkv, N, D, bq, bk = 1, 4, 2, 1000, 128, 64, 64
+    q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16, device)
+    codes, kv_indices, kv_counts = sla_block_map(q, k, 0.05, 0.1, (bq, bk))
+    args = (codes, kv_indices, kv_counts, bq, bk, D ** -0.5, fmap, False)
+    got = torch.ops.genaccel.sla_fwd(q, k, v, *args, precision=precision)
+    want = torch.ops.genaccel.sla_fwd(q.cpu(), k.cpu(), v.cpu(), *(a.cpu() if torch.is_tensor(a) else a for a in args))
+    assert rel_err(got[3].cpu(), want[3]) <= (1e-5 if precision == "fp32" else 2e-3)  # denominators, float32
+    assert rel_err(got[1].cpu(), want[1]) <= 1e-5  # lse of the sparse branch
+    assert rel_err(got[2].cpu().float(), want[2].float()) <= 1e-2  # O^l, both rounded to bf16
+
+
+@cuda_only
+def test_select_blocks_long_rows_in_chunks_match_cpu(device, gen):
+    """Rows of 4097 blocks sort in global scratch, 4096 rows per launch: 4100 rows take two."""
+    scores = torch.randn(1, 1, 4100, 4097, generator=gen)
+    got = torch.ops.genaccel.sla_select_blocks(scores.to(device), 200, 400)
+    want = torch.ops.genaccel.sla_select_blocks(scores, 200, 400)
+    assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+
+
+@cuda_only
+def test_float32_is_refused_clearly(device, gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 64, torch.float32, device)
+    with pytest.raises(RuntimeError, match="bfloat16 and float16"):
+        genaccel.sparse_linear_attention(q, k, v)
+
+
+def linear_backward_errors(seed):
+    """rel_err of sla_bwd's linear branch alone (grad_sparse = 0, so the sparse branch adds exact
+    zeros) on CUDA against the CPU op, per (feature map, linear_over_all_keys, gradient)."""
+    gen = torch.Generator().manual_seed(seed)
+    B, H, Hkv, N, D, bq, bk = 2, 4, 2, 500, 64, 64, 64
+    errors = {}
+    for fmap in FEATURE_MAPS:
+        for all_keys in (False, True):
+            q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16, "cuda")
+            codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, (bq, bk))
+            scale = D ** -0.5
+            out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, bq, bk, scale, fmap,
+                                                                  all_keys)
+            g_l = torch.randn(out_l.shape, generator=gen).to(torch.bfloat16).cuda()
+            args = (torch.zeros_like(out_s), g_l, q, k, v, codes, idx, cnt, out_s, lse, torch.zeros_like(lse), out_l,
+                    denom, bq, bk, scale, fmap, all_keys)
+            got = torch.ops.genaccel.sla_bwd(*args)
+            want = torch.ops.genaccel.sla_bwd(*(a.cpu() if torch.is_tensor(a) else a for a in args))
+            for name, g, w in zip("qkv", got, want):
+                assert g.dtype == w.dtype and g.shape == w.shape, name
+                errors[fmap, all_keys, name] = rel_err(g.cpu().float(), w.float())
+    return errors
+
+
+def projection_errors(seed):
+    """rel_err of the CUDA ops against the CPU ops with proj_weight inside them (the linear branch on
+    V W^T; dW = d(V W^T)^T V summed over the chunks, dV = d(V W^T) W): out_linear, dq, dk, dv, dw."""
+    gen = torch.Generator().manual_seed(seed)
+    B, H, Hkv, N, D, bq, bk = 2, 4, 2, 400, 128, 64, 64
+    q, k, v = inputs(gen, B, H, Hkv, N, N, D, torch.bfloat16, "cuda")
+    w = (0.3 * torch.randn(D, D, generator=gen)).cuda()
+    codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, (bq, bk))
+    scale = D ** -0.5
+    fwd = (q, k, v, codes, idx, cnt, bq, bk, scale, "softmax", False, w)
+
+    def cpu(args):
+        return [a.cpu() if torch.is_tensor(a) else a for a in args]
+
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(*fwd)
+    errors = {"out_linear": rel_err(out_l.cpu().float(), torch.ops.genaccel.sla_fwd(*cpu(fwd))[2].float())}
+    g_l = torch.randn(out_l.shape, generator=gen).to(torch.bfloat16).cuda()
+    bwd = (torch.zeros_like(out_s), g_l, q, k, v, codes, idx, cnt, out_s, lse, torch.zeros_like(lse), out_l, denom,
+           bq, bk, scale, "softmax", False, w)
+    for name, g, e in zip(["dq", "dk", "dv", "dw"], torch.ops.genaccel.sla_bwd(*bwd), torch.ops.genaccel.sla_bwd(*cpu(bwd))):
+        assert g.dtype == e.dtype and g.shape == e.shape, name
+        errors[name] = rel_err(g.cpu().float(), e.float())
+    return errors
+
+
+CHUNKS = [None, "1"]  # GENACCEL_SLA_CHUNK_BYTES: the default (one chunk here), every (batch, kv head) pair its own
+
+
+def in_chunks(fn, seed, chunk_bytes):
+    return fn(seed) if chunk_bytes is None else run_in_child(fn, seed, env={"GENACCEL_SLA_CHUNK_BYTES": chunk_bytes})
+
+
+@cuda_only
+@pytest.mark.parametrize("chunk_bytes", CHUNKS, ids=["one_chunk", "chunk_per_pair"])
+def test_linear_backward_matches_cpu_op(device, chunk_bytes, gen):
+    """Both compute in float32 from the same inputs and round once, so they agree to about one bf16
+    rounding, also when every (batch, kv head) pair is its own chunk."""
+    errors = in_chunks(linear_backward_errors, int(torch.randint(1 << 30, (1,), generator=gen)), chunk_bytes)
+    assert max(errors.values()) <= 5e-3, errors
+
+
+@cuda_only
+@pytest.mark.parametrize("chunk_bytes", CHUNKS, ids=["one_chunk", "chunk_per_pair"])
+def test_projection_matches_cpu_op(device, chunk_bytes, gen):
+    """out_linear to about one bf16 rounding, the gradients (TF32 GEMMs) to TF32-level error."""
+    errors = in_chunks(projection_errors, int(torch.randint(1 << 30, (1,), generator=gen)), chunk_bytes)
+    assert errors.pop("out_linear") <= 1e-2
+    assert max(errors.values()) <= 5e-3, errors
+
+
+@cuda_only
+def test_forward_and_backward_make_no_host_sync(device, gen):
+    """sparse_linear_attention passes check_plan=False (its plan comes from sla_block_map) and the
+    backward trusts the plan its forward saw: neither waits on the device, so a model's layers
+    queue up without stalls, and the forward can be captured in a CUDA graph (next test)."""
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 1, 4, 2, 300, 300, 64, torch.bfloat16, device))
+    w, b = (t.requires_grad_() for t in proj(gen, 64, device))
+    go = torch.randn(q.shape, generator=gen).to(torch.bfloat16).to(device)
+
+    def step():
+        out = genaccel.sparse_linear_attention(q, k, v, w, b, 0.2, 0.1, (64, 64))
+        return torch.autograd.grad(out, (q, k, v, w, b), go)
+
+    assert all(torch.isfinite(g).all() for g in run_without_host_sync(step))
+
+
+@cuda_only
+def test_forward_replays_in_a_cuda_graph(device, gen):
+    q, k, v = inputs(gen, 1, 4, 2, 300, 300, 64, torch.bfloat16, device)
+    w, b = proj(gen, 64, device)
+    run = lambda: genaccel.sparse_linear_attention(q, k, v, w, b, 0.2, 0.1, (64, 64))  # noqa: E731
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        eager = run()
+    torch.cuda.current_stream().wait_stream(warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    q.copy_(torch.randn(q.shape, generator=gen).to(q.dtype))
+    graph.replay()
+    fresh = run()
+    torch.cuda.synchronize()
+    # Same kernels on the new q (cuBLAS may pick other algorithms under capture: not bit for bit).
+    assert rel_err(captured, fresh) <= 1e-3 and rel_err(captured, eager) > 0.1
+
+
+@cuda_only
+def test_unsupported_head_dim_is_refused_clearly(device, gen):
+    q, k, v = inputs(gen, 1, 2, 2, 128, 128, 80, torch.bfloat16, device)
+    with pytest.raises(RuntimeError, match="sla_fwd \\(CUDA\\): the linear branch's kernels take head dims 32, 64, 96"):
+        genaccel.sparse_linear_attention(q, k, v)
+
+
+@cuda_only
+def test_backward_opcheck(device, gen):
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16, device)
+    codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "elu", False)
+    g = torch.randn(out_s.shape, generator=gen).to(torch.bfloat16).to(device)
+    args = (g, g, q, k, v, codes, idx, cnt, out_s, lse, torch.zeros_like(lse), out_l, denom, 64, 64, 0.125, "elu",
+            False)
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd, args, test_utils=("test_schema", "test_faketensor"))
+    w = torch.randn(64, 64, generator=gen).to(device)
+    torch.library.opcheck(torch.ops.genaccel.sla_bwd, args + (w,), test_utils=("test_schema", "test_faketensor"))
+
+
+@cuda_only
+def test_backward_errors_name_the_op(device, gen):
+    q, k, v = inputs(gen, 1, 2, 1, 128, 128, 64, torch.bfloat16, device)
+    codes, idx, cnt = sla_block_map(q, k, 0.2, 0.1, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "relu", False)
+    args = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "relu", False]
+    for index, bad, match in [(5, codes.int(), "sla_bwd: codes must be int8"),
+                              (16, "hedgehog", "sla_bwd: feature_map must be one of"),
+                              (12, denom.half(), "sla_bwd: denom must be float32")]:
+        broken = list(args)
+        broken[index] = bad
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.genaccel.sla_bwd(*broken)
+
+
+def op_and_args_with_plan(op_name, gen, device):
+    """(op, its args, the index of kv_indices - 1 in them, kv_indices, kv_counts) of sla_fwd or
+    sla_bwd on a small bf16 problem, so that args[at + 1] is the plan's indices, args[at + 2] its counts."""
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 64, torch.bfloat16, device)
+    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False)
+    fwd = [q, k, v, codes, idx, cnt, 64, 64, 0.125, "softmax", False]
+    bwd = [out_s, out_l, q, k, v, codes, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.125, "softmax", False]
+    args, at = (fwd, 3) if op_name == "sla_fwd" else (bwd, 5)
+    return getattr(torch.ops.genaccel, op_name), args, at, idx, cnt
+
+
+@cuda_only
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_bad_plans_raise_and_leave_the_device_usable(device, op_name, gen):
+    """The plan's ranges and its consistency with the codes are checked together on the device: an
+    out-of-range index (negative too, which gather would assert on) or count raises a clear error,
+    and the next call still works (no device-side assert)."""
+    op, args, at, idx, cnt = op_and_args_with_plan(op_name, gen, device)
+    for i, bad, match in [(1, idx - 9, "kv_indices must lie in"), (1, idx + 9, "kv_indices must lie in"),
+                          (2, cnt + 5, "kv_counts must lie in"), (1, 2 - idx, "must list exactly the critical blocks"),
+                          (2, cnt - 1, "must list exactly the critical blocks")]:
+        broken = list(args)
+        broken[at + i] = bad
+        with pytest.raises(RuntimeError, match=f"{op_name}: .*{match}"):
+            op(*broken)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(t).all() for t in op(*args)[:3])
+
+
+@cuda_only
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_plans_taken_on_trust_cannot_read_out_of_bounds(device, op_name, gen):
+    """check_plan=False skips the value checks, not the kernels' guards: out-of-range entries are
+    skipped and counts clamped to the list's length, so a wrong plan gives wrong numbers, never an
+    illegal address (the next call still works)."""
+    op, args, at, idx, cnt = op_and_args_with_plan(op_name, gen, device)
+    for i, bad in [(1, idx - 100000), (1, idx + 100000), (2, cnt + 5), (2, cnt - 9)]:
+        broken = list(args)
+        broken[at + i] = bad
+        op(*broken, check_plan=False)
+        torch.cuda.synchronize()
+    assert all(torch.isfinite(t).all() for t in op(*args)[:3])
+
+
+def forward_and_gradients_on_a_user_stream(seed):
+    """SLA's output and gradients (on the CPU) computed on a stream of the caller's own, read at once."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (t.requires_grad_() for t in inputs(gen, 2, 4, 2, 700, 650, 128, torch.bfloat16, "cuda"))
+    w = (0.2 * torch.randn(128, 128, generator=gen)).cuda().requires_grad_()
+    go = torch.randn(q.shape, generator=gen).to(torch.bfloat16).cuda()
+    user_stream = torch.cuda.Stream()
+    user_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(user_stream):
+        out = genaccel.sparse_linear_attention(q, k, v, w, None, 0.1, 0.1, (64, 64))
+        results = [t.cpu() for t in (out, *torch.autograd.grad(out, (q, k, v, w), go))]
+    torch.cuda.synchronize()
+    return results
+
+
+@cuda_only
+def test_side_stream_matches_one_stream_bitwise(device, gen):
+    """The linear branch runs on a second stream, joined before the op returns (and, in the backward,
+    adding into the sparse gradients only once they are complete): forward outputs and gradients equal
+    those of GENACCEL_SLA_ONE_STREAM=1 (in a child process) bit for bit."""
+    seed = int(torch.randint(1 << 30, (1,), generator=gen))
+    two = forward_and_gradients_on_a_user_stream(seed)
+    one = run_in_child(forward_and_gradients_on_a_user_stream, seed, env={"GENACCEL_SLA_ONE_STREAM": "1"})
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dw"], two, one):
+        assert torch.equal(a, b), name

@@ -1,7 +1,9 @@
-"""Hypothesis fuzz of sparse_linear_attention on the CPU: random shapes, block sizes, fractions,
+"""Hypothesis fuzz of sparse_linear_attention: on the CPU, random shapes, block sizes, fractions,
 feature maps, semantics, dtypes and layouts give the float64 reference's output (on the same block
-codes) and, in float32, its gradients -- or a clean ValueError for invalid arguments, never a crash.
-Skipped where hypothesis is not installed (GPU machines)."""
+codes) and, in float32, its gradients -- or a clean ValueError for invalid arguments, never a crash;
+on CUDA, within its kernels' limits (bf16/fp16, D 32/64/96/128, block_q 64/128, block_k 64..256), the
+output and gradients (the linear branch in chunks: test_sla.py). Skipped where hypothesis is not
+installed."""
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import genaccel  # noqa: E402
-from conftest import DTYPES, RTOL, devices, rel_err  # noqa: E402
+from conftest import DTYPES, RTOL, devices, needs_cuda, rel_err  # noqa: E402
 from genaccel.attention.sla import sla_block_map  # noqa: E402
 from genaccel.attention.sla.reference import FEATURE_MAPS, sparse_linear_attention_reference  # noqa: E402
 
@@ -90,6 +92,41 @@ def test_fuzz_matches_reference(c):
             # Relative, plus a float32-rounding floor (on the scale of grad_out) for gradients that
             # cancel to 0 exactly (one key: dq = 0; one marginal key: O^l = v, dk = 0).
             assert (g.double() - e).norm() <= 1e-4 * e.norm() + 1e-5 * go.norm(), (i, rel_err(g, e))
+
+
+CUDA_CONFIGS = sla_configs(head_dims=(32, 64, 96, 128), q_blocks=st.sampled_from([64, 128]),
+                           k_blocks=st.sampled_from([64, 128, 192, 256]),
+                           dtypes=(torch.bfloat16, torch.float16), max_len=400)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=CUDA_CONFIGS)
+def test_cuda_fuzz_matches_reference(c):
+    gen = torch.Generator().manual_seed(c["seed"])
+    qkv, proj = fuzz_inputs(c, gen)
+    cpu = qkv + proj
+    leaves = [t.cuda().requires_grad_() for t in cpu]
+    q, k, v = leaves[:3]
+    w, b = leaves[3:] or (None, None)
+    block = (c["bq"], c["bk"])
+    out = genaccel.sparse_linear_attention(q, k, v, w, b, c["topk"], c["low_k"], block, c["fmap"], c["all_keys"])
+    go = torch.randn(out.shape, generator=gen).to(c["dtype"])
+    grads = torch.autograd.grad(out, leaves, go.cuda())
+    codes = sla_block_map(q, k, c["topk"], c["low_k"], block)[0].cpu()
+    ref_leaves = [t.double().requires_grad_() for t in cpu]
+    rq, rk, rv, *rp = ref_leaves
+    ref_parts = sparse_linear_attention_reference(rq, rk, rv, codes, *(rp or [None, None]), block, c["fmap"],
+                                                  c["all_keys"])
+    assert out.shape == q.shape
+    check_output(out, ref_parts, c["dtype"])
+    expected = torch.autograd.grad(ref_parts[0], ref_leaves, go.double())
+    for i, (g, e) in enumerate(zip(grads, expected)):
+        # Relative, plus a rounding floor on the scale of go for gradients that cancel to about 0
+        # (one key: dq = 0; one marginal key: O^l = v, dk = 0).
+        err = (g.cpu().double() - e).norm()
+        assert torch.isfinite(g).all() and err <= 2e-2 * e.norm() + 1e-3 * go.double().norm(), (i, err, e.norm())
 
 
 @pytest.mark.parametrize("device", devices())

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 import genaccel
-from conftest import devices, rel_err
+from conftest import devices, rel_err, select_blocks_expected
 from genaccel.attention.sla import sla_block_map
 from genaccel.attention.sla.reference import (
     ALL_KEYS_EPS,
     FEATURE_MAPS,
     block_counts,
     feature_map,
-    select_blocks_reference,
     sla_block_map_reference,
     sparse_linear_attention_reference,
 )
@@ -69,12 +68,6 @@ def test_block_map_breaks_ties_like_a_stable_sort(kind, gen):
     if kind == "all_equal":
         assert (codes[..., :3] == 1).all() and (codes[..., 7:] == -1).all() and (codes[..., 3:7] == 0).all()
         assert (kv_indices == torch.tensor([0, 1, 2], dtype=torch.int32)).all()
-
-
-def select_blocks_expected(scores, n_crit, n_neg):
-    """The op's specification: the reference's codes, and their critical blocks in ascending order."""
-    codes = select_blocks_reference(scores, n_crit, n_neg)
-    return codes, genaccel.block_mask_to_indices(codes == 1)[0]
 
 
 @pytest.mark.parametrize("device", devices())

@@ -5,8 +5,8 @@
 //   dQ^T += K^T . dS^T             (scale applied once at the end)
 //   dV   += P^T . dO               dK += dS^T . (scale Q)
 // Several query blocks, and the GQA heads of one kv head, add to the same dK/dV rows: work is
-// split by (batch, kv head) groups, so a thread that owns a group adds straight into its dK/dV,
-// with no per-thread copies of them and no reduction (see block_sparse_bwd_f32).
+// split by (batch, kv head) groups, so a thread that runs a group adds straight into its dK/dV; a
+// group split between threads is summed in a fixed order (see block_sparse_bwd_f32).
 #include "cpu/attention/block_sparse/bwd.h"
 
 #include <ATen/Parallel.h>
@@ -16,9 +16,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "cpu/common/scratch.h"
@@ -127,22 +125,16 @@ void run_query_block(const attention::BlockSparseBwdParams& bp, int b, int h, in
     for (int d = 0; d < D; ++d) dq[static_cast<int64_t>(i) * D + d] = ws.dqt[static_cast<size_t>(d) * q_pad + i] * p.scale;
 }
 
-// Progress of one (batch, kv head) group: its tasks, query block t % Tq of head
-// kvh * (H / Hkv) + t / Tq for t in [0, H / Hkv * Tq), are claimed in order through `next`.
-struct Group {
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> done{false};  // the owner has written its part of dK/dV
-  std::mutex add;                 // serializes helpers adding their parts
-};
-
 }  // namespace
 
-// Threads claim whole (batch, kv head) groups, most work first, and own them: the owner of a group
-// zeroes that kv head's dK/dV and accumulates straight into them (through a (Nk x d_pad) buffer of
-// its own when D is not a multiple of kNR). A thread left without a group helps the group with the
-// most work left, if that pays for a helper buffer: it claims tasks of that group into its own
-// buffer and, once the owner is done, adds it into dK/dV under the group's lock. Helper buffers come
-// from cpu::scratch (kept by the thread for its next call).
+// Work split: the tasks of all (batch, kv head) groups, groups with the most work first and the
+// tasks of a group in order, are cut into one contiguous span per thread of about equal planned
+// work. A cut inside a group splits it into parts: the group's first part accumulates straight into
+// its dK/dV (through a buffer of the thread's own when D is not a multiple of kNR), every later part
+// into a buffer of its span (only a span's first part can be such a part), and whichever part
+// finishes last adds those buffers into dK/dV in part order. The cuts depend only on the plan and the
+// thread count, so two calls give bitwise equal gradients. A cut that would leave a part too small to
+// pay for zeroing and adding its buffer moves to the group's nearer end.
 void block_sparse_bwd_f32(const attention::BlockSparseBwdParams& bp) {
   const auto& p = bp.fwd;
   const int64_t tasks = static_cast<int64_t>(p.batch) * p.heads * p.num_q_blocks;
@@ -156,114 +148,106 @@ void block_sparse_bwd_f32(const attention::BlockSparseBwdParams& bp) {
     std::fill(dv, dv + groups * slab, 0.f);
     return;
   }
+  // Task i of group g: query block i % Tq of head kvh * (H / Hkv) + i / Tq.
   const int group = p.heads / p.kv_heads, Tq = p.num_q_blocks;
   const int64_t group_tasks = static_cast<int64_t>(group) * Tq;
-  // pairs[g * (group_tasks + 1) + t]: planned (query block, key block) pairs of group g's first t tasks.
-  std::vector<int64_t> pairs(groups * (group_tasks + 1), 0);
+  std::vector<int64_t> group_pairs(groups, 0), task_pairs(groups * group_tasks);
   for (int64_t g = 0; g < groups; ++g) {
     const int b = static_cast<int>(g / p.kv_heads), kvh = static_cast<int>(g % p.kv_heads);
-    int64_t* pre = pairs.data() + g * (group_tasks + 1);
-    for (int hh = 0, t = 0; hh < group; ++hh) {
+    for (int hh = 0; hh < group; ++hh) {
       const int32_t* cnt = p.kv_counts + b * p.cnt_batch_stride + (kvh * group + hh) * p.cnt_head_stride;
-      for (int qb = 0; qb < Tq; ++qb, ++t) pre[t + 1] = pre[t] + cnt[qb];
+      for (int qb = 0; qb < Tq; ++qb) group_pairs[g] += task_pairs[g * group_tasks + hh * Tq + qb] = cnt[qb];
     }
   }
   std::vector<int64_t> order(groups);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-    return pairs[(x + 1) * (group_tasks + 1) - 1] > pairs[(y + 1) * (group_tasks + 1) - 1];
-  });
-  // A helper takes about half of what is left; that should outweigh zeroing its buffer and adding it
-  // in (~24 bytes per buffer element against ~10 bq bk D flops per block pair, at ~12 flops per byte).
-  const double pair_flops = 10.0 * p.block_q * p.block_k * D;
-  const double help_min_pairs = 2.0 * 12.0 * 24.0 * static_cast<double>(p.seqlen_k) * d_pad / pair_flops;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return group_pairs[x] > group_pairs[y]; });
+  // work[t]: planned work of the first t tasks in that order; a task costs its block pairs, and a
+  // little more so that tasks without pairs spread too.
+  std::vector<int64_t> work(groups * group_tasks + 1, 0);
+  for (int64_t o = 0, t = 0; o < groups; ++o)
+    for (int64_t i = 0; i < group_tasks; ++i, ++t) work[t + 1] = work[t] + 16 * task_pairs[order[o] * group_tasks + i] + 1;
+  const auto pairs_between = [&](int64_t t0, int64_t t1) {  // block pairs of tasks [t0, t1) of one group
+    return ((work[t1] - work[t0]) - (t1 - t0)) / 16;
+  };
+  // A part that is not its group's first costs zeroing and adding a (Nk x d_pad) pair of buffers,
+  // ~24 bytes per element, against ~10 bq bk D flops per block pair at ~12 flops per byte.
+  const double min_part_pairs = 12.0 * 24.0 * static_cast<double>(p.seqlen_k) * d_pad / (10.0 * p.block_q * p.block_k * D);
+
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), tasks));
+  std::vector<int64_t> cut(threads + 1, tasks);
+  cut[0] = 0;
+  for (int j = 1; j < threads; ++j) {
+    const int64_t ideal = std::lower_bound(work.begin(), work.end(), work[tasks] * j / threads) - work.begin();
+    const int64_t lo = ideal / group_tasks * group_tasks, hi = std::min(lo + group_tasks, tasks);
+    int64_t c = ideal;
+    if (c != lo && pairs_between(c, hi) < min_part_pairs) c = pairs_between(lo, c) < pairs_between(c, hi) ? lo : hi;
+    cut[j] = std::max(c, cut[j - 1]);
+  }
+  // Span j's first part is a later part of its group when cut[j] lies inside the group; extra[j] is
+  // then the index of its buffer, else -1. parts_left[o]: the parts of the o-th group still running.
+  std::vector<int> extra(threads, -1);
+  int extras = 0;
+  std::unique_ptr<std::atomic<int>[]> parts_left(new std::atomic<int>[groups]);
+  for (int64_t o = 0; o < groups; ++o) parts_left[o].store(1, std::memory_order_relaxed);
+  for (int j = 0; j < threads; ++j)
+    if (cut[j] < cut[j + 1] && cut[j] % group_tasks != 0) {
+      extra[j] = extras++;
+      parts_left[cut[j] / group_tasks].fetch_add(1, std::memory_order_relaxed);
+    }
+  const int64_t acc_floats = static_cast<int64_t>(p.seqlen_k) * d_pad;
+  Scratch extra_buffers = extras ? scratch(static_cast<size_t>(2 * acc_floats * extras)) : Scratch();
 
   const bool direct = d_pad == D;
-  const int64_t acc_floats = static_cast<int64_t>(p.seqlen_k) * d_pad;
-  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), tasks));
   const int max_run_blocks = std::max(1, kMaxRunKeys / p.block_k);
   const int rows = std::min(p.block_q, p.seqlen_q);
   const int run_keys = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(max_run_blocks) * p.block_k, 1, std::max(p.seqlen_k, 1)));
-  std::unique_ptr<Group[]> state(new Group[groups]);
-  std::atomic<int64_t> next_group{0};
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      Workspace ws(rows, D, d_pad, run_keys);
-      Scratch buf;  // this thread's (Nk x d_pad) dK and dV accumulators, when not writing dK/dV directly
-      auto buffers = [&] {
-        if (!buf) buf = scratch(static_cast<size_t>(2 * acc_floats));
-        std::fill(buf.get(), buf.get() + 2 * acc_floats, 0.f);
-        return buf.get();
-      };
-      // Runs tasks of group g, claimed one at a time, into acc_k/acc_v (zeroed by `zero` before the
-      // first one); returns how many it ran.
-      auto run = [&](int64_t g, float*& acc_k, float*& acc_v, auto&& zero) {
+    Workspace ws(rows, D, d_pad, run_keys);
+    Scratch own;  // this thread's (Nk x d_pad) dK and dV accumulators of first parts, when not direct
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t t0 = cut[j]; t0 < cut[j + 1];) {
+        const int64_t o = t0 / group_tasks, g = order[o];
+        const int64_t t1 = std::min(cut[j + 1], (o + 1) * group_tasks);
+        const bool first_part = t0 % group_tasks == 0;
+        float* dk_g = dk + g * slab;
+        float* dv_g = dv + g * slab;
+        float* acc_k = dk_g;
+        if (!first_part) {
+          acc_k = extra_buffers.get() + 2 * acc_floats * extra[j];
+        } else if (!direct) {
+          if (!own) own = scratch(static_cast<size_t>(2 * acc_floats));
+          acc_k = own.get();
+        }
+        float* acc_v = acc_k == dk_g ? dv_g : acc_k + acc_floats;
+        std::fill(acc_k, acc_k + (acc_k == dk_g ? slab : acc_floats), 0.f);
+        std::fill(acc_v, acc_v + (acc_k == dk_g ? slab : acc_floats), 0.f);
         const int b = static_cast<int>(g / p.kv_heads), kvh = static_cast<int>(g % p.kv_heads);
-        int64_t ran = 0;
-        for (int64_t i = state[g].next.fetch_add(1); i < group_tasks; i = state[g].next.fetch_add(1), ++ran) {
-          if (ran == 0) zero();
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t i = t - o * group_tasks;
           run_query_block(bp, b, kvh * group + static_cast<int>(i / Tq), static_cast<int>(i % Tq), max_run_blocks,
                           ws, acc_k, acc_v);
         }
-        return ran;
-      };
-      for (int64_t o = next_group.fetch_add(1); o < groups; o = next_group.fetch_add(1)) {
-        const int64_t g = order[o];
-        // Set even if a task throws, so that no helper waits forever.
-        struct Done {
-          std::atomic<bool>& flag;
-          ~Done() { flag.store(true, std::memory_order_release); }
-        } done{state[g].done};
-        float* dk_g = dk + g * slab;
-        float* dv_g = dv + g * slab;
-        float* acc_k = direct ? dk_g : nullptr;
-        float* acc_v = direct ? dv_g : nullptr;
-        auto zero = [&] {
-          if (direct) {
-            std::fill(dk_g, dk_g + slab, 0.f);
-            std::fill(dv_g, dv_g + slab, 0.f);
-          } else {
-            acc_k = buffers();
-            acc_v = acc_k + acc_floats;
-          }
-        };
-        if (run(g, acc_k, acc_v, zero) == 0) {  // helpers took every task: start from zero
-          std::fill(dk_g, dk_g + slab, 0.f);
-          std::fill(dv_g, dv_g + slab, 0.f);
-        } else if (!direct) {
+        if (first_part && !direct) {
           for (int64_t r = 0; r < p.seqlen_k; ++r) {
             std::copy(acc_k + r * d_pad, acc_k + r * d_pad + D, dk_g + r * D);
             std::copy(acc_v + r * d_pad, acc_v + r * d_pad + D, dv_g + r * D);
           }
         }
-      }
-      // Every group has an owner now; help the one with the most work left while that pays.
-      for (;;) {
-        int64_t g = -1;
-        double most = help_min_pairs;
-        for (int64_t c = 0; c < groups; ++c) {
-          const int64_t claimed = std::min(state[c].next.load(std::memory_order_relaxed), group_tasks);
-          const int64_t* pre = pairs.data() + c * (group_tasks + 1);
-          const double left = static_cast<double>(pre[group_tasks] - pre[claimed]);
-          if (claimed < group_tasks && left >= most) most = left, g = c;
-        }
-        if (g < 0) break;
-        float* acc_k = nullptr;
-        float* acc_v = nullptr;
-        auto zero = [&] {
-          acc_k = buffers();
-          acc_v = acc_k + acc_floats;
-        };
-        if (run(g, acc_k, acc_v, zero) == 0) continue;
-        while (!state[g].done.load(std::memory_order_acquire)) std::this_thread::yield();
-        std::lock_guard<std::mutex> lock(state[g].add);
-        float* dk_g = dk + g * slab;
-        float* dv_g = dv + g * slab;
-        for (int64_t r = 0; r < p.seqlen_k; ++r)
-          for (int d = 0; d < D; ++d) {
-            dk_g[r * D + d] += acc_k[r * d_pad + d];
-            dv_g[r * D + d] += acc_v[r * d_pad + d];
+        // The last part to finish adds the later parts' buffers, in part order.
+        if (parts_left[o].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          for (int s = 0; s < threads; ++s) {
+            if (extra[s] < 0 || cut[s] / group_tasks != o) continue;
+            const float* add_k = extra_buffers.get() + 2 * acc_floats * extra[s];
+            const float* add_v = add_k + acc_floats;
+            for (int64_t r = 0; r < p.seqlen_k; ++r)
+              for (int d = 0; d < D; ++d) {
+                dk_g[r * D + d] += add_k[r * d_pad + d];
+                dv_g[r * D + d] += add_v[r * d_pad + d];
+              }
           }
+        }
+        t0 = t1;
       }
     }
   });
