@@ -7,7 +7,8 @@
 # how the module links libstdc++ and whether an input error raises cleanly),
 # pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), memcheck.log,
 # bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
-# bench_sla_wgmma.json (on sm_90: SLA forward and backward at topk 0.05 on the opt-in wgmma kernels),
+# bench_sla_wgmma.json (on sm_90: SLA forward and backward at topk 0.05 on the opt-in wgmma kernels,
+# --set backend=sm90),
 # summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
 #
@@ -153,8 +154,9 @@ if ! step wgmma_probe 40 pytest_cuda.log "$PY" tools/wgmma_probe.py; then
   export GENACCEL_SKIP_WGMMA=1
 fi
 # Likewise SLA's second stream: if two streams do not reproduce one stream bit for bit, the rest runs on
-# one (GENACCEL_SLA_ONE_STREAM=1), so that the benchmarks still measure correct code.
-if ! step streams_probe 60 pytest_cuda.log "$PY" -m pytest -q -p no:cacheprovider tests/attention/test_sla_cuda.py \
+# one (GENACCEL_SLA_ONE_STREAM=1), so that the benchmarks still measure correct code. genaccel reads the
+# variable once, when it loads: exported here, it holds for every later step's process.
+if ! step streams_probe 60 pytest_cuda.log "$PY" -m pytest -q -p no:cacheprovider tests/attention/test_sla.py \
     -k side_stream_matches_one_stream; then
   export GENACCEL_SLA_ONE_STREAM=1
 fi
@@ -167,7 +169,8 @@ step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 \
   "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/attention/test_block_sparse_fuzz.py
 
 # 5. memcheck on small block-sparse and SLA runs. API errors are not reported: torch probes the driver
-# with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3.
+# with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3. The smoke runs
+# its GENACCEL_SLA_CHUNK_BYTES case in a child process, which --target-processes all checks too.
 SAN=$(command -v compute-sanitizer || true)
 for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
          "$(dirname "$(command -v nvcc 2>/dev/null || echo /nonexistent/nvcc)")/compute-sanitizer"; do
@@ -175,7 +178,7 @@ for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer
 done
 if [ -n "$SAN" ]; then
   step memcheck 150 memcheck.log "$SAN" --tool memcheck --report-api-errors no --error-exitcode 3 \
-    "$PY" tools/cuda_smoke.py
+    --target-processes all "$PY" tools/cuda_correctness_smoke.py
 else
   step memcheck 150 memcheck.log bash -c 'echo "compute-sanitizer not found (PATH, /usr/local/cuda)"; exit 127'
 fi
@@ -185,9 +188,10 @@ fi
 step bench_sla 200 bench.log "$PY" -m genaccel bench --family sla --device cuda --no-progress \
   --json "$OUT/bench_sla.json"
 step bench_sla_wgmma 100 bench.log bash -c 'if [ "${GENACCEL_SKIP_WGMMA:-0}" != 1 ] && "$1" -c "import torch, sys; sys.exit(torch.cuda.get_device_capability() != (9, 0))"; then
-    GENACCEL_ATTENTION_SM90=1 "$1" -m genaccel bench --family sla --device cuda --no-progress --set topks=0.05 \
+    "$1" -m genaccel bench --family sla --device cuda --no-progress --set backend=sm90 --set topks=0.05 \
       --set modes=fwd,bwd --json "$2/bench_sla_wgmma.json"
   else echo "bench_sla_wgmma: not an sm_90 device or the wgmma probe failed, skipped"; fi' _ "$PY" "$OUT"
+# (its one-stream stages run in a child process with GENACCEL_SLA_ONE_STREAM=1, unless already set)
 step sla_profile 100 bench.log "$PY" tools/sla_cuda_profile.py
 step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
   --json "$OUT/bench_attention.json"

@@ -7,22 +7,34 @@ than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous 
 several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
 a plan in descending order (a partly masked first tile), and corrupted plans taken on trust
 (check_plan=False: the kernels must stay in bounds); on Hopper the block-sparse cases run again
-with the wgmma kernels (GENACCEL_ATTENTION_SM90=1). The float64
-reference runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels.
+with the wgmma kernels (backend="sm90"; GENACCEL_SKIP_WGMMA=1 skips them). The float64 reference
+runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels. Tolerances, rel_err
+and the input makers are those of genaccel.testing.
+
+An SLA case with its own GENACCEL_SLA_CHUNK_BYTES runs in a child process of this script started
+with that variable set: genaccel reads the knob once, when it loads (docs/env.md). compute-sanitizer
+follows child processes (--target-processes all, bench/gpu_check.sh passes it explicitly).
+
+    python tools/cuda_correctness_smoke.py
 
 Exit code: 0 all required cases match; 1 a required case raised or mismatched; 2 no GPU / no CUDA
 kernels. Cases marked optional (configurations the CUDA kernel may not cover yet) may be refused
 with a clear error; a wrong answer fails them like any other.
 """
 
+import argparse
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import traceback
 
 import torch
 
-TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}
+from genaccel.testing import RTOL, make_input, make_mask, rel_err
+
+PROG = "cuda_correctness_smoke"
 
 # name, B, H, Hkv, Nq, Nk, D, dtype, (bq, bk), mask density, mask batch/head broadcast, layout, required
 CASES = [
@@ -53,7 +65,8 @@ DESCENDING_PLAN = {"descending plan, partial tile first"}
 
 # SLA (sparse_linear_attention with a projection), forward and backward: the linear branch's row
 # kernels and GEMM operands at the same edges. name, B, H, Hkv, Nq, Nk, D, dtype, block, feature
-# map, linear_over_all_keys, layout, GENACCEL_SLA_CHUNK_BYTES (None: default)
+# map, linear_over_all_keys, layout, GENACCEL_SLA_CHUNK_BYTES (None: this process's; else a child
+# process with that value)
 SLA_CASES = [
     ("SLA GQA 2:1, partial blocks", 1, 4, 2, 300, 260, 64, torch.bfloat16, (64, 64), "softmax", False, "bhnd", None),
     ("SLA D=128 128x64, MQA, chunk/pair", 2, 2, 1, 200, 330, 128, torch.bfloat16, (128, 64), "elu", False, "bhnd", "1"),
@@ -102,15 +115,16 @@ def descending_plan(mask):
 def make_inputs(case, gen):
     _, B, H, Hkv, nq, nk, D, dtype, (bq, bk), density, bcast, layout, _ = case
 
+    # float32 on the CPU; "bnhd": (B, N, H, D) storage seen as (B, H, N, D), strided like a fused QKV.
+    lay = "transposed" if layout == "bnhd" else "contig"
+
     def rand(b, h, n):
-        if layout == "bnhd":  # (B, N, H, D) storage seen as (B, H, N, D): strided, like a fused QKV
-            return torch.randn(b, n, h, D, generator=gen).transpose(1, 2)
-        return torch.randn(b, h, n, D, generator=gen)
+        return make_input(gen, (b, h, n, D), torch.float32, "cpu", lay)
 
     q, k, v = rand(B, H, nq), rand(B, Hkv, nk), rand(B, Hkv, nk)
     tq, tk = math.ceil(nq / bq), math.ceil(nk / bk)
     mshape = (1, 1, tq, tk) if bcast else (B, H, tq, tk)
-    mask = torch.rand(mshape, generator=gen) < density
+    mask = make_mask(gen, mshape, "random", density)
     if density < 1.0 and tq > 2:
         mask[..., 1, :] = False  # an empty row: output zeros, lse -inf
     # The last (partial) query block always computes something with the last (partial) key block
@@ -119,14 +133,8 @@ def make_inputs(case, gen):
     return q, k, v, mask, dtype, (bq, bk)
 
 
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
-
-
-def run_case(case, gen) -> str:
-    """'ok ...', 'unsupported ...' or raises/returns 'FAIL ...'."""
+def run_case(case, gen, backend="auto") -> str:
+    """'ok ...', 'unsupported ...' or raises/returns 'FAIL ...'; backend: the ops' kernel choice."""
     import genaccel
     from genaccel.attention.block_sparse.reference import block_sparse_attention_reference
 
@@ -139,9 +147,11 @@ def run_case(case, gen) -> str:
         assert not dq.is_contiguous()
     if case[0] in DESCENDING_PLAN:
         idx, cnt = descending_plan(mask.cuda())
-        out, lse = torch.ops.genaccel.block_sparse_attn_fwd(dq, dk, dv, idx, cnt, bs[0], bs[1], 1.0 / math.sqrt(dq.shape[-1]))
+        out, lse = torch.ops.genaccel.block_sparse_attn_fwd(dq, dk, dv, idx, cnt, bs[0], bs[1],
+                                                            1.0 / math.sqrt(dq.shape[-1]), backend=backend)
     else:
-        out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True)
+        out, lse = genaccel.block_sparse_attention(dq, dk, dv, mask.cuda(), block_size=bs, return_lse=True,
+                                                   backend=backend)
     torch.cuda.synchronize()
     out, lse = out.cpu(), lse.cpu()
     if out.dtype != dtype or out.shape != ref_out.shape or lse.shape != ref_lse.shape:
@@ -152,7 +162,7 @@ def run_case(case, gen) -> str:
     finite = torch.isfinite(ref_lse)
     lse_ok = torch.equal(torch.isfinite(lse), finite)
     lse_err = rel_err(lse[finite], ref_lse[finite]) if finite.any() else 0.0
-    tol = TOL[dtype]
+    tol = RTOL[dtype]
     if err > tol or lse_err > tol or not lse_ok:
         return f"FAIL rel err out {err:.2e} lse {lse_err:.2e} (tol {tol:.0e}), lse -inf rows match: {lse_ok}"
 
@@ -165,7 +175,7 @@ def run_case(case, gen) -> str:
     delta = (go.float() * out.float()).sum(-1)
     scale = 1.0 / math.sqrt(q.shape[-1])
     grads = torch.ops.genaccel.block_sparse_attn_bwd(go.cuda(), dq, dk, dv, delta.cuda(), lse.cuda(), *plan,
-                                                     bs[0], bs[1], scale)
+                                                     bs[0], bs[1], scale, backend=backend)
     torch.cuda.synchronize()
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref = block_sparse_attention_reference(*leaves, mask, bs)[0]
@@ -178,16 +188,22 @@ def run_case(case, gen) -> str:
 
 
 def run_sla_case(case, gen) -> str:
-    """SLA forward and backward (q, k, v, projection) against autograd through the reference."""
-    import os
+    """SLA forward and backward (q, k, v, projection) against autograd through the reference; a case
+    with a GENACCEL_SLA_CHUNK_BYTES other than this process's runs in a child process."""
+    chunk = case[-1]
+    if chunk is not None and os.environ.get("GENACCEL_SLA_CHUNK_BYTES") != chunk:
+        return run_sla_case_in_child(case, gen, chunk)
+    return run_sla_case_here(case, gen)
 
+
+def run_sla_case_here(case, gen) -> str:
     import genaccel
     from genaccel.attention.sla import sla_block_map
     from genaccel.attention.sla.reference import sparse_linear_attention_reference
 
-    name, B, H, Hkv, Nq, Nk, D, dtype, bs, fmap, all_keys, layout, chunk = case
-    q = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
-    k, v = (torch.randn(B, Hkv, Nk, D, generator=gen).to(dtype) for _ in range(2))
+    name, B, H, Hkv, Nq, Nk, D, dtype, bs, fmap, all_keys, layout, _ = case
+    q = make_input(gen, (B, H, Nq, D), dtype, "cpu")
+    k, v = (make_input(gen, (B, Hkv, Nk, D), dtype, "cpu") for _ in range(2))
     w = 0.2 * torch.randn(D, D, generator=gen)
     go = torch.randn(B, H, Nq, D, generator=gen).to(dtype)
     leaves = []
@@ -197,14 +213,9 @@ def run_sla_case(case, gen) -> str:
             c = c.transpose(1, 2).contiguous().transpose(1, 2)
         leaves.append(c.requires_grad_())
     wc = w.cuda().requires_grad_()
-    if chunk is not None:
-        os.environ["GENACCEL_SLA_CHUNK_BYTES"] = chunk
-    try:
-        out = genaccel.sparse_linear_attention(*leaves, wc, None, 0.2, 0.1, bs, fmap, linear_over_all_keys=all_keys)
-        grads = torch.autograd.grad((out * go.cuda()).float().sum(), (*leaves, wc))
-        torch.cuda.synchronize()
-    finally:
-        os.environ.pop("GENACCEL_SLA_CHUNK_BYTES", None)
+    out = genaccel.sparse_linear_attention(*leaves, wc, None, 0.2, 0.1, bs, fmap, linear_over_all_keys=all_keys)
+    grads = torch.autograd.grad((out * go.cuda()).float().sum(), (*leaves, wc))
+    torch.cuda.synchronize()
     codes = sla_block_map(leaves[0], leaves[1], 0.2, 0.1, bs)[0].cpu()
     ref_in = [t.double().requires_grad_() for t in (q, k, v, w)]
     ref = sparse_linear_attention_reference(*ref_in[:3], codes, ref_in[3], None, bs, fmap,
@@ -212,12 +223,31 @@ def run_sla_case(case, gen) -> str:
     expected = torch.autograd.grad((ref * go.double()).sum(), ref_in)
     err = rel_err(out.detach().cpu(), ref.detach())
     grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
-    tol = TOL[dtype]
+    tol = RTOL[dtype]
     if not torch.isfinite(out).all() or err > tol:
         return f"FAIL forward rel err {err:.2e} (tol {tol:.0e})"
     if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
         return f"FAIL backward rel err dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
     return f"ok   rel err out {err:.2e}, dq/dk/dv/dw {', '.join(f'{e:.2e}' for e in grad_errs)}"
+
+
+def run_sla_case_in_child(case, gen, chunk) -> str:
+    """run_sla_case_here in `python THIS_SCRIPT --sla-case NAME --seed S` started with
+    GENACCEL_SLA_CHUNK_BYTES=chunk (the library reads it once, when it loads). The child's output goes to
+    this process's stdout/stderr (and so into the memcheck log); its result comes back in a file."""
+    seed = int(torch.randint(1 << 30, (1,), generator=gen))
+    env = dict(os.environ, GENACCEL_SLA_CHUNK_BYTES=chunk)
+    with tempfile.TemporaryDirectory(prefix=PROG + "_") as tmp:
+        result_path = os.path.join(tmp, "result.txt")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--sla-case", case[0], "--seed", str(seed),
+                               "--result", result_path], env=env)
+        result = open(result_path).read().strip() if os.path.exists(result_path) else ""
+    if proc.returncode != 0 or not result:
+        raise RuntimeError(f"child process (GENACCEL_SLA_CHUNK_BYTES={chunk}) exited {proc.returncode}"
+                           f"{'' if result else ' without a result'}: {result}")
+    return f"{result} (child, GENACCEL_SLA_CHUNK_BYTES={chunk})"
 
 
 def run_select_case(case, gen) -> str:
@@ -233,7 +263,7 @@ def run_select_case(case, gen) -> str:
     return "ok   codes and ids equal the CPU kernel's" if all(same) else f"FAIL codes/ids equal: {same}"
 
 
-def run_trusted_plan_case(case, gen) -> str:
+def run_trusted_plan_case(case, gen, backend="auto") -> str:
     name, corrupt = case
     B, H, N, D = 1, 2, 200, 64
     q, k, v = (torch.randn(B, H, N, D, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
@@ -242,23 +272,20 @@ def run_trusted_plan_case(case, gen) -> str:
     mask = (torch.rand(B, H, 4, 4, generator=gen) < 0.5).cuda()
     idx, cnt = corrupt(*genaccel.block_mask_to_indices(mask, max_kv_blocks=4))
     op = torch.ops.genaccel
-    out, lse = op.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125, check_plan=False)
+    out, lse = op.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125, check_plan=False, backend=backend)
     delta = op.attention_delta(out, out)
-    grads = op.block_sparse_attn_bwd(out, q, k, v, delta, lse, idx, cnt, 64, 64, 0.125, check_plan=False)
+    grads = op.block_sparse_attn_bwd(out, q, k, v, delta, lse, idx, cnt, 64, 64, 0.125, check_plan=False,
+                                     backend=backend)
     torch.cuda.synchronize()
     finite = all(torch.isfinite(t).all() for t in (out, *grads))
     return "ok   ran in bounds (memcheck), outputs finite" if finite else "FAIL non-finite outputs"
 
 
 def with_wgmma(run):
-    """`run` with the wgmma kernels (GENACCEL_ATTENTION_SM90=1, Hopper only)."""
+    """`run` with the wgmma kernels (backend="sm90", Hopper only)."""
 
     def run_wgmma(case, gen) -> str:
-        os.environ["GENACCEL_ATTENTION_SM90"] = "1"
-        try:
-            return run(case, gen)
-        finally:
-            del os.environ["GENACCEL_ATTENTION_SM90"]
+        return run(case, gen, backend="sm90")
 
     return run_wgmma
 
@@ -277,16 +304,33 @@ def run_delta_case(case, gen) -> str:
     return f"ok   rel err {err:.2e}" if err <= 1e-6 else f"FAIL rel err {err:.2e} (tol 1e-6)"
 
 
+def child_main(args) -> int:
+    """One SLA case, for run_sla_case_in_child: its result string goes to args.result."""
+    case = next(c for c in SLA_CASES if c[0] == args.sla_case)
+    result = run_sla_case_here(case, torch.Generator().manual_seed(args.seed))
+    with open(args.result, "w") as f:
+        f.write(result + "\n")
+    return 0
+
+
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sla-case", help=argparse.SUPPRESS)  # the child of run_sla_case_in_child
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
     if not torch.cuda.is_available():
-        print("cuda_smoke: no CUDA device visible to torch", file=sys.stderr)
+        print(f"{PROG}: no CUDA device visible to torch", file=sys.stderr)
         return 2
     import genaccel
 
     if not genaccel.has_cuda_kernels():
-        print(f"cuda_smoke: genaccel has no CUDA kernels in this build: {genaccel.build_info()}", file=sys.stderr)
+        print(f"{PROG}: genaccel has no CUDA kernels in this build: {genaccel.build_info()}", file=sys.stderr)
         return 2
-    print(f"cuda_smoke on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
+    if args.sla_case is not None:
+        return child_main(args)
+    print(f"{PROG} on {torch.cuda.get_device_name()}, genaccel {genaccel.build_info()}")
     gen = torch.Generator().manual_seed(1234)
     failed = passed = 0
     runs = ([(case[0], run_case, case, case[-1]) for case in CASES]
@@ -311,7 +355,7 @@ def main() -> int:
         failed += bad
         passed += result.startswith("ok")
         print(f"{'FAIL' if bad else 'pass'}  {name:<34} {result}", flush=True)
-    print(f"cuda_smoke: {passed} ok, {failed} failed, {len(runs) - passed - failed} unsupported optional")
+    print(f"{PROG}: {passed} ok, {failed} failed, {len(runs) - passed - failed} unsupported optional")
     return 1 if failed else 0
 
 

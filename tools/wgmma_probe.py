@@ -1,4 +1,4 @@
-"""Where the wgmma attention kernels (GENACCEL_ATTENTION_SM90=1, sm_90 only) go wrong, if they do:
+"""Where the wgmma attention kernels (the ops' backend="sm90", sm_90 only) go wrong, if they do:
 one query block against one key block with inputs that expose each product on its own, compared
 with float64 on the CPU. Diagnostic output only (bench/gpu_check.sh runs it on sm_90).
 
@@ -11,10 +11,12 @@ with float64 on the CPU. Diagnostic output only (bench/gpu_check.sh runs it on s
 """
 
 import math
-import os
 import sys
 
 import torch
+
+
+BACKEND = "sm90"  # the wgmma kernels
 
 
 def max_err(got, want):
@@ -43,7 +45,7 @@ def probe(D, dtype, gen):
     want_out = p @ v.double()
 
     args = [t.cuda() for t in (q, k, v, idx, cnt)]
-    out, got_lse = torch.ops.genaccel.block_sparse_attn_fwd(*args, 64, 64, scale)
+    out, got_lse = torch.ops.genaccel.block_sparse_attn_fwd(*args, 64, 64, scale, backend=BACKEND)
     torch.cuda.synchronize()
     failed = bad(max_err(got_lse, lse), lse) or bad(max_err(out, want_out), want_out)
     lines = [f"D={D} {str(dtype).split('.')[-1]}: lse (Q K^T) max err {max_err(got_lse, lse):.2e}",
@@ -61,7 +63,7 @@ def probe(D, dtype, gen):
     ref_grads = torch.autograd.grad(ref, (qd, kd, vd), go.double())
     delta = torch.ops.genaccel.attention_delta(go.cuda(), out)
     dq, dk, dv = torch.ops.genaccel.block_sparse_attn_bwd(go.cuda(), *args[:3], delta, got_lse, *args[3:], 64, 64,
-                                                          scale)
+                                                          scale, backend=BACKEND)
     torch.cuda.synchronize()
     for name, g, r in (("dQ", dq, ref_grads[0]), ("dK", dk, ref_grads[1]), ("dV = P^T", dv, ref_grads[2])):
         failed |= bad(max_err(g, r), r)
@@ -73,7 +75,6 @@ def main() -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         print("wgmma_probe: not an sm_90 GPU, nothing to probe")
         return 0
-    os.environ["GENACCEL_ATTENTION_SM90"] = "1"
     gen = torch.Generator().manual_seed(0)
     failures = 0
     for D in (64, 128):

@@ -1,4 +1,4 @@
-"""What the tests, the benchmarks and tools/cuda_smoke.py share: the tolerance table against the
+"""What the tests, the benchmarks and tools/cuda_correctness_smoke.py share: the tolerance table against the
 float64 references, the relative error, dtype names and random input makers."""
 
 import torch
