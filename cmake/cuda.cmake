@@ -14,7 +14,7 @@ endif()
 if(GENACCEL_WITH_CUDA)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-  # cuBLAS, for the SLA linear branch's TF32 GEMMs (csrc/ops/sla_cuda.cpp): link the libcublas that
+  # cuBLAS, for the SLA linear branch's TF32 GEMMs (csrc/cuda/common/blas.cpp): link the libcublas that
   # torch loads (one copy in the process; the toolkit beside nvcc may have none, as on the
   # development VM), else the toolkit's, with the toolkit's headers or else those beside the library.
   execute_process(

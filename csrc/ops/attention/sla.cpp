@@ -1,7 +1,7 @@
 // genaccel SLA ops (sparse-linear attention): schema, input checks, CPU registration.
 // The sparse branch is the block-sparse attention kernel (forward and backward) over the critical
-// blocks; the linear branch is csrc/cpu/attention/sla_linear_{fwd,bwd}.cpp, on feature maps that
-// the ops compute themselves (csrc/cpu/attention/sla_feature_map.cpp) into reused scratch: phi(q)
+// blocks; the linear branch is csrc/cpu/attention/sla/linear_{fwd,bwd}.cpp, on feature maps that
+// the ops compute themselves (csrc/cpu/attention/sla/feature_map.cpp) into reused scratch: phi(q)
 // and phi(k) never become tensors, and the backward recomputes them.
 #include <ATen/ATen.h>
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-// CPU backward of SLA's linear branch (float32); the forward is sla_linear_fwd.cpp.
+// CPU backward of SLA's linear branch (float32); the forward is linear_fwd.cpp.
 //
 // Each block's D x D matrix and its D-vector travel together as one item of n = D*d_pad + dz_pad
 // floats ([h | z], [H | Z], [dH | dZ], [dh | dz]). Per (batch, kv head):

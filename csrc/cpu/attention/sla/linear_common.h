@@ -1,4 +1,4 @@
-// Pieces shared by the CPU kernels of SLA's linear branch (sla_linear_fwd.cpp, sla_linear_bwd.cpp):
+// Pieces shared by the CPU kernels of SLA's linear branch (linear_fwd.cpp, linear_bwd.cpp):
 // a block's D x d_pad matrix and its D-vector travel together as one item of n = D*d_pad + dz_pad
 // floats ([h_j | z_j] = [phi(K_j)^T V_j | colsum phi(K_j)], [H_i | Z_i], ...); the key blocks'
 // items of one (batch, kv head); and sums of items over marginal sets, taken directly or as the

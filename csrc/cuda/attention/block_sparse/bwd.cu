@@ -1,6 +1,6 @@
 // Launcher of the CUDA block-sparse attention backward: picks the kernel instances for (dtype, head
 // dim, block_q) and launches the dK/dV and the dQ kernel. Device code:
-// include/genaccel/attention/block_sparse_bwd.cuh (mma.sync) and, opted in on sm_90,
+// include/genaccel/attention/block_sparse/bwd.cuh (mma.sync) and, opted in on sm_90,
 // block_sparse_bwd_sm90.cuh (wgmma).
 #include "cuda/attention/block_sparse/bwd.h"
 

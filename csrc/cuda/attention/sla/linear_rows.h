@@ -1,5 +1,5 @@
 // Torch-free launchers of the elementwise CUDA kernels of SLA's linear branch (the products
-// themselves are cuBLAS GEMMs, see csrc/ops/sla_cuda.cpp). Each returns the cudaError_t of its
+// themselves are cuBLAS GEMMs, see csrc/cuda/attention/sla/linear_branch.cpp). Each returns the cudaError_t of its
 // launch (0 = ok).
 #pragma once
 #include <cstdint>

@@ -11,7 +11,7 @@ namespace genaccel::cuda {
 int64_t sla_block_select_scratch(int64_t rows, int64_t tk);
 
 // scores (rows, tk) float32, contiguous -> codes (rows, tk) int8 and indices (rows, n_crit) int32,
-// exactly as the CPU kernel (csrc/cpu/attention/sla_block_select.h). scratch: device memory of
+// exactly as the CPU kernel (csrc/cpu/attention/sla/select_blocks.h). scratch: device memory of
 // sla_block_select_scratch(rows, tk) entries (may be nullptr when that is 0). cudaErrorInvalidValue
 // unless 1 <= n_crit, 0 <= n_neg and n_crit + n_neg <= tk < 2^30.
 int sla_block_select(const float* scores, int64_t rows, int64_t tk, int64_t n_crit, int64_t n_neg, int8_t* codes,

@@ -1,5 +1,5 @@
 // Block-sparse attention backward on tensor cores (FlashAttention-2's equations, sm_80 / sm_90a).
-// Torch-free device code; the launcher is csrc/cuda/attention/block_sparse_bwd.cu.
+// Torch-free device code; the launcher is csrc/cuda/attention/block_sparse/bwd.cu.
 //
 // With P = exp(scale * Q K^T - lse) recomputed from the forward's lse and delta = rowsum(dO * O):
 //   dV = P^T dO,   dS = P * (dO V^T - delta),   dK = scale * dS^T Q,   dQ = scale * dS K,

@@ -1,8 +1,8 @@
 // Block-sparse attention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a). Torch-free
-// device code; the launcher is csrc/cuda/attention/block_sparse_bwd.cu, which runs these instead of
-// the mma.sync kernels (block_sparse_bwd.cuh) on sm_90 when GENACCEL_ATTENTION_SM90=1.
+// device code; the launcher is csrc/cuda/attention/block_sparse/bwd.cu, which runs these instead of
+// the mma.sync kernels (bwd.cuh) on sm_90 with backend="sm90".
 //
-// The equations, work split, tile-list policies and epilogues of block_sparse_bwd.cuh; the products
+// The equations, work split, tile-list policies and epilogues of bwd.cuh; the products
 // are wgmma with the operands as in block_sparse_fwd_sm90.cuh: scores from two K-major tiles in
 // shared memory, the accumulating products (dV += P^T dO, dK += dS^T Q, dQ += dS K) with P or dS
 // from registers and the other tile read MN-major. Each product waits for its own completion.

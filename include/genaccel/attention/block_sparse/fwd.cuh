@@ -1,5 +1,5 @@
 // Block-sparse attention forward on tensor cores (FlashAttention-2 scheme, sm_80 / sm_90a).
-// Torch-free device code; the launcher is csrc/cuda/attention/block_sparse_fwd.cu.
+// Torch-free device code; the launcher is csrc/cuda/attention/block_sparse/fwd.cu.
 //
 // One CTA computes one (query block, head, batch): each warp owns 16 query rows, keeps its Q
 // fragment in registers and walks a list of 64-key tiles. K/V tiles are staged in shared memory

@@ -1,6 +1,6 @@
 // Block-sparse attention forward on Hopper's warpgroup tensor cores (wgmma, sm_90a). Torch-free
-// device code; the launcher is csrc/cuda/attention/block_sparse_fwd.cu, which runs it instead of the
-// mma.sync kernel (block_sparse_fwd.cuh) on sm_90 when GENACCEL_ATTENTION_SM90=1.
+// device code; the launcher is csrc/cuda/attention/block_sparse/fwd.cu, which runs it instead of the
+// mma.sync kernel (fwd.cuh) on sm_90 with backend="sm90".
 //
 // Same work split, tile-list policy, online softmax and epilogue as the mma.sync kernel; what
 // changes is the matrix engine. Each warpgroup (4 warps, 128 threads) owns 64 query rows. Q, K and
