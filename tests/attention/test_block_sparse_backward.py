@@ -292,3 +292,25 @@ def test_very_negative_logits_with_a_partial_last_key_block(device, backend, dty
     for name, g, e in zip("qkv", grads, expected):
         assert torch.isfinite(g).all(), name
         assert rel_err(g.cpu(), e) <= 2 * RTOL[torch.bfloat16], (name, rel_err(g.cpu(), e))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64], ids=str)
+def test_bwd_op_refuses_a_dout_that_is_not_floating(dtype, gen):
+    """dout of another dtype was read as if it were float (complex lost its imaginary part)."""
+    q, k, v = (make_input(gen, (1, 1, 96, 16), torch.float32, "cpu") for _ in range(3))
+    idx, cnt = genaccel.block_mask_to_indices(torch.ones(1, 1, 2, 2, dtype=torch.bool))
+    rows = torch.zeros(1, 1, 96)
+    with pytest.raises(RuntimeError, match="block_sparse_attn_bwd: dout must be float32, float16 or bfloat16"):
+        torch.ops.genaccel.block_sparse_attn_bwd(q.to(dtype), q, k, v, rows, rows, idx, cnt, 64, 64, 0.25)
+
+
+@pytest.mark.parametrize("scale", [1e39, -1e39])
+def test_ops_refuse_a_scale_beyond_float32(scale, gen):
+    """A finite double above float32's range became inf in the kernels: every output NaN."""
+    q, k, v = (make_input(gen, (1, 1, 96, 16), torch.float32, "cpu") for _ in range(3))
+    idx, cnt = genaccel.block_mask_to_indices(torch.ones(1, 1, 2, 2, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="block_sparse_attn_fwd: scale must be finite in float32"):
+        torch.ops.genaccel.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, scale)
+    rows = torch.zeros(1, 1, 96)
+    with pytest.raises(RuntimeError, match="block_sparse_attn_bwd: scale must be finite in float32"):
+        torch.ops.genaccel.block_sparse_attn_bwd(q, q, k, v, rows, rows, idx, cnt, 64, 64, scale)

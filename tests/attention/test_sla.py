@@ -1039,3 +1039,25 @@ def test_side_stream_matches_one_stream_bitwise(device, gen):
     one = run_in_child(forward_and_gradients_on_a_user_stream, seed, env={"GENACCEL_SLA_ONE_STREAM": "1"})
     for name, a, b in zip(["out", "dq", "dk", "dv", "dw"], two, one):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("bad_code", [2, 127, -2, -128])
+@pytest.mark.parametrize("op_name", ["sla_fwd", "sla_bwd"])
+def test_ops_refuse_codes_outside_minus_one_to_one(op_name, bad_code, gen):
+    """Other code values were read as negligible or dropped the marginal part."""
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 16, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
+    out_s, lse, out_l, denom = torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 0.25, "softmax", False)
+    bad = codes.clone()
+    bad[codes != 1] = bad_code  # the plan still lists exactly the critical blocks
+    fwd = [q, k, v, bad, idx, cnt, 64, 64, 0.25, "softmax", False]
+    bwd = [out_s, out_l, q, k, v, bad, idx, cnt, out_s, lse, lse, out_l, denom, 64, 64, 0.25, "softmax", False]
+    with pytest.raises(RuntimeError, match=f"{op_name}: codes must be -1 \\(negligible\\), 0 \\(marginal\\) or 1"):
+        getattr(torch.ops.genaccel, op_name)(*(fwd if op_name == "sla_fwd" else bwd))
+
+
+def test_ops_refuse_a_scale_beyond_float32(gen):
+    q, k, v = inputs(gen, 1, 2, 1, 200, 130, 16, torch.float32)
+    codes, idx, cnt = sla_block_map(q, k, 0.5, 0.0, 64)
+    with pytest.raises(RuntimeError, match="sla_fwd: scale must be finite in float32"):
+        torch.ops.genaccel.sla_fwd(q, k, v, codes, idx, cnt, 64, 64, 1e39, "softmax", False)

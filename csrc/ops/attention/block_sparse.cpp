@@ -292,14 +292,28 @@ attention::BlockSparseBwdParams make_block_sparse_bwd_params(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const BlockOffsets& offsets) {
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op,
+    const BlockOffsets& offsets) {
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
-  cpu::block_sparse_bwd_f32(make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices,
-                                                         kv_counts, dq, dk, dv, block_q, block_k, scale,
-                                                         offsets));
+  const auto p = make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices, kv_counts, dq, dk, dv, block_q,
+                                              block_k, scale, offsets);
+  run_with_block_scratch(p.fwd, op, [&] { cpu::block_sparse_bwd_f32(p); });
   return {dq, dk, dv};
+}
+
+void raise_block_scratch_error(const attention::BlockSparseFwdParams& p, const char* op) {
+  const int64_t rows = std::min(p.block_q, p.seqlen_q), keys = std::min(p.block_k, std::max(p.seqlen_k, 1));
+  TORCH_CHECK(false, op, ": out of memory for the CPU kernel's per-thread scratch of about ",
+              static_cast<double>(rows) * keys * 4 / (1 << 30), " GiB (min(block_q, Nq) = ", rows,
+              " by min(block_k, Nk) = ", keys, " floats) with block_q=", p.block_q, ", block_k=", p.block_k,
+              ": use smaller blocks");
+}
+
+void check_scale(double scale, const char* op) {
+  TORCH_CHECK(std::isfinite(static_cast<float>(scale)), op, ": scale must be finite in float32 (|scale| < 3.4e38), got ",
+              scale);
 }
 
 void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -309,7 +323,8 @@ void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor
                                         const BlockOffsets& offsets) {
   constexpr const char* op = "block_sparse_attn_bwd";
   check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan, offsets);
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  check_scale(scale, op);
+  check_qkv(dout, "dout", op);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
               ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
   const auto rows = q.sizes().slice(0, 3);
@@ -370,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices_in, kv_counts_in,
                        offsets.num_k_blocks(k_in.size(2), block_k), false, kOp);
   parse_attention_backend(backend, kOp);  // validated; the CPU has one kernel
-  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
+  check_scale(scale, kOp);
   cpu::check_capability(kOp);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
@@ -379,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   if (out.numel() > 0) {
     auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q,
                                           block_k, scale, contiguous_offsets(offsets));
-    cpu::block_sparse_fwd_f32(p);
+    run_with_block_scratch(p, kOp, [&] { cpu::block_sparse_fwd_f32(p); });
   } else {
     lse.fill_(-std::numeric_limits<float>::infinity());
   }
@@ -405,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
                                                lse_in.contiguous(), kv_indices_in.contiguous(),
-                                               kv_counts_in.contiguous(), block_q, block_k, scale,
+                                               kv_counts_in.contiguous(), block_q, block_k, scale, op,
                                                contiguous_offsets(offsets));
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <new>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -36,6 +37,10 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
                                    int64_t block_q, int64_t block_k,
                                    const char* op = "block_sparse_attn_fwd", bool check_plan = true,
                                    const BlockOffsets& offsets = {});
+
+// The softmax scale of the attention ops: finite in float32, the precision the kernels use it in (a
+// finite double above float32's range would become inf there).
+void check_scale(double scale, const char* op);
 
 // Whether the plan's values must be checked: always on the CPU, on CUDA unless the caller vouches.
 inline bool plan_values_checked(const at::Tensor& q, bool check_plan) {
@@ -111,8 +116,21 @@ attention::BlockSparseBwdParams make_block_sparse_bwd_params(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cpu(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
-    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, const char* op,
     const BlockOffsets& offsets = {});
+
+// Runs `kernel`, a CPU block-sparse kernel of problem p, whose per-thread scratch grows with
+// min(block_q, Nq) x min(block_k, Nk) floats: an allocation failure becomes an error that names the
+// block sizes and the memory, instead of a bare std::bad_alloc.
+[[noreturn]] void raise_block_scratch_error(const attention::BlockSparseFwdParams& p, const char* op);
+template <class Kernel>
+void run_with_block_scratch(const attention::BlockSparseFwdParams& p, const char* op, Kernel&& kernel) {
+  try {
+    kernel();
+  } catch (const std::bad_alloc&) {
+    raise_block_scratch_error(p, op);
+  }
+}
 
 // The ops' `backend` argument ("auto", "sm80" or "sm90": which CUDA kernels run); raises naming `op`
 // otherwise. The CPU validates it and runs its one kernel.

@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
   // Passed through for the backward: checked there.
   check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices, kv_counts,
                        (k.size(2) + block_k - 1) / block_k, false, "block_sparse_attn_fwd");
-  TORCH_CHECK(std::isfinite(scale), "block_sparse_attn_fwd: scale must be finite, got ", scale);
+  check_scale(scale, "block_sparse_attn_fwd");
   return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
                                    parse_attention_backend(backend, "block_sparse_attn_fwd"), "block_sparse_attn_fwd");
 }

@@ -49,13 +49,16 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
               op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
               "), got ", codes.sizes());
   if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
-  // Two conditions on the values, read back in one device-to-host copy (one sync per op call):
-  // the plan's index ranges, and that it lists exactly the critical blocks of the codes (a listed
-  // marginal block would be counted by both branches, an unlisted critical one by neither).
+  // Three conditions on the values, read back in one device-to-host copy (one sync per op call):
+  // codes in {-1, 0, 1}, the plan's index ranges, and that it lists exactly the critical blocks of
+  // the codes (a listed marginal block would be counted by both branches, an unlisted critical one
+  // by neither).
   const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
   auto plan_invalid = block_plan_invalid(kv_indices, counts, used, Tk);
   auto inconsistent = at::zeros_like(plan_invalid);
+  auto bad_codes = at::zeros_like(plan_invalid);
   if (codes.numel() > 0) {
+    bad_codes = codes.lt(-1).logical_or_(codes.gt(1)).any();
     const int64_t B = q.size(0), H = q.size(1), M = kv_indices.size(3);
     auto idx = kv_indices.to(at::kLong).expand({B, H, Tq, M});
     // How often each row lists each block (out-of-range entries, flagged above, into a spare column
@@ -65,10 +68,12 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
                       .scatter_add_(-1, slot, used.to(at::kInt).expand({B, H, Tq, M}));
     inconsistent = listed.narrow(-1, 0, Tk).ne(codes.eq(1).expand({B, H, Tq, Tk})).any();
   }
-  const auto flags = at::stack({plan_invalid, inconsistent}).cpu();
+  const auto flags = at::stack({bad_codes, plan_invalid, inconsistent}).cpu();
   const bool* flag = flags.const_data_ptr<bool>();
-  if (flag[0]) raise_block_plan_error(kv_indices, kv_counts, Tk, k.size(2), block_k, op);
-  TORCH_CHECK(!flag[1], op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
+  TORCH_CHECK(!flag[0], op, ": codes must be -1 (negligible), 0 (marginal) or 1 (critical), got ",
+              codes.min().item<int>(), " to ", codes.max().item<int>());
+  if (flag[1]) raise_block_plan_error(kv_indices, kv_counts, Tk, k.size(2), block_k, op);
+  TORCH_CHECK(!flag[2], op, ": kv_indices / kv_counts must list exactly the critical blocks of codes "
               "(code 1) of every query block, as sla_block_map returns them");
 }
 
@@ -121,7 +126,7 @@ void check_sla_bwd_inputs(
     const std::optional<at::Tensor>& proj_weight, bool check_plan) {
   check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
   parse_sla_feature_map(std::string(feature_map), kBwdOp);
-  TORCH_CHECK(std::isfinite(scale), kBwdOp, ": scale must be finite, got ", scale);
+  check_scale(scale, kBwdOp);
   const std::pair<const at::Tensor*, const char*> like_q[] = {
       {&grad_sparse, "grad_sparse"}, {&grad_linear, "grad_linear"}, {&out_sparse, "out_sparse"},
       {&out_linear, "out_linear"}};
@@ -221,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   parse_sla_precision(precision, kOp);
   parse_attention_backend(backend, kOp);
   const auto fmap = parse_sla_feature_map(std::string(feature_map), kOp);
-  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
+  check_scale(scale, kOp);
   cpu::check_capability(kOp);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto codes = codes_in.contiguous();
@@ -232,8 +237,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
   auto out_linear = at::empty({B, H, Nq, D}, q.options());
   auto denom = at::empty({B, H, Nq}, q.options());
   if (out_sparse.numel() > 0) {
-    cpu::block_sparse_fwd_f32(make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out_sparse,
-                                                           lse, block_q, block_k, scale));
+    const auto sparse = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out_sparse, lse, block_q,
+                                                     block_k, scale);
+    run_with_block_scratch(sparse, kOp, [&] { cpu::block_sparse_fwd_f32(sparse); });
     cpu::Scratch phi_q_memory, phi_k_memory, values_memory;
     auto phi_q = feature_map_into(q, fmap, phi_q_memory), phi_k = feature_map_into(k, fmap, phi_k_memory);
     auto v_pad = pad_columns(projected_values(v, proj_weight, values_memory));
@@ -287,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   // Sparse branch: dq, dk and dv of the block-sparse backward.
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(grad_sparse, q, k, v, delta, lse, kv_indices, kv_counts,
-                                               block_q, block_k, scale);
+                                               block_q, block_k, scale, kBwdOp);
 
   // Linear branch, on phi (and V W^T) recomputed: writes d_phi_q, d_phi_k and adds its dV into dv
   // (with a projection its d(V W^T) into dv_proj first, then dV = d(V W^T) W and dW = d(V W^T)^T V);

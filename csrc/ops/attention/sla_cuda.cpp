@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
   const auto precision = parse_sla_precision(precision_name, kOp);
   const auto backend = parse_attention_backend(backend_name, kOp);
   const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
-  TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
+  check_scale(scale, kOp);
   c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t B = q_in.size(0), H = q_in.size(1), Nq = q_in.size(2), D = q_in.size(3);
   auto out_linear = at::empty({B, H, Nq, D}, q_in.options());
