@@ -56,7 +56,10 @@ struct StripBuffer {
 };
 
 // For each output o: whether it sums its marginal items directly (sum_directly) and the items it
-// visits: the marginal ones if direct, else the others (subtracted from the total).
+// visits: the marginal ones if direct, else the others (subtracted from the total). An output whose
+// rest holds a non-finite item (from a NaN or inf in the keys or values) sums directly, so that the
+// value reaches exactly the outputs whose marginal sets hold it: the total minus the rest would
+// spread it to every output (NaN - NaN, inf - inf).
 struct SumPlan {
   std::vector<int32_t> offsets, items;
   std::vector<uint8_t> direct;
@@ -75,7 +78,7 @@ struct SumPlan {
         count += m ? 1 : 0;
         (m ? marginal_weight : rest_weight) += src.weight[t];
       }
-      const bool d = sum_directly(count, n_items, marginal_weight, rest_weight);
+      const bool d = sum_directly(count, n_items, marginal_weight, rest_weight) || !std::isfinite(rest_weight);
       direct[o] = d;
       for (int t = 0; t < n_items; ++t)
         if (marginal(o, t) == d) items.push_back(t);

@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "cuda/attention/sla/linear_rows.h"
@@ -51,18 +52,24 @@ void check_launch(int err, const char* what, const char* op = kOp) {
 // 2^-16 |x| per term (already ~100x finer than the TF32 rounding of the products that made x), three
 // (exact) with precision fp32, at 3/2 the cost. The marginal blocks are added directly, which on a
 // GEMM costs what pre-aggregation would, without its cancellation. Takes x by value so that callers
-// can hand over its memory, released once split.
+// can hand over its memory, released once split. An item of x holding a NaN or inf (from one in k,
+// v or the gradients) is left out of the GEMM, where the mask's zeros would spread it to every
+// output (0 * NaN = NaN), and makes NaN exactly the outputs whose mask selects it (all E of their
+// elements: coarser than the one element it holds, but the same rows, at one pass over x).
 at::Tensor mask_matmul(const at::Tensor& mask, at::Tensor x, MatmulPrecision precision, const char* op) {
   const int parts = precision == MatmulPrecision::kFloat32 ? cuda::kSplitParts : 2;
   const int64_t C = x.size(0), K = x.size(1), E = x.size(2);
-  x = x.contiguous();
+  const auto non_finite = x.isfinite().all(-1).logical_not_();  // (C, K)
+  x = x.masked_fill(non_finite.unsqueeze(-1), 0.f);
   auto split = at::empty({C, parts * K, E}, x.options().dtype(at::kBFloat16));
   check_launch(cuda::split_bf16_rows(x.const_data_ptr<float>(), split.mutable_data_ptr(), C, K, E, parts,
                                      c10::cuda::getCurrentCUDAStream().stream()),
                "bf16 split", op);
   x = at::Tensor();
   auto m = mask.to(at::kBFloat16);
-  return at::bmm(at::cat(std::vector<at::Tensor>(parts, m), 2), split, at::kFloat);
+  auto out = at::bmm(at::cat(std::vector<at::Tensor>(parts, m), 2), split, at::kFloat);
+  const auto hits = at::bmm(m, non_finite.to(at::kBFloat16).unsqueeze(-1), at::kFloat);  // (C, M, 1) counts
+  return out.masked_fill_(hits.gt(0), std::numeric_limits<float>::quiet_NaN());
 }
 
 // Row `row` of a contiguous (..., D) tensor (the first row of a chunk's sequences).

@@ -54,6 +54,20 @@ def block_sparse_attention_reference(q, k, v, block_mask, block_size=(64, 64), s
     logits = logits.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     probs = torch.exp(logits - lse.unsqueeze(-1).clamp_min(torch.finfo(torch.float64).min))
-    probs = probs.masked_fill(~mask, 0.0)
-    out = torch.einsum("bhqk,bhkd->bhqd", probs, v)
-    return out, lse
+    return masked_matmul(probs, mask, v), lse
+
+
+def masked_matmul(weights: torch.Tensor, mask: torch.Tensor, v: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """out[..., i, :] = sum over the keys k with mask[..., i, k] of weights[..., i, k] * v[..., k, :].
+
+    Unlike (weights masked to 0) @ v, a NaN or inf in v reaches only the rows whose mask selects its
+    key (0 * NaN is NaN), as a kernel that never reads unselected blocks gives. Finite v takes the
+    plain product; otherwise the keys are summed in chunks of `chunk` to bound the memory."""
+    masked = weights.masked_fill(~mask, 0.0)
+    if bool(torch.isfinite(v).all()):
+        return masked @ v
+    out = torch.zeros((*masked.shape[:-1], v.shape[-1]), dtype=torch.result_type(masked, v), device=v.device)
+    for s in range(0, v.shape[-2], chunk):
+        terms = masked[..., s : s + chunk, None] * v[..., None, s : s + chunk, :]
+        out = out + torch.where(mask[..., s : s + chunk, None], terms, 0.0).sum(dim=-2)
+    return out

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..block_sparse.reference import expand_block_mask
+from ..block_sparse.reference import expand_block_mask, masked_matmul
 from .spec import ALL_KEYS_EPS, FEATURE_MAPS, block_counts  # noqa: F401  (re-exported for the tests)
 
 CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
@@ -88,19 +88,20 @@ def sparse_linear_attention_reference(
     critical = tokens == CRITICAL
     logits = (q @ k.transpose(-1, -2) * scale).masked_fill(~critical, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.exp(logits - lse.clamp_min(torch.finfo(torch.float64).min)).masked_fill(~critical, 0.0)
-    out_sparse = probs @ v
+    probs = torch.exp(logits - lse.clamp_min(torch.finfo(torch.float64).min))
+    out_sparse = masked_matmul(probs, critical, v)
 
     fq, fk = feature_map(q, feature_map_name), feature_map(k, feature_map_name)
     if linear_over_all_keys:
         weights = fq @ fk.transpose(-1, -2)
         out_linear = (weights @ v) / (weights.sum(dim=-1, keepdim=True) + ALL_KEYS_EPS)
     else:
-        weights = (fq @ fk.transpose(-1, -2)).masked_fill(tokens != MARGINAL, 0.0)
+        marginal = tokens == MARGINAL
+        weights = (fq @ fk.transpose(-1, -2)).masked_fill(~marginal, 0.0)
         denom = weights.sum(dim=-1, keepdim=True)
         # denom = 0 (no marginal block, or relu features that never meet) gives 0; a NaN stays NaN.
         safe = torch.where(denom == 0, torch.ones_like(denom), denom)
-        out_linear = torch.where(denom == 0, torch.zeros_like(out_sparse), (weights @ v) / safe)
+        out_linear = torch.where(denom == 0, torch.zeros_like(out_sparse), masked_matmul(weights, marginal, v) / safe)
 
     projected = out_linear
     if proj_weight is not None:
