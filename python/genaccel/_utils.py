@@ -27,6 +27,26 @@ def check_fraction(name: str, x: float) -> float:
     return float(x)
 
 
+def check_scale(scale) -> float:
+    """scale as a float: a real number (not a bool or a string); the ops refuse what is not finite
+    in float32."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"scale must be a real number, got {scale!r}")
+    return float(scale)
+
+
+def check_int(name: str, x, low: int = 0) -> int:
+    """x as an int >= low (not a bool, a float or a string); raises naming the argument otherwise."""
+    if isinstance(x, bool) or not isinstance(x, int) or x < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {x!r}")
+    return x
+
+
+def autocast_enabled(t) -> bool:
+    """Whether autocast is on for the device of tensor t (never for the meta device, which has none)."""
+    return isinstance(t, torch.Tensor) and t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
+
+
 def check_choice(name: str, value, choices) -> str:
     """value if it is one of choices; raises naming the argument otherwise."""
     if value not in choices:

@@ -454,6 +454,9 @@ def test_planner_empty_masks(shape):
         pytest.param(torch.ones(1, 1, 1, 2, 2, dtype=torch.bool), {}, "block_mask must be 4-D", id="5d"),
         pytest.param(torch.ones(1, 1, 2, 3, dtype=torch.bool), {"max_kv_blocks": -1}, "max_kv_blocks", id="max_kv_negative"),
         pytest.param(torch.ones(1, 1, 2, 3, dtype=torch.bool), {"max_kv_blocks": 4}, "max_kv_blocks", id="max_kv_above_tk"),
+        pytest.param(torch.ones(1, 1, 2, 3, dtype=torch.bool), {"max_kv_blocks": "3"}, "max_kv_blocks must be an int", id="max_kv_str"),
+        pytest.param(torch.ones(1, 1, 2, 3, dtype=torch.bool), {"max_kv_blocks": True}, "max_kv_blocks must be an int", id="max_kv_bool"),
+        pytest.param(torch.ones(1, 1, 2, 3, dtype=torch.bool), {"max_kv_blocks": 3.0}, "max_kv_blocks must be an int", id="max_kv_float"),
     ],
 )
 def test_planner_bad_inputs(mask, kwargs, match):
@@ -708,6 +711,12 @@ WRAPPER_BAD = [
     ("head_dim_257", lambda a: {**a, **{n: torch.randn(*a[n].shape[:3], 257) for n in "qkv"}}, r"head dim must be in \[1, 256\], got 257"),
     ("head_dim_0", lambda a: {**a, **{n: a[n][..., :0] for n in "qkv"}}, r"head dim must be in \[1, 256\], got 0"),
     ("scale_nan", _set(scale=float("nan")), r"scale must be finite"),
+    ("scale_above_float32", _set(scale=1e39), r"scale must be finite in float32"),
+    ("scale_str", _set(scale="0.3"), r"scale must be a real number"),
+    ("scale_bool", _set(scale=True), r"scale must be a real number"),
+    # a meta tensor among CPU tensors dispatches to the Meta kernel, which runs the op's checks
+    ("k_meta", _with("k", lambda t, a: t.to("meta")), r"q, k, v must be on one device, got cpu, meta, cpu"),
+    ("mask_meta", _with("block_mask", lambda t, a: t.to("meta")), r"block_mask must be on the device of q"),
 ]
 
 

@@ -285,12 +285,42 @@ def test_compile_fullgraph_backward(device, dtype, Nq, Nk, D, topk, low_k, block
         (dict(proj_weight=torch.zeros(16, 16, dtype=torch.long)), "proj_weight must be a floating-point"),
         (dict(proj_weight=torch.zeros(16, 16), proj_bias=torch.zeros(64, 16)), "proj_bias must be a floating-point"),
         (dict(block_size=(64,)), "block_size"),
+        (dict(proj_weight=torch.zeros(16, 16), proj_bias=torch.zeros(16, device="meta")),
+         "proj_bias must be .* on the device of q"),
+        (dict(proj_weight=torch.zeros(16, 16, device="meta")), "proj_weight must be .* on the device of q"),
     ],
 )
 def test_bad_arguments(kwargs, match, gen):
     q, k, v = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
     with pytest.raises(ValueError, match=match):
         genaccel.sparse_linear_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_block_map_refuses_non_floating_inputs(dtype, gen):
+    q, k, _ = inputs(gen, 1, 2, 2, 64, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="q must be a floating-point tensor"):
+        sla_block_map(q.to(dtype), k.to(dtype))
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_meta_tensor_among_cpu_tensors_is_refused(name, gen):
+    """The Meta kernel, which such a call dispatches to, runs the op's own device checks."""
+    args = dict(zip("qkv", inputs(gen, 1, 2, 2, 128, 128, 16, torch.float32)))
+    block_map = sla_block_map(args["q"], args["k"], 0.5, 0.0)
+    args[name] = args[name].to("meta")
+    with pytest.raises(RuntimeError, match="sla_fwd: q, k, v must be on one device"):
+        genaccel.sparse_linear_attention(**args, block_map=block_map)
+
+
+def test_meta_inputs_give_shapes_and_bad_meta_shapes_are_refused():
+    q, k, v = (torch.empty(1, 2, 96, 16, device="meta") for _ in range(3))
+    assert genaccel.sparse_linear_attention(q, k, v).shape == q.shape
+    with pytest.raises(RuntimeError, match="sla_select_blocks: n_critical must be in \\[1, 11\\], got 20"):
+        torch.ops.genaccel.sla_select_blocks(torch.empty(1, 1, 4, 11, device="meta"), 20, 0)
+    with pytest.raises(RuntimeError, match="sla_fwd: k and v must have the same length"):
+        torch.ops.genaccel.sla_fwd(q, k, v[:, :, :32], *sla_block_map(q, k, 0.5, 0.0, 32), 32, 32, 0.25, "softmax",
+                                   False)
 
 
 def test_bad_shapes_say_what_is_wrong(gen):

@@ -22,7 +22,7 @@ namespace {
 constexpr const char* kOp = "block_sparse_attn_fwd";
 
 void check_qkv(const at::Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sizes());
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (B, H, N, D), got shape ", t.sym_sizes());
   auto dt = t.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
               " must be float32, float16 or bfloat16, got ", dt);
@@ -39,12 +39,12 @@ at::Tensor last_dim_contiguous(const at::Tensor& t) {
 namespace {
 
 // Variable-size block offsets: int32, 3-D (B or 1, H or 1, blocks + 1) with blocks >= 1, on q's device.
-void check_offsets_shape(const at::Tensor& o, const char* name, int64_t B, int64_t H, const at::Device& device,
-                         const char* op) {
-  TORCH_CHECK(o.scalar_type() == at::kInt && o.dim() == 3 && (o.size(0) == B || o.size(0) == 1) &&
-                  (o.size(1) == H || o.size(1) == 1) && o.size(2) >= 2,
+void check_offsets_shape(const at::Tensor& o, const char* name, const c10::SymInt& B, const c10::SymInt& H,
+                         const at::Device& device, const char* op) {
+  TORCH_CHECK(o.scalar_type() == at::kInt && o.dim() == 3 && (o.sym_size(0) == B || o.sym_size(0) == 1) &&
+                  (o.sym_size(1) == H || o.sym_size(1) == 1) && o.sym_size(2) >= 2,
               op, ": ", name, " must be int32 of shape (", B, " or 1, ", H, " or 1, blocks + 1) with blocks >= 1, got ",
-              o.scalar_type(), " ", o.sizes());
+              o.scalar_type(), " ", o.sym_sizes());
   TORCH_CHECK(o.device() == device, op, ": ", name, " must be on the device of q (", device, "), got ", o.device());
 }
 
@@ -79,26 +79,26 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
               v.scalar_type());
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
               ": q, k, v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
-  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3);
-  TORCH_CHECK(k.size(0) == B && v.size(0) == B, op, ": batch of k ", k.size(0), " and v ", v.size(0),
+  const c10::SymInt B = q.sym_size(0), H = q.sym_size(1), Nq = q.sym_size(2), D = q.sym_size(3);
+  TORCH_CHECK(k.sym_size(0) == B && v.sym_size(0) == B, op, ": batch of k ", k.sym_size(0), " and v ", v.sym_size(0),
               " must equal batch of q ", B);
-  TORCH_CHECK(k.size(1) == v.size(1), op, ": k and v must have the same number of heads, got ",
-              k.size(1), " and ", v.size(1));
-  TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v must have the same length, got ", k.size(2),
-              " and ", v.size(2));
-  TORCH_CHECK(k.size(3) == D && v.size(3) == D, op, ": head dim of k ", k.size(3), " and v ",
-              v.size(3), " must equal head dim of q ", D);
-  const int64_t Hkv = k.size(1);
+  TORCH_CHECK(k.sym_size(1) == v.sym_size(1), op, ": k and v must have the same number of heads, got ",
+              k.sym_size(1), " and ", v.sym_size(1));
+  TORCH_CHECK(k.sym_size(2) == v.sym_size(2), op, ": k and v must have the same length, got ", k.sym_size(2),
+              " and ", v.sym_size(2));
+  TORCH_CHECK(k.sym_size(3) == D && v.sym_size(3) == D, op, ": head dim of k ", k.sym_size(3), " and v ",
+              v.sym_size(3), " must equal head dim of q ", D);
+  const c10::SymInt Hkv = k.sym_size(1);
   TORCH_CHECK(Hkv > 0 ? H % Hkv == 0 : H == 0, op, ": query heads ", H,
               " must be a multiple of key/value heads ", Hkv, " (GQA)");
   TORCH_CHECK(D >= 1 && D <= 256, op, ": head dim must be in [1, 256], got ", D);
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, op,
               ": block sizes must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
-  const int64_t Nk = k.size(2);
+  const c10::SymInt Nk = k.sym_size(2);
   TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
               ", Nk=", Nk);
-  const int64_t Tq = offsets.q.defined() ? offsets.q.size(-1) - 1 : (Nq + block_q - 1) / block_q;
+  const c10::SymInt Tq = offsets.q.defined() ? offsets.q.sym_size(-1) - 1 : (Nq + block_q - 1) / block_q;
   if (offsets.q.defined()) check_offsets_shape(offsets.q, "q_block_offsets", B, H, q.device(), op);
   if (offsets.k.defined()) check_offsets_shape(offsets.k, "k_block_offsets", B, H, q.device(), op);
 
@@ -109,16 +109,16 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
               ": kv_indices and kv_counts must be on the device of q (", q.device(), "), got ",
               kv_indices.device(), " and ", kv_counts.device());
   TORCH_CHECK(kv_indices.dim() == 4, op, ": kv_indices must be 4-D (B or 1, H or 1, Tq, max_kv), got shape ",
-              kv_indices.sizes());
+              kv_indices.sym_sizes());
   TORCH_CHECK(kv_counts.dim() == 3, op, ": kv_counts must be 3-D (B or 1, H or 1, Tq), got shape ",
-              kv_counts.sizes());
-  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
-  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.size(2) == Tq, op,
+              kv_counts.sym_sizes());
+  const c10::SymInt Bi = kv_indices.sym_size(0), Hi = kv_indices.sym_size(1);
+  TORCH_CHECK((Bi == B || Bi == 1) && (Hi == H || Hi == 1) && kv_indices.sym_size(2) == Tq, op,
               ": kv_indices must have shape (", B, " or 1, ", H, " or 1, ", Tq, ", max_kv) for Nq=", Nq,
               (offsets.q.defined() ? " and q_block_offsets" : " and block_q="),
-              (offsets.q.defined() ? std::string() : std::to_string(block_q)), ", got ", kv_indices.sizes());
-  TORCH_CHECK(kv_counts.size(0) == Bi && kv_counts.size(1) == Hi && kv_counts.size(2) == Tq, op,
-              ": kv_counts must have shape ", kv_indices.sizes().slice(0, 3), ", got ", kv_counts.sizes());
+              (offsets.q.defined() ? std::string() : std::to_string(block_q)), ", got ", kv_indices.sym_sizes());
+  TORCH_CHECK(kv_counts.sym_size(0) == Bi && kv_counts.sym_size(1) == Hi && kv_counts.sym_size(2) == Tq, op,
+              ": kv_counts must have shape ", kv_indices.sym_sizes().slice(0, 3), ", got ", kv_counts.sym_sizes());
 }
 
 void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -126,9 +126,9 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
                                    int64_t block_q, int64_t block_k, const char* op, bool check_plan,
                                    const BlockOffsets& offsets) {
   check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op, offsets);
-  const int64_t Nk = k.size(2);
-  const int64_t Tk = offsets.num_k_blocks(Nk, block_k);
   if (!plan_values_checked(q, check_plan)) return;
+  const int64_t Nk = k.size(2);
+  const int64_t Tk = offsets.num_k_blocks(Nk, block_k).expect_int();
   if (offsets.q.defined()) check_offsets_values(offsets.q, "q_block_offsets", q.size(2), block_q, "block_q", op);
   if (offsets.k.defined()) check_offsets_values(offsets.k, "k_block_offsets", Nk, block_k, "block_k", op);
   if (kv_counts.numel() == 0) return;
@@ -183,17 +183,26 @@ std::tuple<at::Tensor, at::Tensor> key_major_plan(const at::Tensor& kv_indices,
 }
 
 
-std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor& kv_indices,
-                                                               const at::Tensor& kv_counts, int64_t num_k_blocks) {
-  constexpr const char* op = "block_sparse_key_major_plan";
+namespace {
+constexpr const char* kKeyMajorOp = "block_sparse_key_major_plan";
+
+void check_key_major_plan_inputs(const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  constexpr const char* op = kKeyMajorOp;
   TORCH_CHECK(kv_indices.scalar_type() == at::kInt && kv_counts.scalar_type() == at::kInt && kv_indices.dim() == 4 &&
-                  kv_counts.dim() == 3 && kv_counts.sizes() == kv_indices.sizes().slice(0, 3) &&
+                  kv_counts.dim() == 3 && kv_counts.sym_sizes() == kv_indices.sym_sizes().slice(0, 3) &&
                   kv_counts.device() == kv_indices.device(),
               op, ": kv_indices (Bi, Hi, Tq, max_kv) and kv_counts (Bi, Hi, Tq) must be int32 on one device, got ",
-              kv_indices.scalar_type(), " ", kv_indices.sizes(), " and ", kv_counts.scalar_type(), " ",
-              kv_counts.sizes());
-  TORCH_CHECK(num_k_blocks >= 0 && num_k_blocks < (int64_t{1} << 31) / std::max<int64_t>(kv_indices.size(2), 1), op,
+              kv_indices.scalar_type(), " ", kv_indices.sym_sizes(), " on ", kv_indices.device(), " and ",
+              kv_counts.scalar_type(), " ", kv_counts.sym_sizes(), " on ", kv_counts.device());
+  TORCH_CHECK(num_k_blocks >= 0 && num_k_blocks * kv_indices.sym_size(2) < (int64_t{1} << 31), op,
               ": num_k_blocks must be in [0, 2^31 / Tq), got ", num_k_blocks);
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor& kv_indices,
+                                                               const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  constexpr const char* op = kKeyMajorOp;
+  check_key_major_plan_inputs(kv_indices, kv_counts, num_k_blocks);
   if (kv_counts.numel() > 0) {
     const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
     TORCH_CHECK(!block_plan_invalid(kv_indices, counts, used, num_k_blocks).item<bool>(), op,
@@ -203,20 +212,20 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor&
 }
 
 void check_key_major_plan(const KeyMajor& km, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t num_k_blocks, bool check_values, const char* op) {
+                          const c10::SymInt& num_k_blocks, bool check_values, const char* op) {
   if (!km.offsets.defined() && !km.queries.defined()) return;
   TORCH_CHECK(km.offsets.defined() && km.queries.defined(), op,
               ": key_major_offsets and key_major_queries come together (from block_sparse_key_major_plan)");
-  const int64_t Bi = kv_indices.size(0), Hi = kv_indices.size(1);
+  const c10::SymInt Bi = kv_indices.sym_size(0), Hi = kv_indices.sym_size(1);
   for (const auto* t : {&km.offsets, &km.queries})
-    TORCH_CHECK(t->scalar_type() == at::kInt && t->dim() == 3 && t->size(0) == Bi && t->size(1) == Hi &&
+    TORCH_CHECK(t->scalar_type() == at::kInt && t->dim() == 3 && t->sym_size(0) == Bi && t->sym_size(1) == Hi &&
                     t->device() == kv_indices.device(),
                 op, ": key_major_offsets / key_major_queries must be int32 (", Bi, ", ", Hi, ", .) on ",
-                kv_indices.device(), " like kv_indices, got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
-  TORCH_CHECK(km.offsets.size(2) == num_k_blocks + 1, op, ": key_major_offsets must have ", num_k_blocks + 1,
-              " entries per plan row (key blocks + 1), got ", km.offsets.size(2));
+                kv_indices.device(), " like kv_indices, got ", t->scalar_type(), " ", t->sym_sizes(), " on ", t->device());
+  TORCH_CHECK(km.offsets.sym_size(2) == num_k_blocks + 1, op, ": key_major_offsets must have ", num_k_blocks + 1,
+              " entries per plan row (key blocks + 1), got ", km.offsets.sym_size(2));
   if (!check_values) return;
-  auto [offsets, queries] = key_major_plan(kv_indices, kv_counts, num_k_blocks);
+  auto [offsets, queries] = key_major_plan(kv_indices, kv_counts, num_k_blocks.expect_int());
   TORCH_CHECK(at::equal(offsets, km.offsets) && queries.size(2) <= km.queries.size(2) &&
                   at::equal(queries, km.queries.narrow(2, 0, queries.size(2))),
               op, ": key_major_offsets / key_major_queries are not the key-major form of kv_indices / kv_counts "
@@ -316,22 +325,40 @@ void check_scale(double scale, const char* op) {
               scale);
 }
 
-void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
-                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale, bool check_plan,
-                                        const BlockOffsets& offsets) {
+attention::Backend check_block_sparse_attn_fwd_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                                  int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                                  c10::string_view backend, const BlockOffsets& offsets,
+                                                  const KeyMajor& key_major) {
+  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, kOp, check_plan, offsets);
+  // Passed through for the backward, which checks their values: shapes only.
+  check_key_major_plan(key_major, kv_indices, kv_counts, offsets.num_k_blocks(k.sym_size(2), block_k), false, kOp);
+  check_scale(scale, kOp);
+  return parse_attention_backend(backend, kOp);
+}
+
+attention::Backend check_block_sparse_attn_bwd_op(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                                  const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                                  int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                                  c10::string_view backend, const BlockOffsets& offsets,
+                                                  const KeyMajor& key_major) {
   constexpr const char* op = "block_sparse_attn_bwd";
   check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, op, check_plan, offsets);
   check_scale(scale, op);
   check_qkv(dout, "dout", op);
-  TORCH_CHECK(dout.sizes() == q.sizes() && dout.device() == q.device(), op,
-              ": dout must match q in shape and device, got ", dout.sizes(), " on ", dout.device());
-  const auto rows = q.sizes().slice(0, 3);
+  TORCH_CHECK(dout.sym_sizes() == q.sym_sizes() && dout.device() == q.device(), op,
+              ": dout must match q in shape and device, got ", dout.sym_sizes(), " on ", dout.device());
+  const auto rows = q.sym_sizes().slice(0, 3);
   for (const auto* t : {&delta, &lse})
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
+    TORCH_CHECK(t->sym_sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
                 ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+                t->scalar_type(), " ", t->sym_sizes(), " on ", t->device());
+  // The CUDA backward walks the key-major lists (their values checked like the plan's); the CPU
+  // backward walks the query-major plan, so there they are checked for shape only.
+  check_key_major_plan(key_major, kv_indices, kv_counts, offsets.num_k_blocks(k.sym_size(2), block_k),
+                       q.is_cuda() && plan_values_checked(q, check_plan), op);
+  return parse_attention_backend(backend, op);
 }
 
 attention::Backend parse_attention_backend(c10::string_view backend, const char* op) {
@@ -345,8 +372,8 @@ void check_attention_delta_inputs(const at::Tensor& dout, const at::Tensor& out)
   constexpr const char* op = "attention_delta";
   check_qkv(dout, "dout", op);
   check_qkv(out, "out", op);
-  TORCH_CHECK(dout.sizes() == out.sizes(), op, ": dout and out must have one shape, got ", dout.sizes(), " and ",
-              out.sizes());
+  TORCH_CHECK(dout.sym_sizes() == out.sym_sizes(), op, ": dout and out must have one shape, got ", dout.sym_sizes(),
+              " and ", out.sym_sizes());
   TORCH_CHECK(dout.device() == out.device(), op, ": dout and out must be on one device, got ", dout.device(),
               " and ", out.device());
 }
@@ -365,6 +392,11 @@ attention::AttentionDeltaParams make_attention_delta_params(const at::Tensor& do
 
 namespace {
 
+at::Tensor attention_delta_meta(const at::Tensor& dout, const at::Tensor& out) {
+  check_attention_delta_inputs(dout, out);
+  return at::empty_symint({out.sym_size(0), out.sym_size(1), out.sym_size(2)}, out.options().dtype(at::kFloat));
+}
+
 at::Tensor attention_delta_cpu(const at::Tensor& dout, const at::Tensor& out) {
   check_attention_delta_inputs(dout, out);
   auto delta = at::empty({out.size(0), out.size(1), out.size(2)}, out.options().dtype(at::kFloat));
@@ -379,14 +411,9 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
     const std::optional<at::Tensor>& q_block_offsets, const std::optional<at::Tensor>& k_block_offsets,
     const std::optional<at::Tensor>& key_major_offsets, const std::optional<at::Tensor>& key_major_queries) {
   const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
-  check_block_sparse_fwd_inputs(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, kOp, check_plan,
-                                offsets);
-  // Passed through for the backward (the CPU backward does not use them): shapes only.
-  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices_in, kv_counts_in,
-                       offsets.num_k_blocks(k_in.size(2), block_k), false, kOp);
-  parse_attention_backend(backend, kOp);  // validated; the CPU has one kernel
-  check_scale(scale, kOp);
-  cpu::check_capability(kOp);
+  check_block_sparse_attn_fwd_op(q_in, k_in, v_in, kv_indices_in, kv_counts_in, block_q, block_k, scale, check_plan,
+                                 backend, offsets, KeyMajor::of(key_major_offsets, key_major_queries));
+  cpu::check_capability(kOp);  // the CPU has one kernel, whatever the backend
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto kv_indices = kv_indices_in.contiguous(), kv_counts = kv_counts_in.contiguous();
   auto out = at::empty(q.sizes(), q.options());
@@ -409,20 +436,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
     const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
     const std::optional<at::Tensor>& key_major_queries) {
   constexpr const char* op = "block_sparse_attn_bwd";
-  parse_attention_backend(backend, op);  // validated; the CPU has one kernel
   const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
-  check_block_sparse_attn_bwd_inputs(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in,
-                                     kv_counts_in, block_q, block_k, scale, check_plan, offsets);
-  // The CPU backward walks the query-major plan; the key-major one is checked for shape only.
-  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices_in, kv_counts_in,
-                       offsets.num_k_blocks(k_in.size(2), block_k), false, op);
-  cpu::check_capability(op);
+  check_block_sparse_attn_bwd_op(dout_in, q_in, k_in, v_in, delta_in, lse_in, kv_indices_in, kv_counts_in, block_q,
+                                 block_k, scale, check_plan, backend, offsets,
+                                 KeyMajor::of(key_major_offsets, key_major_queries));
+  cpu::check_capability(op);  // the CPU has one kernel, whatever the backend
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
                                                lse_in.contiguous(), kv_indices_in.contiguous(),
                                                kv_counts_in.contiguous(), block_q, block_k, scale, op,
                                                contiguous_offsets(offsets));
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
+}
+
+// The Meta kernels (shapes for torch.compile, FakeTensor and the meta device): the ops' own checks,
+// but for the values, then uninitialised outputs of the kernels' shapes (contiguous, as they return).
+std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_meta(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
+    c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
+    const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
+    const std::optional<at::Tensor>& key_major_queries) {
+  check_block_sparse_attn_fwd_op(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, check_plan, backend,
+                                 BlockOffsets::of(q_block_offsets, k_block_offsets),
+                                 KeyMajor::of(key_major_offsets, key_major_queries));
+  return {at::empty_symint(q.sym_sizes(), q.options()),
+          at::empty_symint(q.sym_sizes().slice(0, 3), q.options().dtype(at::kFloat))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_meta(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& delta, const at::Tensor& lse, const at::Tensor& kv_indices,
+    const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale, bool check_plan,
+    c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
+    const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
+    const std::optional<at::Tensor>& key_major_queries) {
+  check_block_sparse_attn_bwd_op(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale,
+                                 check_plan, backend, BlockOffsets::of(q_block_offsets, k_block_offsets),
+                                 KeyMajor::of(key_major_offsets, key_major_queries));
+  return {at::empty_symint(q.sym_sizes(), q.options()), at::empty_symint(k.sym_sizes(), k.options()),
+          at::empty_symint(v.sym_sizes(), v.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan_meta(const at::Tensor& kv_indices,
+                                                                    const at::Tensor& kv_counts, int64_t num_k_blocks) {
+  check_key_major_plan_inputs(kv_indices, kv_counts, num_k_blocks);
+  const auto bi = kv_indices.sym_size(0), hi = kv_indices.sym_size(1);
+  return {at::empty_symint({bi, hi, num_k_blocks + 1}, kv_indices.options()),
+          at::empty_symint({bi, hi, kv_indices.sym_size(2) * kv_indices.sym_size(3)}, kv_indices.options())};
 }
 
 }  // namespace
@@ -452,4 +513,11 @@ TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_cpu);
   m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_cpu);
   m.impl("block_sparse_key_major_plan", &genaccel::ops::block_sparse_key_major_plan);
+}
+
+TORCH_LIBRARY_IMPL(genaccel, Meta, m) {
+  m.impl("attention_delta", &genaccel::ops::attention_delta_meta);
+  m.impl("block_sparse_attn_fwd", &genaccel::ops::block_sparse_attn_fwd_meta);
+  m.impl("block_sparse_attn_bwd", &genaccel::ops::block_sparse_attn_bwd_meta);
+  m.impl("block_sparse_key_major_plan", &genaccel::ops::block_sparse_key_major_plan_meta);
 }

@@ -20,9 +20,9 @@ struct BlockOffsets {
     return {q.value_or(at::Tensor()), k.value_or(at::Tensor())};
   }
   bool any() const { return q.defined() || k.defined(); }
-  // The number of key blocks: the offsets', or ceil(Nk / block_k).
-  int64_t num_k_blocks(int64_t Nk, int64_t block_k) const {
-    return k.defined() ? k.size(-1) - 1 : (Nk + block_k - 1) / block_k;
+  // The number of key blocks: the offsets', or ceil(Nk / block_k) (symbolic in the Meta kernels).
+  c10::SymInt num_k_blocks(const c10::SymInt& Nk, int64_t block_k) const {
+    return k.defined() ? k.sym_size(-1) - 1 : (Nk + block_k - 1) / block_k;
   }
 };
 
@@ -42,9 +42,10 @@ void check_block_sparse_fwd_inputs(const at::Tensor& q, const at::Tensor& k, con
 // finite double above float32's range would become inf there).
 void check_scale(double scale, const char* op);
 
-// Whether the plan's values must be checked: always on the CPU, on CUDA unless the caller vouches.
+// Whether the plan's values must be checked: always on the CPU, on CUDA unless the caller vouches,
+// never on the meta device (no values: the Meta kernels check the rest).
 inline bool plan_values_checked(const at::Tensor& q, bool check_plan) {
-  return check_plan || q.device().is_cpu();
+  return !q.is_meta() && (check_plan || q.device().is_cpu());
 }
 
 // All of those checks but the index ranges (no device sync).
@@ -87,7 +88,24 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor&
 // Checks key-major lists handed to an op: shapes always, and with check_values that they equal
 // key_major_plan's (a sort and a host sync).
 void check_key_major_plan(const KeyMajor& km, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t num_k_blocks, bool check_values, const char* op);
+                          const c10::SymInt& num_k_blocks, bool check_values, const char* op);
+
+// Every check of op block_sparse_attn_fwd's arguments, shared by its CPU, CUDA and Meta kernels: the
+// inputs (check_block_sparse_fwd_inputs), the key-major lists' shapes, the scale and the backend
+// (returned).
+attention::Backend check_block_sparse_attn_fwd_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                                  int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                                  c10::string_view backend, const BlockOffsets& offsets,
+                                                  const KeyMajor& key_major);
+
+// Likewise for block_sparse_attn_bwd: those of the forward, plus dout, delta and lse.
+attention::Backend check_block_sparse_attn_bwd_op(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
+                                                  const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+                                                  int64_t block_q, int64_t block_k, double scale, bool check_plan,
+                                                  c10::string_view backend, const BlockOffsets& offsets,
+                                                  const KeyMajor& key_major);
 
 // Fills the torch-free params from tensors whose last dim is contiguous; out/lse must be
 // contiguous (B, H, Nq, D) / (B, H, Nq).
@@ -95,13 +113,6 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_indices,
     const at::Tensor& kv_counts, const at::Tensor& out, const at::Tensor& lse, int64_t block_q,
     int64_t block_k, double scale, const BlockOffsets& offsets = {});
-
-// Checks the inputs of block_sparse_attn_bwd: those of the forward, plus dout, delta, lse and scale.
-void check_block_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& delta, const at::Tensor& lse,
-                                        const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                                        int64_t block_q, int64_t block_k, double scale, bool check_plan,
-                                        const BlockOffsets& offsets = {});
 
 // Fills the torch-free backward params (tensors as for make_block_sparse_fwd_params; dout with a
 // contiguous last dim, delta/lse/dq/dk/dv contiguous).

@@ -46,14 +46,11 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
     const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
     const std::optional<at::Tensor>& key_major_queries) {
   refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_fwd");
-  check_block_sparse_fwd_inputs(q, k, v, kv_indices, kv_counts, block_q, block_k, "block_sparse_attn_fwd",
-                                check_plan);
-  // Passed through for the backward: checked there.
-  check_key_major_plan(KeyMajor::of(key_major_offsets, key_major_queries), kv_indices, kv_counts,
-                       (k.size(2) + block_k - 1) / block_k, false, "block_sparse_attn_fwd");
-  check_scale(scale, "block_sparse_attn_fwd");
-  return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
-                                   parse_attention_backend(backend, "block_sparse_attn_fwd"), "block_sparse_attn_fwd");
+  const auto parsed = check_block_sparse_attn_fwd_op(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
+                                                     check_plan, backend, {},
+                                                     KeyMajor::of(key_major_offsets, key_major_queries));
+  return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, parsed,
+                                   "block_sparse_attn_fwd");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
@@ -64,14 +61,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
     const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
     const std::optional<at::Tensor>& key_major_queries) {
   refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_bwd");
-  check_block_sparse_attn_bwd_inputs(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
-                                     scale, check_plan);
   const auto key_major = KeyMajor::of(key_major_offsets, key_major_queries);
-  check_key_major_plan(key_major, kv_indices, kv_counts, (k.size(2) + block_k - 1) / block_k, check_plan,
-                       "block_sparse_attn_bwd");
-  constexpr const char* op = "block_sparse_attn_bwd";
-  return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k,
-                                   scale, parse_attention_backend(backend, op), op, key_major);
+  const auto parsed = check_block_sparse_attn_bwd_op(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q,
+                                                     block_k, scale, check_plan, backend, {}, key_major);
+  return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale, parsed,
+                                   "block_sparse_attn_bwd", key_major);
 }
 
 }  // namespace

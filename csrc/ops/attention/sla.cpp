@@ -34,21 +34,25 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
   check_block_sparse_fwd_shapes(q, k, v, kv_indices, kv_counts, block_q, block_k, op);
   if (proj_weight.has_value()) {
     const auto& w = *proj_weight;
-    TORCH_CHECK(w.is_floating_point() && w.dim() == 2 && w.size(0) == q.size(3) && w.size(1) == q.size(3), op,
-                ": proj_weight must be a floating-point (D, D) = (", q.size(3), ", ", q.size(3), ") tensor, got ",
-                w.scalar_type(), " ", w.sizes());
+    const auto D = q.sym_size(3);
+    TORCH_CHECK(w.is_floating_point() && w.dim() == 2 && w.sym_size(0) == D && w.sym_size(1) == D, op,
+                ": proj_weight must be a floating-point (D, D) = (", D, ", ", D, ") tensor, got ", w.scalar_type(), " ",
+                w.sym_sizes());
     TORCH_CHECK(w.device() == q.device(), op, ": proj_weight must be on the device of q (", q.device(), "), got ",
                 w.device());
   }
+  {
+    const auto Tq = kv_indices.sym_size(2), Tk = (k.sym_size(2) + block_k - 1) / block_k;
+    TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
+    TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
+    TORCH_CHECK(codes.dim() == 4 && (codes.sym_size(0) == q.sym_size(0) || codes.sym_size(0) == 1) &&
+                    (codes.sym_size(1) == q.sym_size(1) || codes.sym_size(1) == 1) && codes.sym_size(2) == Tq &&
+                    codes.sym_size(3) == Tk,
+                op, ": codes must have shape (", q.sym_size(0), " or 1, ", q.sym_size(1), " or 1, ", Tq, ", ", Tk,
+                "), got ", codes.sym_sizes());
+  }
+  if (!plan_values_checked(q, check_plan) || kv_counts.numel() == 0) return;
   const int64_t Tq = kv_indices.size(2), Tk = (k.size(2) + block_k - 1) / block_k;
-  TORCH_CHECK(codes.scalar_type() == at::kChar, op, ": codes must be int8, got ", codes.scalar_type());
-  TORCH_CHECK(codes.device() == q.device(), op, ": codes must be on the device of q, got ", codes.device());
-  TORCH_CHECK(codes.dim() == 4 && (codes.size(0) == q.size(0) || codes.size(0) == 1) &&
-                  (codes.size(1) == q.size(1) || codes.size(1) == 1) && codes.size(2) == Tq &&
-                  codes.size(3) == Tk,
-              op, ": codes must have shape (", q.size(0), " or 1, ", q.size(1), " or 1, ", Tq, ", ", Tk,
-              "), got ", codes.sizes());
-  if (kv_counts.numel() == 0 || !plan_values_checked(q, check_plan)) return;
   // Three conditions on the values, read back in one device-to-host copy (one sync per op call):
   // codes in {-1, 0, 1}, the plan's index ranges, and that it lists exactly the critical blocks of
   // the codes (a listed marginal block would be counted by both branches, an unlisted critical one
@@ -79,11 +83,15 @@ void check_sla_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, 
 
 }  // namespace
 
-void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t block_q, int64_t block_k, const std::optional<at::Tensor>& proj_weight,
-                          bool check_plan) {
+SlaOptions check_sla_fwd_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& codes,
+                            const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
+                            int64_t block_k, double scale, c10::string_view feature_map,
+                            const std::optional<at::Tensor>& proj_weight, bool check_plan,
+                            c10::string_view precision, c10::string_view backend) {
   check_sla_inputs(kOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
+  check_scale(scale, kOp);
+  return {parse_sla_feature_map(std::string(feature_map), kOp), parse_sla_precision(precision, kOp),
+          parse_attention_backend(backend, kOp)};
 }
 
 at::Tensor no_proj_weight_grad(const at::Tensor& q) { return at::empty({0}, q.options().dtype(at::kFloat)); }
@@ -99,17 +107,18 @@ void check_sla_select_blocks_inputs(const at::Tensor& scores, int64_t n_critical
   constexpr const char* op = "sla_select_blocks";
   TORCH_CHECK(scores.dim() == 4 && scores.scalar_type() == at::kFloat, op,
               ": scores must be a 4-D (B, H, Tq, Tk) float32 tensor, got ", scores.scalar_type(), " ",
-              scores.sizes());
-  const int64_t tk = scores.size(3);
+              scores.sym_sizes());
+  const auto tk = scores.sym_size(3);
   TORCH_CHECK(tk >= 1 && tk < (int64_t{1} << 30), op, ": scores need 1 to 2^30 - 1 key blocks per row, got ", tk);
-  TORCH_CHECK(n_critical >= 1 && n_critical <= tk, op, ": n_critical must be in [1, ", tk, "], got ", n_critical);
-  TORCH_CHECK(n_negligible >= 0 && n_negligible <= tk - n_critical, op, ": n_negligible must be in [0, ",
+  TORCH_CHECK(n_critical >= 1 && tk >= n_critical, op, ": n_critical must be in [1, ", tk, "], got ", n_critical);
+  TORCH_CHECK(n_negligible >= 0 && tk - n_critical >= n_negligible, op, ": n_negligible must be in [0, ",
               tk - n_critical, "] (Tk - n_critical), got ", n_negligible);
 }
 
 std::tuple<at::Tensor, at::Tensor> empty_select_blocks_outputs(const at::Tensor& scores, int64_t n_critical) {
-  return {at::empty(scores.sizes(), scores.options().dtype(at::kChar)),
-          at::empty({scores.size(0), scores.size(1), scores.size(2), n_critical}, scores.options().dtype(at::kInt))};
+  return {at::empty_symint(scores.sym_sizes(), scores.options().dtype(at::kChar)),
+          at::empty_symint({scores.sym_size(0), scores.sym_size(1), scores.sym_size(2), n_critical},
+                           scores.options().dtype(at::kInt))};
 }
 
 MatmulPrecision parse_sla_precision(c10::string_view precision, const char* op) {
@@ -118,34 +127,36 @@ MatmulPrecision parse_sla_precision(c10::string_view precision, const char* op) 
   TORCH_CHECK(false, op, ": precision must be 'tf32' or 'fp32', got '", std::string(precision), "'");
 }
 
-void check_sla_bwd_inputs(
+SlaOptions check_sla_bwd_op(
     const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
     const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
     const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
-    const std::optional<at::Tensor>& proj_weight, bool check_plan) {
+    const std::optional<at::Tensor>& proj_weight, bool check_plan, c10::string_view precision,
+    c10::string_view backend) {
   check_sla_inputs(kBwdOp, q, k, v, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
-  parse_sla_feature_map(std::string(feature_map), kBwdOp);
   check_scale(scale, kBwdOp);
   const std::pair<const at::Tensor*, const char*> like_q[] = {
       {&grad_sparse, "grad_sparse"}, {&grad_linear, "grad_linear"}, {&out_sparse, "out_sparse"},
       {&out_linear, "out_linear"}};
   for (const auto& [t, name] : like_q) {
     auto dt = t->scalar_type();
-    TORCH_CHECK(t->sizes() == q.sizes(), kBwdOp, ": ", name, " must have the shape of q ", q.sizes(),
-                ", got ", t->sizes());
+    TORCH_CHECK(t->sym_sizes() == q.sym_sizes(), kBwdOp, ": ", name, " must have the shape of q ", q.sym_sizes(),
+                ", got ", t->sym_sizes());
     TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, kBwdOp, ": ", name,
                 " must be float32, float16 or bfloat16, got ", dt);
     TORCH_CHECK(t->device() == q.device(), kBwdOp, ": ", name, " must be on the device of q (",
                 q.device(), "), got ", t->device());
   }
-  const auto rows = q.sizes().slice(0, 3);
+  const auto rows = q.sym_sizes().slice(0, 3);
   const std::pair<const at::Tensor*, const char*> per_row[] = {
       {&lse, "lse"}, {&delta, "delta"}, {&denom, "denom"}};
   for (const auto& [t, name] : per_row)
-    TORCH_CHECK(t->sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
+    TORCH_CHECK(t->sym_sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
                 ": ", name, " must be float32 of shape ", rows, " on ", q.device(), ", got ",
-                t->scalar_type(), " ", t->sizes(), " on ", t->device());
+                t->scalar_type(), " ", t->sym_sizes(), " on ", t->device());
+  return {parse_sla_feature_map(std::string(feature_map), kBwdOp), parse_sla_precision(precision, kBwdOp),
+          parse_attention_backend(backend, kBwdOp)};
 }
 
 namespace {
@@ -220,13 +231,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cpu(
     const std::optional<at::Tensor>& proj_weight, bool check_plan, c10::string_view precision,
     c10::string_view backend) {
   const NoAutocast no_autocast;
-  check_sla_inputs(kOp, q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k, proj_weight,
-                   check_plan);
-  // Validated; the CPU kernels compute in float32 with one kernel.
-  parse_sla_precision(precision, kOp);
-  parse_attention_backend(backend, kOp);
-  const auto fmap = parse_sla_feature_map(std::string(feature_map), kOp);
-  check_scale(scale, kOp);
+  // The CPU kernels compute in float32 with one kernel, whatever the precision and backend.
+  const auto fmap = check_sla_fwd_op(q_in, k_in, v_in, codes_in, kv_indices_in, kv_counts_in, block_q, block_k,
+                                     scale, feature_map, proj_weight, check_plan, precision, backend)
+                        .feature_map;
   cpu::check_capability(kOp);
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
   auto codes = codes_in.contiguous();
@@ -277,12 +285,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
     c10::string_view feature_map, bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight,
     bool check_plan, c10::string_view precision, c10::string_view backend) {
   const NoAutocast no_autocast;
-  check_sla_bwd_inputs(grad_sparse_in, grad_linear_in, q_in, k_in, v_in, codes_in, kv_indices_in,
-                       kv_counts_in, out_sparse_in, lse_in, delta_in, out_linear_in, denom_in, block_q,
-                       block_k, scale, feature_map, proj_weight, check_plan);
-  parse_sla_precision(precision, kBwdOp);
-  parse_attention_backend(backend, kBwdOp);
-  const auto fmap = parse_sla_feature_map(std::string(feature_map), kBwdOp);
+  const auto fmap = check_sla_bwd_op(grad_sparse_in, grad_linear_in, q_in, k_in, v_in, codes_in, kv_indices_in,
+                                     kv_counts_in, out_sparse_in, lse_in, delta_in, out_linear_in, denom_in, block_q,
+                                     block_k, scale, feature_map, proj_weight, check_plan, precision, backend)
+                        .feature_map;
   cpu::check_capability(kBwdOp);
 
   auto q = cpu_float32(q_in), k = cpu_float32(k_in), v = cpu_float32(v_in);
@@ -334,6 +340,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cpu(
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()), d_proj_weight};
 }
 
+// The Meta kernels (shapes for torch.compile, FakeTensor and the meta device): the ops' own checks,
+// but for the values, then uninitialised outputs of the kernels' shapes (contiguous, as they return).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_meta(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& codes,
+    const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q, int64_t block_k, double scale,
+    c10::string_view feature_map, bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight,
+    bool check_plan, c10::string_view precision, c10::string_view backend) {
+  check_sla_fwd_op(q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, proj_weight,
+                   check_plan, precision, backend);
+  const auto rows = q.sym_sizes().slice(0, 3);
+  const auto stats = q.options().dtype(at::kFloat);
+  return {at::empty_symint(q.sym_sizes(), q.options()), at::empty_symint(rows, stats),
+          at::empty_symint(q.sym_sizes(), q.options()), at::empty_symint(rows, stats)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_meta(
+    const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
+    const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
+    const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
+    bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight, bool check_plan,
+    c10::string_view precision, c10::string_view backend) {
+  check_sla_bwd_op(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, delta,
+                   out_linear, denom, block_q, block_k, scale, feature_map, proj_weight, check_plan, precision,
+                   backend);
+  return {at::empty_symint(q.sym_sizes(), q.options()), at::empty_symint(k.sym_sizes(), k.options()),
+          at::empty_symint(v.sym_sizes(), v.options()),
+          proj_weight.has_value() ? at::empty_symint(proj_weight->sym_sizes(), proj_weight->options())
+                                  : no_proj_weight_grad(q)};
+}
+
+std::tuple<at::Tensor, at::Tensor> sla_select_blocks_meta(const at::Tensor& scores, int64_t n_critical,
+                                                         int64_t n_negligible) {
+  check_sla_select_blocks_inputs(scores, n_critical, n_negligible);
+  return empty_select_blocks_outputs(scores, n_critical);
+}
+
 }  // namespace
 }  // namespace genaccel::ops
 
@@ -365,4 +408,10 @@ TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("sla_fwd", &genaccel::ops::sla_fwd_cpu);
   m.impl("sla_bwd", &genaccel::ops::sla_bwd_cpu);
   m.impl("sla_select_blocks", &genaccel::ops::sla_select_blocks_cpu);
+}
+
+TORCH_LIBRARY_IMPL(genaccel, Meta, m) {
+  m.impl("sla_fwd", &genaccel::ops::sla_fwd_meta);
+  m.impl("sla_bwd", &genaccel::ops::sla_bwd_meta);
+  m.impl("sla_select_blocks", &genaccel::ops::sla_select_blocks_meta);
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 
+#include "genaccel/attention/block_sparse/params.h"
 #include "genaccel/attention/sla/params.h"
 #include "genaccel/common/dtype.h"
 
@@ -22,24 +23,34 @@ struct NoAutocast {
 // The original repository's main-branch denominator epsilon (linear_over_all_keys=True).
 constexpr float kSlaAllKeysEps = 1e-5f;
 
-// Checks the inputs of sla_fwd (those of block_sparse_attn_fwd, plus the dtype, device and shape
-// of the int8 block codes and of the optional projection weight) and raises a c10::Error on the
-// first violation. With check_plan false, on CUDA, the plan's values (index ranges, agreement with
-// the codes) are taken on trust: checking them needs a host sync. On the CPU they are always
-// checked (no sync there, and the CPU kernels index with them unguarded).
-void check_sla_fwd_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
-                          int64_t block_q, int64_t block_k, const std::optional<at::Tensor>& proj_weight,
-                          bool check_plan);
+// The parsed string arguments of sla_fwd / sla_bwd.
+struct SlaOptions {
+  attention::SlaFeatureMap feature_map;
+  MatmulPrecision precision;
+  attention::Backend backend;
+};
 
-// Checks the inputs of sla_bwd (those of sla_fwd, the gradients and saved outputs, lse, delta and
-// denom) and raises a c10::Error naming sla_bwd on the first violation.
-void check_sla_bwd_inputs(
+// Every check of op sla_fwd's arguments, shared by its CPU, CUDA and Meta kernels: those of
+// block_sparse_attn_fwd, plus the dtype, device and shape of the int8 block codes and of the
+// optional projection weight, the scale and the string options (returned parsed); raises a
+// c10::Error naming sla_fwd and the argument on the first violation. With check_plan false, on
+// CUDA, the plan's values (codes in {-1, 0, 1}, index ranges, agreement with the codes) are taken on
+// trust: checking them needs a host sync. On the CPU they are always checked (no sync there, and the
+// CPU kernels index with them unguarded); on the meta device never (there are no values).
+SlaOptions check_sla_fwd_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& codes,
+                            const at::Tensor& kv_indices, const at::Tensor& kv_counts, int64_t block_q,
+                            int64_t block_k, double scale, c10::string_view feature_map,
+                            const std::optional<at::Tensor>& proj_weight, bool check_plan,
+                            c10::string_view precision, c10::string_view backend);
+
+// Likewise for sla_bwd: those of sla_fwd, plus the gradients and saved outputs, lse, delta and denom.
+SlaOptions check_sla_bwd_op(
     const at::Tensor& grad_sparse, const at::Tensor& grad_linear, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& codes, const at::Tensor& kv_indices, const at::Tensor& kv_counts,
     const at::Tensor& out_sparse, const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& out_linear,
     const at::Tensor& denom, int64_t block_q, int64_t block_k, double scale, c10::string_view feature_map,
-    const std::optional<at::Tensor>& proj_weight, bool check_plan);
+    const std::optional<at::Tensor>& proj_weight, bool check_plan, c10::string_view precision,
+    c10::string_view backend);
 
 // d_proj_weight when sla_bwd has no projection: an empty float32 tensor on q's device.
 at::Tensor no_proj_weight_grad(const at::Tensor& q);

@@ -60,12 +60,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_fwd_cuda(
     const std::optional<at::Tensor>& proj_weight, bool check_plan, c10::string_view precision_name,
     c10::string_view backend_name) {
   const NoAutocast no_autocast;
-  check_sla_fwd_inputs(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k, proj_weight, check_plan);
+  const auto [fmap, precision, backend] =
+      check_sla_fwd_op(q_in, k_in, v_in, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map_name,
+                       proj_weight, check_plan, precision_name, backend_name);
   check_row_head_dim(q_in, kOp);
-  const auto precision = parse_sla_precision(precision_name, kOp);
-  const auto backend = parse_attention_backend(backend_name, kOp);
-  const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kOp);
-  check_scale(scale, kOp);
   c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t B = q_in.size(0), H = q_in.size(1), Nq = q_in.size(2), D = q_in.size(3);
   auto out_linear = at::empty({B, H, Nq, D}, q_in.options());
@@ -99,12 +97,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sla_bwd_cuda(
     bool linear_over_all_keys, const std::optional<at::Tensor>& proj_weight, bool check_plan,
     c10::string_view precision_name, c10::string_view backend_name) {
   const NoAutocast no_autocast;
-  check_sla_bwd_inputs(grad_sparse, grad_linear, q_in, k_in, v_in, codes, kv_indices, kv_counts, out_sparse, lse,
-                       delta, out_linear, denom, block_q, block_k, scale, feature_map_name, proj_weight, check_plan);
+  const auto [fmap, precision, backend] =
+      check_sla_bwd_op(grad_sparse, grad_linear, q_in, k_in, v_in, codes, kv_indices, kv_counts, out_sparse, lse,
+                       delta, out_linear, denom, block_q, block_k, scale, feature_map_name, proj_weight, check_plan,
+                       precision_name, backend_name);
   check_row_head_dim(q_in, kBwdOp);
-  const auto precision = parse_sla_precision(precision_name, kBwdOp);
-  const auto backend = parse_attention_backend(backend_name, kBwdOp);
-  const auto fmap = parse_sla_feature_map(std::string(feature_map_name), kBwdOp);
   c10::cuda::CUDAGuard guard(q_in.device());
   const auto proj = float32_projection(proj_weight);
   auto d_proj = proj.defined() ? at::zeros_like(proj) : no_proj_weight_grad(q_in);

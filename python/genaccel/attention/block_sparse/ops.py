@@ -10,7 +10,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..._utils import BlockSize, block_size_pair, refuse_double_backward
+from ..._utils import BlockSize, block_size_pair, check_scale, refuse_double_backward
 from .plan import BlockSparsePlan, block_mask_to_indices
 
 # The ops' `backend` argument: which CUDA kernels run ("auto" is "sm80" until the wgmma kernels pass a
@@ -56,10 +56,9 @@ def block_sparse_attention(
     if plan.kv_indices.device != q.device:
         raise ValueError(f"the plan must be on the device of q ({q.device}), got {plan.kv_indices.device}")
     D = q.shape[-1]
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    scale = (1.0 / math.sqrt(D) if D > 0 else 1.0) if scale is None else check_scale(scale)
     out, lse = torch.ops.genaccel.block_sparse_attn_fwd(
-        q, k, v, plan.kv_indices, plan.kv_counts, plan.block_q, plan.block_k, float(scale),
+        q, k, v, plan.kv_indices, plan.kv_counts, plan.block_q, plan.block_k, scale,
         check_plan=check_plan, backend=backend, **plan.op_args())
     return (out, lse) if return_lse else out
 
@@ -89,30 +88,6 @@ def _plan_mask(block_mask, q: torch.Tensor, k: torch.Tensor, block_size) -> Bloc
     return BlockSparsePlan(kv_indices, kv_counts, bq, bk, max(tk, 1))
 
 
-@torch.library.register_fake("genaccel::block_sparse_attn_fwd")
-def _block_sparse_attn_fwd_fake(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, check_plan=True,
-                                backend="auto", q_block_offsets=None, k_block_offsets=None, key_major_offsets=None,
-                                key_major_queries=None):
-    torch._check(q.dim() == 4, lambda: f"q must be 4-D, got {q.dim()}-D")
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-    return out, lse
-
-
-@torch.library.register_fake("genaccel::block_sparse_attn_bwd")
-def _block_sparse_attn_bwd_fake(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale,
-                                check_plan=True, backend="auto", q_block_offsets=None, k_block_offsets=None,
-                                key_major_offsets=None, key_major_queries=None):
-    # The kernels return contiguous gradients whatever the inputs' strides.
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-@torch.library.register_fake("genaccel::block_sparse_key_major_plan")
-def _block_sparse_key_major_plan_fake(kv_indices, kv_counts, num_k_blocks):
-    bi, hi, tq, max_kv = kv_indices.shape
-    return (kv_indices.new_empty((bi, hi, num_k_blocks + 1)), kv_indices.new_empty((bi, hi, tq * max_kv)))
-
-
 def _block_sparse_attn_setup_context(ctx, inputs, output):
     q, k, v, kv_indices, kv_counts, block_q, block_k, scale, _, backend, *plan = inputs
     out, lse = output
@@ -126,11 +101,6 @@ def attention_delta(dout: torch.Tensor, out: torch.Tensor, dlse: Optional[torch.
     attention_delta: one pass over half-precision dout and out, without float32 copies."""
     delta = torch.ops.genaccel.attention_delta(dout, out)
     return delta if dlse is None else delta - dlse.float()
-
-
-@torch.library.register_fake("genaccel::attention_delta")
-def _attention_delta_fake(dout, out):
-    return out.new_empty(out.shape[:3], dtype=torch.float32)
 
 
 def _block_sparse_attn_backward(ctx, grad_out, grad_lse):

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..._utils import BlockSize, block_size_pair
+from ..._utils import BlockSize, block_size_pair, check_int
 
 
 def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int] = None):
@@ -23,19 +23,20 @@ def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int]
         raise ValueError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
     if block_mask.dim() != 4:
         raise ValueError(f"block_mask must be 4-D (B or 1, H or 1, Tq, Tk), got shape {tuple(block_mask.shape)}")
+    if max_kv_blocks is not None:
+        check_int("max_kv_blocks", max_kv_blocks)
     tk = block_mask.shape[-1]
     counts = block_mask.sum(dim=-1, dtype=torch.int32)
+    # Under torch.compile and on the meta device the counts have no values to read.
+    values = not torch.compiler.is_compiling() and not block_mask.is_meta and counts.numel() > 0
     if max_kv_blocks is None:
-        if torch.compiler.is_compiling() or counts.numel() == 0:
-            max_kv_blocks = tk
-        else:
-            max_kv_blocks = int(counts.max())
-    elif not torch.compiler.is_compiling() and counts.numel() > 0 and int(counts.max()) > max_kv_blocks:
+        max_kv_blocks = int(counts.max()) if values else tk
+    elif values and int(counts.max()) > max_kv_blocks:
         raise ValueError(
             f"max_kv_blocks={max_kv_blocks} is smaller than the {int(counts.max())} blocks a row of "
             "block_mask selects; a plan must list every selected block"
         )
-    if not 0 <= max_kv_blocks <= tk:
+    if max_kv_blocks > tk:
         raise ValueError(f"max_kv_blocks must be in [0, {tk}], got {max_kv_blocks}")
     # Selected block ids sort before the sentinel tk; a stable sort keeps them ascending.
     ids = torch.arange(tk, device=block_mask.device, dtype=torch.int32)

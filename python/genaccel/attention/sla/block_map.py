@@ -8,11 +8,12 @@ floor(low_k * Tk) negligible; ties go to the lower block index (op sla_select_bl
 CUDA kernel).
 """
 
+import contextlib
 from typing import Tuple
 
 import torch
 
-from ..._utils import BlockSize, block_size_pair, check_fraction
+from ..._utils import BlockSize, autocast_enabled, block_size_pair, check_fraction
 from .spec import block_counts
 
 
@@ -49,6 +50,10 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[3] < 1:
             raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D) with D >= 1, got {getattr(t, 'shape', type(t))}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if q.device != k.device:
+        raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head dim")
     if k.shape[1] == 0 or q.shape[1] == 0:
@@ -68,7 +73,7 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     pooled_k = pooled_k - (pooled_k * sizes).sum(dim=-2, keepdim=True) / nk
     # float32 scores also under autocast (which would run this matmul in half precision and so
     # change which blocks are critical).
-    with torch.autocast(q.device.type, enabled=False):
+    with torch.autocast(q.device.type, enabled=False) if autocast_enabled(q) else contextlib.nullcontext():
         scores = pooled_q @ pooled_k.repeat_interleave(group, dim=1).transpose(-1, -2)  # (B, H, Tq, Tk)
     n_crit, n_neg = block_counts(scores.shape[-1], topk, low_k)
     # Per row: the n_crit highest scores critical, the n_neg lowest negligible (ties to the lower
@@ -77,9 +82,3 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     codes, kv_indices = torch.ops.genaccel.sla_select_blocks(scores.contiguous(), n_crit, n_neg)
     kv_counts = torch.full(scores.shape[:-1], n_crit, dtype=torch.int32, device=q.device)
     return codes, kv_indices, kv_counts
-
-
-@torch.library.register_fake("genaccel::sla_select_blocks")
-def _sla_select_blocks_fake(scores, n_critical, n_negligible):
-    codes = scores.new_empty(scores.shape, dtype=torch.int8)
-    return codes, scores.new_empty((*scores.shape[:-1], n_critical), dtype=torch.int32)

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..._utils import BlockSize, block_size_pair, refuse_double_backward
+from ..._utils import BlockSize, autocast_enabled, block_size_pair, refuse_double_backward
 from ..block_sparse import attention_delta
 from .block_map import sla_block_map
 from .spec import FEATURE_MAPS
@@ -51,8 +51,7 @@ def sparse_linear_attention(
     topk and low_k are then unused, and the op checks the plan (one host sync on CUDA).
     """
     bq, bk = block_size_pair(block_size)
-    autocast = isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type)
-    if autocast:
+    if autocast_enabled(q):
         # As SDPA under autocast: the attention runs in the autocast dtype (the CUDA kernels take
         # half precision only, so a float32 model under autocast would otherwise be refused).
         amp = torch.get_autocast_dtype(q.device.type)
@@ -76,9 +75,11 @@ def sparse_linear_attention(
         check_plan = True
     D = q.shape[-1]
     for name, t, shape in (("proj_weight", proj_weight, (D, D)), ("proj_bias", proj_bias, (D,))):
-        if t is not None and (not t.is_floating_point() or tuple(t.shape) != shape):
-            raise ValueError(f"{name} must be a floating-point tensor of shape {shape}, got "
-                             f"{t.dtype} {tuple(t.shape)}")
+        if t is not None and (not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape
+                              or t.device != q.device):
+            raise ValueError(f"{name} must be a floating-point tensor of shape {shape} on the device of q "
+                             f"({q.device}), got {getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))} "
+                             f"on {getattr(t, 'device', None)}")
     scale = 1.0 / math.sqrt(D)
     # The op applies proj_weight itself (out_linear = O^l W^T, in float32 on the
     # values V W^T: no float32 pass over the output), whatever the weight's dtype, also under autocast.
@@ -98,14 +99,6 @@ def sparse_linear_attention(
     return out
 
 
-@torch.library.register_fake("genaccel::sla_fwd")
-def _sla_fwd_fake(q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, linear_over_all_keys,
-                  proj_weight=None, check_plan=True, precision="tf32", backend="auto"):
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    stats = q.new_empty(q.shape[:3], dtype=torch.float32)
-    return out, stats, torch.empty_like(out), torch.empty_like(stats)
-
-
 def _sla_fwd_setup_context(ctx, inputs, output):
     (q, k, v, codes, kv_indices, kv_counts, block_q, block_k, scale, feature_map, all_keys, proj_weight, _,
      precision, backend) = inputs
@@ -113,16 +106,6 @@ def _sla_fwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, codes, kv_indices, kv_counts, out_sparse, lse, out_linear, denom, proj_weight)
     ctx.args = (block_q, block_k, scale, feature_map, all_keys, precision, backend)
     ctx.mark_non_differentiable(denom)
-
-
-@torch.library.register_fake("genaccel::sla_bwd")
-def _sla_bwd_fake(grad_sparse, grad_linear, q, k, v, codes, kv_indices, kv_counts, out_sparse, lse,
-                  delta, out_linear, denom, block_q, block_k, scale, feature_map, linear_over_all_keys,
-                  proj_weight=None, check_plan=True, precision="tf32", backend="auto"):
-    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-    d_proj = (q.new_empty((0,), dtype=torch.float32) if proj_weight is None
-              else torch.empty_like(proj_weight, memory_format=torch.contiguous_format))
-    return dq, dk, dv, d_proj
 
 
 def _sla_fwd_backward(ctx, grad_sparse, grad_lse, grad_linear, grad_denom):
