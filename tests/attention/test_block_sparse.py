@@ -533,8 +533,8 @@ OP_BAD = [
     ("head_dim_0", lambda a: {**a, **{n: a[n][..., :0] for n in "qkv"}}, r"head dim must be in \[1, 256\], got 0"),
     ("head_dim_257", lambda a: {**a, **{n: torch.randn(*a[n].shape[:3], 257, dtype=a[n].dtype) for n in "qkv"}}, r"head dim must be in \[1, 256\], got 257"),
     # block sizes and scale
-    ("block_q_0", _set(block_q=0), r"block sizes must be in \[1, 2\^31 - 1\], got \(0, 32\)"),
-    ("block_k_negative", _set(block_k=-32), r"block sizes must be in \[1, 2\^31 - 1\], got \(32, -32\)"),
+    ("block_q_0", _set(block_q=0), r"block_q and block_k must be in \[1, 2\^31 - 1\], got \(0, 32\)"),
+    ("block_k_negative", _set(block_k=-32), r"block_q and block_k must be in \[1, 2\^31 - 1\], got \(32, -32\)"),
     ("scale_nan", _set(scale=float("nan")), r"scale must be finite"),
     ("scale_inf", _set(scale=float("inf")), r"scale must be finite"),
     ("scale_minus_inf", _set(scale=float("-inf")), r"scale must be finite"),

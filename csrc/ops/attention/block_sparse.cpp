@@ -94,9 +94,9 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK(D >= 1 && D <= 256, op, ": head dim must be in [1, 256], got ", D);
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, op,
-              ": block sizes must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
+              ": block_q and block_k must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
   const c10::SymInt Nk = k.sym_size(2);
-  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": sequence lengths must be below 2^31, got Nq=", Nq,
+  TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": q and k must have fewer than 2^31 tokens (sequence lengths), got Nq=", Nq,
               ", Nk=", Nk);
   const c10::SymInt Tq = offsets.q.defined() ? offsets.q.sym_size(-1) - 1 : (Nq + block_q - 1) / block_q;
   if (offsets.q.defined()) check_offsets_shape(offsets.q, "q_block_offsets", B, H, q.device(), op);
@@ -206,7 +206,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_key_major_plan(const at::Tensor&
   if (kv_counts.numel() > 0) {
     const auto [counts, used] = counts_and_used(kv_indices, kv_counts);
     TORCH_CHECK(!block_plan_invalid(kv_indices, counts, used, num_k_blocks).item<bool>(), op,
-                ": the plan has counts outside [0, max_kv] or entries outside [0, num_k_blocks=", num_k_blocks, ")");
+                ": kv_counts must lie in [0, max_kv] and the entries of kv_indices they count in [0, num_k_blocks=",
+                num_k_blocks, ")");
   }
   return key_major_plan(kv_indices.contiguous(), kv_counts.contiguous(), num_k_blocks);
 }
@@ -352,7 +353,7 @@ attention::Backend check_block_sparse_attn_bwd_op(const at::Tensor& dout, const 
   const auto rows = q.sym_sizes().slice(0, 3);
   for (const auto* t : {&delta, &lse})
     TORCH_CHECK(t->sym_sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), op,
-                ": delta and lse must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                ": delta and lse must be float32 of shape ", rows, " on the device of q (", q.device(), "), got ",
                 t->scalar_type(), " ", t->sym_sizes(), " on ", t->device());
   // The CUDA backward walks the key-major lists (their values checked like the plan's); the CPU
   // backward walks the query-major plan, so there they are checked for shape only.

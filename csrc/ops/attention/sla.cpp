@@ -153,7 +153,7 @@ SlaOptions check_sla_bwd_op(
       {&lse, "lse"}, {&delta, "delta"}, {&denom, "denom"}};
   for (const auto& [t, name] : per_row)
     TORCH_CHECK(t->sym_sizes() == rows && t->scalar_type() == at::kFloat && t->device() == q.device(), kBwdOp,
-                ": ", name, " must be float32 of shape ", rows, " on ", q.device(), ", got ",
+                ": ", name, " must be float32 of shape ", rows, " on the device of q (", q.device(), "), got ",
                 t->scalar_type(), " ", t->sym_sizes(), " on ", t->device());
   return {parse_sla_feature_map(std::string(feature_map), kBwdOp), parse_sla_precision(precision, kBwdOp),
           parse_attention_backend(backend, kBwdOp)};

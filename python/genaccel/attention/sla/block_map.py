@@ -61,7 +61,7 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float = 0.05, low_k: f
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} must be a multiple of key heads {k.shape[1]}")
     if q.shape[2] == 0 or k.shape[2] == 0:
-        raise ValueError(f"sla_block_map needs at least one query and one key, got Nq={q.shape[2]}, Nk={k.shape[2]}")
+        raise ValueError(f"sla_block_map: q and k need at least one token each, got Nq={q.shape[2]}, Nk={k.shape[2]}")
     group = q.shape[1] // k.shape[1]
     pooled_q = _pooled_blocks(q, bq)                                                  # (B, H, Tq, D)
     # Smooth-K: pooling is linear, so pool(k - mean_tokens(k)) = pool(k) - mean_tokens(k), and
