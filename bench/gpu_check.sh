@@ -167,6 +167,10 @@ step pytest_cuda 150 pytest_cuda.log "$PY" -m pytest -m cuda -q -rs -p no:cachep
   --ignore=tests/attention/test_block_sparse_fuzz.py tests
 step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 \
   "$PY" -m pytest -m cuda -q -s -x -p no:cacheprovider tests/attention/test_block_sparse_fuzz.py
+# The hostile-input battery on CUDA tensors (a sample of its cases, each in a forked child; no memory
+# limit on CUDA): its JSON lists every case's outcome.
+step hostile_cuda 120 pytest_cuda.log "$PY" -m genaccel.testing.hostile --device cuda --timeout 30 \
+  --json "$OUT/hostile_cuda.json"
 
 # 5. memcheck on small block-sparse and SLA runs. API errors are not reported: torch probes the driver
 # with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3. The smoke runs

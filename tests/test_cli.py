@@ -1,11 +1,14 @@
 """The `genaccel` command: bench runs end to end on tiny sizes and writes what it promises.
 
-No timing assertions (timing belongs in benchmarks); this checks the plumbing: table rows, JSON
-keys, the exit codes, the error on a missing GPU, the registry (a benchmark declared in this file
-runs through the same runner).
+No timing assertions on genaccel (timing belongs in benchmarks); this checks the plumbing: table
+rows, JSON keys, the exit codes, the error on a missing GPU, the registry (a benchmark declared in
+this file runs through the same runner; its candidates pause for known times, so that the speedup it
+reports has a known value).
 """
 
 import json
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import List
 
@@ -92,7 +95,10 @@ def test_bench_backward_rows(tmp_path):
                  "--set", "backward=true"]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert set(row["bwd_timings"]) == {"sdpa", "genaccel"}
-    assert row["bwd_genaccel_ms"] > 0 and row["bwd_speedup_vs_sdpa"] == row["bwd_sdpa_ms"] / row["bwd_genaccel_ms"]
+    # The speedup is SDPA's median backward sample over genaccel's (not the forward's, not inverted).
+    medians = {name: statistics.median(t["samples_ms"]) for name, t in row["bwd_timings"].items()}
+    assert medians["genaccel"] > 0
+    assert row["bwd_speedup_vs_sdpa"] == pytest.approx(medians["sdpa"] / medians["genaccel"], rel=1e-4)
 
 
 def test_bench_list_names_every_family(capsys):
@@ -154,12 +160,26 @@ class MatmulConfig:
         return f"matmul n{self.n}"
 
 
+# Each call of a candidate pauses first, genaccel for PAUSE_S and outer for 3 * PAUSE_S: far longer
+# than the arithmetic at these sizes, so the speedup over outer must come out near 3 (a busy machine
+# delays the first matmul after a pause by up to ~15 ms, hence pauses this long).
+PAUSE_S = 0.04
+
+
+def paused(seconds, fn):
+    def call():
+        time.sleep(seconds)
+        return fn()
+    return call
+
+
 def matmul_rows(cfg: MatmulConfig, run):
     for size in cfg.sizes:
         a, b = torch.randn(size, cfg.n), torch.randn(cfg.n, size)
         row = {"config": cfg.label(), "size": size}
         run.status(f"{cfg.label()} size {size}")
-        run.time(row, {"outer": lambda: sum(a[:, i, None] * b[i] for i in range(cfg.n)), "genaccel": lambda: a @ b})
+        run.time(row, {"outer": paused(3 * PAUSE_S, lambda: sum(a[:, i, None] * b[i] for i in range(cfg.n))),
+                       "genaccel": paused(PAUSE_S, lambda: a @ b)})
         run.check(a @ b + cfg.wrong, a.double() @ b.double(), row)
         yield row
 
@@ -181,18 +201,22 @@ def test_registered_benchmark_runs_end_to_end(matmul_bench, tmp_path, capsys):
     assert main(["bench", "--list"]) == 0
     assert "test-matmul" in capsys.readouterr().out
     path = tmp_path / "matmul.json"
-    argv = ["bench", "--family", "test-matmul", "--no-progress", "--json", str(path), "--set", "sizes=4,8,12"]
+    argv = ["bench", "--family", "test-matmul", "--no-progress", "--json", str(path), "--set", "sizes=4,8,12",
+            "--set", "min_rounds=3", "--set", "max_rounds=3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     data = json.loads(path.read_text())
     assert set(data) == {"schema", "family", "quick", "environment", "configs", "notes", "rows"}
     assert data["family"] == "test-matmul" and data["quick"] is False
-    assert data["configs"] == [dict(n=32, sizes=[4, 8, 12], wrong=False, dtype="float32", warmup=1, min_rounds=1,
-                                    max_rounds=2, target_s=0.0, label="matmul n32")]
+    assert data["configs"] == [dict(n=32, sizes=[4, 8, 12], wrong=False, dtype="float32", warmup=1, min_rounds=3,
+                                    max_rounds=3, target_s=0.0, label="matmul n32")]
     assert [r["size"] for r in data["rows"]] == [4, 8, 12]
     for r in data["rows"]:
-        assert set(r["timings"]) == {"outer", "genaccel"} and 1 <= r["timings"]["genaccel"]["n"] <= 2
-        assert r["speedup_vs_outer"] == r["outer_ms"] / r["genaccel_ms"]
+        assert set(r["timings"]) == {"outer", "genaccel"}
+        assert r["timings"]["outer"]["n"] == r["timings"]["genaccel"]["n"] == 3
+        medians = {name: statistics.median(t["samples_ms"]) for name, t in r["timings"].items()}
+        assert r["speedup_vs_outer"] == pytest.approx(medians["outer"] / medians["genaccel"], rel=1e-4)
+        assert 1.5 <= r["speedup_vs_outer"] <= 6  # the pauses' ratio is 3
         assert r["rel_err_tol"] == RTOL[torch.float32] and r["rel_err_ok"] is True
     assert len(_table_rows(out, "matmul n32")) == 3 and "FAIL" not in out
 

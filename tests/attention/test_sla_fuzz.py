@@ -1,6 +1,7 @@
 """Hypothesis fuzz of sparse_linear_attention: on the CPU, random shapes, block sizes, fractions,
 feature maps, semantics, dtypes and layouts give the float64 reference's output (on the same block
-codes) and, in float32, its gradients -- or a clean ValueError for invalid arguments, never a crash;
+codes) and, in float32, its gradients (every draw is valid: bad arguments are the hostile-input
+battery's, genaccel.testing.hostile);
 on CUDA, within its kernels' limits (bf16/fp16, D 32/64/96/128, block_q 64/128, block_k 64..256), the
 output and gradients (the linear branch in chunks: test_sla.py). Skipped where hypothesis is not
 installed."""

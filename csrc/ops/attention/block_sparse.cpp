@@ -96,6 +96,8 @@ void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK(block_q >= 1 && block_k >= 1 && block_q <= kIntMax && block_k <= kIntMax, op,
               ": block_q and block_k must be in [1, 2^31 - 1], got (", block_q, ", ", block_k, ")");
   const c10::SymInt Nk = k.sym_size(2);
+  TORCH_CHECK(B * H <= kIntMax, op, ": q's batch x heads must be below 2^31 (the kernels count them in int32), got ",
+              B, " x ", H);
   TORCH_CHECK(Nq <= kIntMax && Nk <= kIntMax, op, ": q and k must have fewer than 2^31 tokens (sequence lengths), got Nq=", Nq,
               ", Nk=", Nk);
   const c10::SymInt Tq = offsets.q.defined() ? offsets.q.sym_size(-1) - 1 : (Nq + block_q - 1) / block_q;

@@ -6,6 +6,9 @@ import json
 import sys
 import time
 
+import torch
+
+from ...benchmarks.timing import environment
 from . import all_cases, registry, run, sample, summary
 
 
@@ -34,6 +37,8 @@ def main(argv=None) -> int:
     results = run(pairs, a.device, jobs=a.jobs, timeout=a.timeout)
     s = summary(results)
     s["device"], s["seconds"], s["full"], s["skipped"] = a.device, round(time.monotonic() - start, 1), a.full, skipped
+    # After the run: on CUDA, naming the device initialises CUDA, which the forked children could not use.
+    s["environment"] = environment(torch.device(a.device))
     print(f"hostile battery on {a.device}: {s['cases']} cases, {s['passed']} passed, in {s['seconds']} s")
     print("  by outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_outcome"].items())))
     for op, row in sorted(s["by_op"].items()):

@@ -65,6 +65,10 @@ def wrapper_extra(spec):
         out = {name: a[name][:, :, :1].expand(B, a[name].shape[1], n, a[name].shape[3]) for name in "qkv"}
         return {**a, **out, "block_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool, device=a["q"].device).expand(1, 1, t, t)}
 
+    def all_batch_2_32(a):  # q, k, v consistently of batch 2^32 with one token: int32 counters would wrap
+        out = {name: a[name][:1, :, :1].expand(1 << 32, a[name].shape[1], 1, a[name].shape[3]) for name in "qkv"}
+        return {**a, **out, "block_mask": a["block_mask"][:, :, :1, :1]}
+
     def huge_block(a):  # one block of 2^31 - 1 tokens over N = 40000: scratch bounded by N, or refused clearly
         q = torch.randn(1, 1, 40000, 16).to(a["q"].device, a["q"].dtype)
         return {**a, "q": q, "k": q, "v": q, "block_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device),
@@ -73,6 +77,7 @@ def wrapper_extra(spec):
     return [
         Case(spec.name, "all_qkv_length_2^31", "family", all_huge, ERROR, r"fewer than 2\^31 tokens|memory|allocate"),
         Case(spec.name, "block_size_2^31-1_n40000", "family", huge_block, EITHER, r"block_q|block_k|memory"),
+        Case(spec.name, "all_qkv_batch_2^32", "family", all_batch_2_32, ERROR, r"batch x heads|memory|allocate"),
         Case(spec.name, "q_float16_kv_float32", "family", lambda a: {**a, "q": a["q"].half()}, ERROR, r"one dtype"),
         Case(spec.name, "empty_rows_only", "family", lambda a: {**a, "block_mask": torch.zeros_like(a["block_mask"])},
              RESULT),
