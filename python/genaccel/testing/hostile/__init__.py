@@ -25,6 +25,7 @@ runs the CI sample (GENACCEL_HOSTILE=full: every case).
 """
 
 import importlib
+import json
 import math
 import os
 import re
@@ -424,8 +425,6 @@ def _vm_bytes() -> int:
 
 
 def _child(spec: OpSpec, case: Case, device: str, seed: int, fd: int, memory_limit: int) -> None:
-    import json
-
     try:
         torch.set_num_threads(1)
         if device == "cpu" and memory_limit > 0:
@@ -443,8 +442,6 @@ def _child(spec: OpSpec, case: Case, device: str, seed: int, fd: int, memory_lim
 def run(pairs: List[Tuple[OpSpec, Case]], device: str = "cpu", jobs: int = 2, timeout: float = 60.0,
         memory_limit: int = 4 << 30, progress: bool = True) -> List[Dict[str, Any]]:
     """Runs each case in a forked child (at most `jobs` at a time): its outcome, detail and pass/fail."""
-    import json
-
     if device == "cuda" and torch.cuda.is_initialized():
         raise RuntimeError("hostile battery: CUDA is initialised in this process; the children it forks could not use it")
     pending = list(enumerate(pairs))

@@ -16,7 +16,7 @@ from genaccel.attention.sla.reference import (
     sparse_linear_attention_reference,
 )
 
-from . import EITHER, ERROR, RESULT, Case, OpSpec, register
+from . import ERROR, RESULT, Case, OpSpec, register
 from .block_sparse import bwd_reference as sparse_bwd_reference
 
 TOPK, LOW_K = 0.4, 0.2
