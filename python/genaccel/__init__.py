@@ -5,7 +5,8 @@ import torch  # noqa: F401  (loads libtorch before the extension that links agai
 from . import _ops  # noqa: F401  (loads genaccel._C, which registers torch.ops.genaccel.*)
 from . import nn  # noqa: F401
 from ._ops import build_info, has_cuda_kernels
-from .attention import block_mask_to_indices, block_sparse_attention
+from .attention import block_mask_to_indices, block_sparse_attention, mask_density
+from .attention.radial import radial_block_mask
 from .attention.sla import sla_block_map, sparse_linear_attention
 
 __version__ = build_info()["version"]
@@ -16,6 +17,8 @@ __all__ = [
     "block_sparse_attention",
     "build_info",
     "has_cuda_kernels",
+    "mask_density",
+    "radial_block_mask",
     "sla_block_map",
     "sparse_linear_attention",
 ]

@@ -1,5 +1,5 @@
-"""Family `attention`: block-sparse attention and the sparse-attention methods built on it (SLA)."""
+"""Family `attention`: block-sparse attention and the sparse-attention methods built on it (SLA, Radial)."""
 
-from .block_sparse import BlockSparsePlan, block_mask_to_indices, block_sparse_attention
+from .block_sparse import BlockSparsePlan, block_mask_to_indices, block_sparse_attention, mask_density
 
-__all__ = ["BlockSparsePlan", "block_mask_to_indices", "block_sparse_attention"]
+__all__ = ["BlockSparsePlan", "block_mask_to_indices", "block_sparse_attention", "mask_density"]

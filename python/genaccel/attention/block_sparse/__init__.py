@@ -2,6 +2,7 @@
 key blocks (the primitive under SLA, Radial and SVG2)."""
 
 from .ops import ATTENTION_BACKENDS, attention_delta, block_sparse_attention
-from .plan import BlockSparsePlan, block_mask_to_indices
+from .plan import BlockSparsePlan, block_mask_to_indices, mask_density
 
-__all__ = ["ATTENTION_BACKENDS", "BlockSparsePlan", "attention_delta", "block_mask_to_indices", "block_sparse_attention"]
+__all__ = ["ATTENTION_BACKENDS", "BlockSparsePlan", "attention_delta", "block_mask_to_indices", "block_sparse_attention",
+           "mask_density"]

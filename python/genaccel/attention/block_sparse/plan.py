@@ -46,6 +46,17 @@ def block_mask_to_indices(block_mask: torch.Tensor, max_kv_blocks: Optional[int]
     return kv_indices, counts.contiguous()
 
 
+def mask_density(block_mask: torch.Tensor) -> float:
+    """The fraction of True entries of a bool block mask (..., Tq, Tk): the share of (query block,
+    key block) pairs computed, averaged over any leading batch / head dims."""
+    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool or block_mask.dim() < 2:
+        raise ValueError(f"block_mask must be a bool tensor with at least 2 dims, got "
+                         f"{getattr(block_mask, 'dtype', type(block_mask))} {tuple(getattr(block_mask, 'shape', ()))}")
+    if block_mask.numel() == 0:
+        raise ValueError(f"block_mask must not be empty, got shape {tuple(block_mask.shape)}")
+    return float(block_mask.sum(dtype=torch.float64) / block_mask.numel())
+
+
 @dataclass(frozen=True)
 class BlockSparsePlan:
     """A planned block-sparse pattern, built once and run by every call that uses it.

@@ -41,7 +41,7 @@ import torch
 
 from .. import RTOL
 
-FAMILIES = ("genaccel.testing.hostile.block_sparse", "genaccel.testing.hostile.sla")
+FAMILIES = ("genaccel.testing.hostile.block_sparse", "genaccel.testing.hostile.sla", "genaccel.testing.hostile.radial")
 
 ERROR, RESULT, EITHER, SHAPES = "error", "result", "either", "shapes"
 PASSING = {ERROR: {"refused"}, RESULT: {"computed"}, EITHER: {"refused", "computed"}, SHAPES: {"computed"}}
@@ -261,6 +261,8 @@ SCALARS = {
               ("negative", -0.5, RESULT), ("tiny", 1e-30, RESULT), ("none", None, ERROR)],
     "optional_float": [("str", "0.3", ERROR), ("bool", True, ERROR), ("nan", math.nan, ERROR), ("inf", math.inf, ERROR),
                        ("above_float32", 1e39, ERROR), ("zero", 0.0, RESULT), ("negative", -0.5, RESULT)],
+    "nonnegative_float": [("str", "0.3", ERROR), ("bool", True, ERROR), ("nan", math.nan, ERROR), ("inf", math.inf, ERROR),
+                          ("negative", -0.5, ERROR), ("zero", 0.0, RESULT), ("large", 10.0, RESULT), ("none", None, ERROR)],
     "fraction": [("str", "0.2", ERROR), ("nan", math.nan, ERROR), ("negative", -0.1, ERROR), ("above_one", 1.5, ERROR),
                  ("bool", True, ERROR), ("inf", math.inf, ERROR)],
     # None for a bool with a default: torch's argument parsing takes the default, or refuses it.
