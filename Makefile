@@ -23,10 +23,11 @@ setup:
 	@echo "== building genaccel (editable)"
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
-# The main job (block-sparse attention vs SDPA), then the SLA benchmark and fine-tuning demos.
+# The main job (block-sparse attention vs SDPA), then the SLA, Radial benchmarks and the SLA fine-tuning demo.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
+	$(VENV)/bin/genaccel bench --family radial --quick
 	$(PY) bench/sla_finetune.py --quick
 
 test: setup

@@ -15,6 +15,8 @@ from typing import List
 import pytest
 import torch
 
+import genaccel
+
 from genaccel.benchmarks import Benchmark, register
 from genaccel.benchmarks.registry import REGISTRY, REL_ERR_COLUMN, column
 from genaccel.cli import main
@@ -105,15 +107,38 @@ def test_bench_list_names_every_family(capsys):
     assert main(["bench", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert {"attention", "sla", "sla-finetune"} <= set(names)
+    assert {"attention", "radial", "sla", "sla-finetune"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
 
 
-@pytest.mark.parametrize("family", ["attention", "sla", "sla-finetune"])
+@pytest.mark.parametrize("family", ["attention", "radial", "sla", "sla-finetune"])
 def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
     assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert "no_such_key" in err and family in err
+
+
+RADIAL_TINY = ["--set", "N=544", "--set", "num_frames=4", "--set", "text_tokens=32", "--set", "block_q=32",
+               "--set", "block_k=32", "--set", "H=2", "--set", "min_rounds=1", "--set", "max_rounds=1"]
+
+
+def test_bench_radial_rows_describe_the_mask(tmp_path):
+    out = tmp_path / "radial.json"
+    assert main(["bench", "--family", "radial", "--quick", "--no-progress", "--json", str(out), *RADIAL_TINY,
+                 "--set", "decay_factors=0.2,1.0"]) == 0
+    data = json.loads(out.read_text())
+    assert [r["decay_factor"] for r in data["rows"]] == [0.2, 1.0]
+    for row in data["rows"]:
+        mask = genaccel.radial_block_mask(4, 128, 32, row["decay_factor"], True, 32)
+        assert row["density"] == genaccel.mask_density(mask) and row["tokens_per_frame"] == 128
+        assert row["rel_err"] <= 1e-4 and row["speedup_vs_sdpa"] == pytest.approx(row["sdpa_ms"] / row["genaccel_ms"])
+
+
+@pytest.mark.parametrize("bad,what", [(["--set", "block_k=64"], "block_q and block_k"),
+                                      (["--set", "num_frames=5"], "num_frames")])
+def test_bench_radial_bad_geometry_is_refused(bad, what, capsys):
+    assert main(["bench", "--family", "radial", "--quick", "--no-progress", *RADIAL_TINY, *bad]) == 2
+    assert what in capsys.readouterr().err
 
 
 def test_bench_bad_choice_is_refused(capsys):

@@ -65,8 +65,8 @@ def finish_speedup_plot(fig, ax, path: str, what: str, rows: List[dict], env: di
     save_figure(fig, path)
 
 
-def block_sparse_speedups(rows: List[dict], env: dict, path: str) -> Optional[str]:
-    """Speedup over dense SDPA against density, log-log, with the ideal 1/density line."""
+def block_sparse_speedups(rows: List[dict], env: dict, path: str, what: str = "Block-sparse attention") -> Optional[str]:
+    """Speedup over dense SDPA against density, log-log, with the ideal 1/density line; `what` titles it."""
     plt = pyplot()
     if plt is None:
         return NO_MATPLOTLIB
@@ -93,7 +93,7 @@ def block_sparse_speedups(rows: List[dict], env: dict, path: str) -> Optional[st
             ax.plot(*zip(*flex), "s-", color=colors[(2 * i + 1) % len(colors)], label=f"FlexAttention{tag}")
     # Plain-number ticks at the densities people quote.
     xticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0) if all_d and lo / 1.3 <= t <= hi * 1.3]
-    finish_speedup_plot(fig, ax, path, "Block-sparse attention", rows, env,
+    finish_speedup_plot(fig, ax, path, what, rows, env,
                         "block density (fraction of key blocks kept)", xticks,
                         (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100), dict(loc="upper right", fontsize=9))
     return None
