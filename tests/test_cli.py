@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import genaccel
-
 from genaccel.benchmarks import Benchmark, register
 from genaccel.benchmarks.registry import REGISTRY, REL_ERR_COLUMN, column
 from genaccel.cli import main
