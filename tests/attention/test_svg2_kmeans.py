@@ -266,6 +266,7 @@ def test_bad_input_names_the_argument():
         (lambda: cluster_permute(x, torch.zeros(1, 2, 9, dtype=torch.int32), 3), ValueError, r"\blabels\b"),
         (lambda: cluster_permute(x, torch.zeros(1, 2, 10), 3), ValueError, r"\blabels\b"),
         (lambda: cluster_permute(x, torch.zeros(1, 2, 10, dtype=torch.int32), 0), ValueError, r"num_clusters"),
+        (lambda: cluster_permute(x, torch.zeros(1, 2, 10, dtype=torch.int32), 11), ValueError, r"num_clusters"),
     ]
     for fn, err, pattern in cases:
         with pytest.raises(err, match=pattern):

@@ -110,7 +110,8 @@ def cluster_permute(
     cluster_offsets). perm (B, H, N) int32 is the stable argsort of labels (tokens keep their order
     within a cluster), x_perm[b, h, i] = x[b, h, perm[b, h, i]], and cluster c is the segment
     cluster_offsets[b, h, c] : cluster_offsets[b, h, c + 1] (int32 (B, H, num_clusters + 1)). Labels
-    outside [0, num_clusters) sort after every cluster, past cluster_offsets[..., -1]. V reuses K's perm:
+    outside [0, num_clusters) sort after every cluster, past cluster_offsets[..., -1]. num_clusters in
+    [1, max(N, 1)] (clusters beyond those of the labels are empty segments). V reuses K's perm:
     cluster_permute(k, ...) then permute_rows(v, perm). Differentiable in x."""
     _check_x(x)
     if (not isinstance(labels, torch.Tensor) or labels.dim() != 3 or tuple(labels.shape) != tuple(x.shape[:3])
@@ -118,7 +119,10 @@ def cluster_permute(
         raise ValueError(f"labels must be an int32 or int64 tensor of shape (B, H, N) = {tuple(x.shape[:3])} on the "
                          f"device of x ({x.device}), got {getattr(labels, 'dtype', type(labels).__name__)} "
                          f"{tuple(getattr(labels, 'shape', ()))} on {getattr(labels, 'device', None)}")
-    check_int("num_clusters", num_clusters, 1)
+    N = x.shape[2]
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or not 1 <= num_clusters <= max(N, 1):
+        raise ValueError(f"num_clusters must be an int in [1, max(N, 1) = {max(N, 1)}] (N: the tokens per "
+                         f"(batch, head)), got {num_clusters!r}")
     keys = torch.where((labels >= 0) & (labels < num_clusters), labels, num_clusters)
     perm = torch.argsort(keys, dim=-1, stable=True).to(torch.int32)
     offsets = cluster_offsets(labels, num_clusters)

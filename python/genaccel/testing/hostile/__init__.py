@@ -41,7 +41,7 @@ import torch
 
 from .. import RTOL
 
-FAMILIES = ("genaccel.testing.hostile.block_sparse", "genaccel.testing.hostile.sla")
+FAMILIES = ("genaccel.testing.hostile.block_sparse", "genaccel.testing.hostile.sla", "genaccel.testing.hostile.svg2")
 
 ERROR, RESULT, EITHER, SHAPES = "error", "result", "either", "shapes"
 PASSING = {ERROR: {"refused"}, RESULT: {"computed"}, EITHER: {"refused", "computed"}, SHAPES: {"computed"}}
