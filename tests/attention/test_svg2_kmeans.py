@@ -141,10 +141,12 @@ def test_inertia_never_increases(device, gen):
 
 @pytest.mark.parametrize("device", devices())
 def test_warm_start_from_converged_centroids(device, gen):
-    x = blobs(gen, 2, 2, 300, 24, K=6, device=device)
-    labels, centroids, counts, iters_run = kmeans_op(x, init_of(gen, x, 10), 100, 1e-6)
+    # One initial centroid per blob: no near-ties, so that CUDA's float32 atomics (sums in another
+    # order each run) cannot flip a label either.
+    x, init = blobs(gen, 2, 2, 300, 24, K=10, spread=0.8, device=device, with_init=True)
+    labels, centroids, counts, iters_run = kmeans_op(x, init, 100, 1e-6)
     assert (iters_run < 100).all(), "did not converge"
-    labels2, centroids2, counts2, iters2 = kmeans_op(x, centroids, 2, 1e-6)
+    labels2, centroids2, counts2, iters2 = kmeans_op(x, centroids, 2, 1e-4)
     assert torch.equal(labels2, labels) and torch.equal(counts2, counts)
     assert (iters2 == 1).all()
     assert rel_err(centroids2.cpu(), centroids.cpu()) <= 1e-6
@@ -191,8 +193,11 @@ def test_non_finite_head_is_poisoned_alone(device, gen):
         assert (counts[b, h] == 0).all() and iters_run[b, h] == 0
         keep = torch.ones(2, 2, dtype=torch.bool)
         keep[b, h] = False
-        for got, want in zip((labels, centroids, counts, iters_run), clean):
-            assert torch.equal(got[keep.to(device)], want[keep.to(device)])
+        keep = keep.to(device)
+        for got, want in zip((labels, counts, iters_run), clean[::2] + clean[3:]):
+            assert torch.equal(got[keep], want[keep])
+        # CUDA's float32 atomics sum in another order on each run: the centroids agree to rounding.
+        assert rel_err(centroids[keep].cpu(), clean[1][keep].cpu()) <= (0 if device == "cpu" else 1e-6)
         ref = kmeans_reference(xs.cpu(), ins.cpu(), 10, 1e-4)
         assert torch.equal(labels.cpu(), ref[0]) and torch.equal(counts.cpu(), ref[2])
 
@@ -201,7 +206,7 @@ def test_non_finite_head_is_poisoned_alone(device, gen):
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
 def test_non_contiguous_x_and_init(device, layout, gen):
     B, H, N, D, C = 2, 3, 150, 16, 9
-    base = blobs(gen, B, H, N, D, K=5)
+    base, init = blobs(gen, B, H, N, D, K=C, with_init=True)
     if layout == "transposed":
         x = base.transpose(1, 2).contiguous().transpose(1, 2)
     elif layout == "sliced":
@@ -209,8 +214,8 @@ def test_non_contiguous_x_and_init(device, layout, gen):
     else:
         base = base[:1].expand(B, H, N, D).contiguous()
         x = base[:1].expand(B, H, N, D)
-    x, base = x.to(device), base.to(device)
-    init = init_of(gen, base, C)
+        init = init[:1].expand(B, H, C, D).contiguous()
+    x, base, init = x.to(device), base.to(device), init.to(device)
     want = kmeans_op(base, init, 10, 1e-4)
     got = kmeans_op(x, init.transpose(-1, -2).contiguous().transpose(-1, -2), 10, 1e-4)
     assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
@@ -448,8 +453,7 @@ def test_compile_fullgraph(gen):
 @pytest.mark.cuda
 @CUDA_MARKS[1]
 def test_cuda_matches_cpu(dtype, gen):
-    x = blobs(gen, 2, 4, 1000, 64, K=20, dtype=dtype)
-    init = init_of(gen, x, 32)
+    x, init = blobs(gen, 2, 4, 1000, 64, K=32, dtype=dtype, with_init=True)
     cpu = kmeans_op(x, init, 20, 1e-4)
     cuda = kmeans_op(x.cuda(), init.cuda(), 20, 1e-4)
     assert torch.equal(cuda[0].cpu(), cpu[0]) and torch.equal(cuda[2].cpu(), cpu[2])
