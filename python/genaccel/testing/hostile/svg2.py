@@ -1,0 +1,187 @@
+"""The SVG2 ops in the hostile-input battery: ops svg2_kmeans / svg2_permute / svg2_unpermute and the
+wrappers kmeans / cluster_permute, each checked against the float64 reference
+(attention/svg2/reference.py). The k-means base is well separated clusters with one initial centroid
+in each, so float32 and float64 Lloyd runs take the same steps and labels compare exactly."""
+
+import math
+
+import torch
+
+from genaccel.attention.svg2 import cluster_permute, kmeans
+from genaccel.attention.svg2.reference import kmeans_reference, permute_reference, unpermute_reference
+
+from . import ERROR, RESULT, Case, OpSpec, register
+
+B, H, N, D, C = 1, 2, 60, 8, 4
+
+
+def blobs(gen, device):
+    """x (B, H, N, D) float32 around C centres (every centre with N / C tokens) and init (B, H, C, D),
+    one token of each centre."""
+    centres = 3 * torch.randn(B, H, C, D, generator=gen)
+    which = torch.arange(N).remainder(C)
+    x = centres[:, :, which] + 0.25 * torch.randn(B, H, N, D, generator=gen)
+    return x.to(device), x[:, :, :C].contiguous().to(device)
+
+
+# -- op svg2_kmeans ------------------------------------------------------------------------------------
+
+
+def kmeans_base(gen, device):
+    x, init = blobs(gen, device)
+    return dict(x=x, init_centroids=init, iters=10, tol=1e-4)
+
+
+def kmeans_op_reference(a):
+    return kmeans_reference(a["x"], a["init_centroids"], a["iters"], a["tol"])
+
+
+def kmeans_extra(spec):
+    def far_centroid(a):  # an empty cluster from the start: keeps its centroid
+        init = a["init_centroids"].clone()
+        init[:, :, 1] = 100.0
+        return {**a, "init_centroids": init}
+
+    def duplicate_centroid(a):  # exact ties: the lowest index takes them all
+        init = a["init_centroids"].clone()
+        init[:, :, 3] = init[:, :, 0]
+        return {**a, "init_centroids": init}
+
+    return [
+        Case(spec.name, "empty_cluster", "family", far_centroid, RESULT),
+        Case(spec.name, "duplicate_centroids", "family", duplicate_centroid, RESULT),
+        Case(spec.name, "one_cluster", "family", lambda a: {**a, "init_centroids": a["init_centroids"][:, :, :1]},
+             RESULT),
+        Case(spec.name, "every_token_a_cluster", "family",
+             lambda a: {**a, "init_centroids": a["x"].float().contiguous()}, RESULT),
+        Case(spec.name, "more_clusters_than_tokens", "family",
+             lambda a: {**a, "init_centroids": torch.cat([a["x"], a["x"][:, :, :1]], 2).float()}, ERROR,
+             r"init_centroids"),
+        Case(spec.name, "all_nan", "family", lambda a: {**a, "x": torch.full_like(a["x"], math.nan)}, RESULT),
+        Case(spec.name, "bfloat16_x", "family", lambda a: {**a, "x": a["x"].bfloat16()}, RESULT),
+        Case(spec.name, "float16_x", "family", lambda a: {**a, "x": a["x"].half()}, RESULT),
+        Case(spec.name, "head_dim_above_512", "family",
+             lambda a: {**a, "x": torch.zeros(1, 1, 4, 513, device=a["x"].device),
+                        "init_centroids": torch.zeros(1, 1, 2, 513, device=a["x"].device)}, ERROR, r"head dim"),
+    ]
+
+
+register(OpSpec(
+    name="genaccel::svg2_kmeans",
+    call=torch.ops.genaccel.svg2_kmeans,
+    base=kmeans_base,
+    reference=kmeans_op_reference,
+    tensors=dict(x="data", init_centroids="data"),
+    scalars=dict(iters="int", tol="float"),
+    nonfinite=("x", "init_centroids"),
+    extra=kmeans_extra,
+))
+
+
+# -- genaccel.attention.svg2.kmeans -------------------------------------------------------------------
+
+
+def wrapper_base(gen, device):
+    x, init = blobs(gen, device)
+    return dict(x=x, num_clusters=C, iters=10, init=init, tol=1e-4)
+
+
+def wrapper_reference(a):
+    return kmeans_reference(a["x"], a["init"], a["iters"], a["tol"])[:3]
+
+
+register(OpSpec(
+    name="genaccel.attention.svg2.kmeans",
+    call=kmeans,
+    base=wrapper_base,
+    reference=wrapper_reference,
+    tensors=dict(x="data", init="data"),
+    scalars=dict(num_clusters="int", iters="int", tol="float"),
+    nonfinite=("x", "init"),
+    # The wrapper's errors about init and num_clusters name both where they must agree.
+    aliases=dict(init="init|num_clusters", num_clusters="num_clusters|init"),
+    extra=lambda spec: [
+        Case(spec.name, "num_clusters_above_n", "family", lambda a: {**a, "num_clusters": N + 1, "init": None}, ERROR,
+             r"num_clusters"),
+        Case(spec.name, "seed_and_init", "family", lambda a: {**a, "seed": 3}, ERROR, r"\bseed\b"),
+        Case(spec.name, "init_of_other_clusters", "family", lambda a: {**a, "num_clusters": C - 1}, ERROR,
+             r"\binit\b"),
+    ],
+))
+
+
+# -- ops svg2_permute / svg2_unpermute ------------------------------------------------------------------
+
+
+def permute_base(name):
+    def base(gen, device):
+        x = torch.randn(B, H, N, D, generator=gen).to(device)
+        perm = torch.rand(B, H, N, generator=gen).argsort(-1).to(torch.int32).to(device)
+        return {name: x, "perm": perm, "check_perm": True}
+    return base
+
+
+def perm_extra(spec):
+    def repeated(a):
+        perm = a["perm"].clone()
+        perm[..., 1] = perm[..., 0]
+        return {**a, "perm": perm}
+
+    def identity(a):
+        return {**a, "perm": torch.arange(N, dtype=torch.int32, device=a["perm"].device).expand(B, H, N).contiguous()}
+
+    return [
+        Case(spec.name, "perm_repeats_an_entry", "family", repeated, ERROR, r"\bperm\b"),
+        Case(spec.name, "identity_perm", "family", identity, RESULT),
+    ]
+
+
+for op_name, arg, ref in (("svg2_permute", "x", permute_reference), ("svg2_unpermute", "y", unpermute_reference)):
+    register(OpSpec(
+        name=f"genaccel::{op_name}",
+        call=getattr(torch.ops.genaccel, op_name),
+        base=permute_base(arg),
+        reference=lambda a, arg=arg, ref=ref: (ref(a[arg], a["perm"]),),
+        tensors={arg: "data", "perm": "index"},
+        scalars=dict(check_perm="bool"),
+        nonfinite=(arg,),
+        ok_dtypes={arg: (torch.float64,)},
+        extra=perm_extra,
+    ))
+
+
+# -- genaccel.attention.svg2.cluster_permute --------------------------------------------------------------
+
+
+def cluster_base(gen, device):
+    x = torch.randn(B, H, N, D, generator=gen).to(device)
+    return dict(x=x, labels=torch.randint(0, C, (B, H, N), generator=gen).to(torch.int32).to(device), num_clusters=C)
+
+
+def cluster_reference(a):
+    labels = a["labels"].long()
+    keys = torch.where((labels >= 0) & (labels < a["num_clusters"]), labels, a["num_clusters"])
+    perm = torch.argsort(keys, dim=-1, stable=True)
+    counts = torch.stack([(labels == c).sum(-1) for c in range(a["num_clusters"])], -1)
+    offsets = torch.nn.functional.pad(counts.cumsum(-1), (1, 0))
+    return permute_reference(a["x"], perm), perm.to(torch.int32), offsets.to(torch.int32)
+
+
+OUTSIDE = "labels outside [0, num_clusters) are documented input (they sort after every cluster)"
+
+register(OpSpec(
+    name="genaccel.attention.svg2.cluster_permute",
+    call=cluster_permute,
+    base=cluster_base,
+    reference=cluster_reference,
+    tensors=dict(x="data", labels="index"),
+    scalars=dict(num_clusters="int"),
+    nonfinite=("x",),
+    ok_dtypes=dict(x=(torch.float64,), labels=(torch.int64,)),
+    skip={"labels.fill_-5": OUTSIDE, "labels.fill_1048576": OUTSIDE, "labels.fill_2147483647": OUTSIDE},
+    extra=lambda spec: [
+        Case(spec.name, "labels_outside", "family",
+             lambda a: {**a, "labels": torch.where(a["labels"] == 1, -1, a["labels"] + (a["labels"] == 2) * 7)},
+             RESULT),
+    ],
+))
