@@ -8,6 +8,7 @@ from ._ops import build_info, has_cuda_kernels
 from .attention import block_mask_to_indices, block_sparse_attention, mask_density
 from .attention.radial import radial_block_mask
 from .attention.sla import sla_block_map, sparse_linear_attention
+from .attention.svg2 import cluster_permute, cluster_unpermute, kmeans, svg2_attention
 
 __version__ = build_info()["version"]
 
@@ -16,9 +17,13 @@ __all__ = [
     "block_mask_to_indices",
     "block_sparse_attention",
     "build_info",
+    "cluster_permute",
+    "cluster_unpermute",
     "has_cuda_kernels",
+    "kmeans",
     "mask_density",
     "radial_block_mask",
     "sla_block_map",
     "sparse_linear_attention",
+    "svg2_attention",
 ]

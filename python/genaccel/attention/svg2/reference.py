@@ -1,4 +1,5 @@
-"""float64 specification of SVG2's k-means and cluster permutation (never called by the fast path).
+"""float64 specification of SVG2's k-means, cluster permutation, cluster-pair selection and attention
+(never called by the fast path).
 
 The rules are those of ops.py's docstring: nearest centroid with ties to the lowest index, means with
 empty clusters kept, early stop after the first update whose largest centroid move is below tol, labels
@@ -73,3 +74,48 @@ def unpermute_reference(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """out[b, h, perm[b, h, i]] = y[b, h, i] in float64."""
     idx = perm.long().cpu().unsqueeze(-1).expand(*perm.shape, y.shape[-1])
     return torch.zeros(y.shape, dtype=torch.float64).scatter_(2, idx, y.double().cpu())
+
+
+def critical_cluster_pairs_reference(q_centroids, k_centroids, k_counts, top_p, min_kc_ratio, scale=None):
+    """bool (B, H, QC, KC) and the float64 mass (B, H, QC, KC), one query cluster at a time: the key
+    clusters in descending size-weighted softmax mass, kept while the mass kept before each is below
+    top_p, plus the top max(1, floor(min_kc_ratio * KC)); top_p = 1 keeps all."""
+    B, H, QC, D = q_centroids.shape
+    group = H // k_centroids.shape[1]
+    KC = k_centroids.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    pairs = torch.zeros(B, H, QC, KC, dtype=torch.bool)
+    mass = torch.zeros(B, H, QC, KC, dtype=torch.float64)
+    least = max(1, int(min_kc_ratio * KC))
+    for b in range(B):
+        for h in range(H):
+            ck, sizes = k_centroids[b, h // group].double(), k_counts[b, h // group].double()
+            for a in range(QC):
+                logits = ck @ q_centroids[b, h, a].double() * scale
+                w = sizes * torch.exp(logits - logits.max())
+                p = w / w.sum()
+                mass[b, h, a] = p
+                kept = 0.0
+                for rank, c in enumerate(sorted(range(KC), key=lambda c: -float(p[c]))):
+                    if kept < top_p or rank < least or top_p >= 1.0:
+                        pairs[b, h, a, c] = True
+                    kept += float(p[c])
+    return pairs, mass
+
+
+def svg2_attention_reference(q, k, v, q_labels, k_labels, pairs):
+    """float64 (B, H, N, D): attention in the original token order in which query i attends to key j
+    exactly when pairs[label_q(i), label_k(j)]; a query with no key gets 0."""
+    from ..block_sparse.reference import masked_matmul
+
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, N, D = q.shape
+    group = H // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    kl = k_labels.long().repeat_interleave(group, dim=1)
+    rows = torch.gather(pairs, 2, q_labels.long()[..., None].expand(B, H, N, pairs.shape[-1]))
+    mask = torch.gather(rows, 3, kl[:, :, None, :].expand(B, H, N, k.shape[2]))
+    logits = (q @ k.transpose(-1, -2) / D ** 0.5).masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    probs = torch.exp(logits - lse.clamp_min(torch.finfo(torch.float64).min))
+    return masked_matmul(probs, mask, v)

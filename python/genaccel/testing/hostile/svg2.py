@@ -1,5 +1,5 @@
-"""The SVG2 ops in the hostile-input battery: ops svg2_kmeans / svg2_permute / svg2_unpermute and the
-wrappers kmeans / cluster_permute, each checked against the float64 reference
+"""The SVG2 ops in the hostile-input battery: ops svg2_kmeans / svg2_permute / svg2_unpermute, the
+wrappers kmeans / cluster_permute / critical_cluster_pairs / svg2_attention, each checked against the float64 reference
 (attention/svg2/reference.py). The k-means base is well separated clusters with one initial centroid
 in each, so float32 and float64 Lloyd runs take the same steps and labels compare exactly."""
 
@@ -7,8 +7,14 @@ import math
 
 import torch
 
-from genaccel.attention.svg2 import cluster_permute, kmeans
-from genaccel.attention.svg2.reference import kmeans_reference, permute_reference, unpermute_reference
+from genaccel.attention.svg2 import cluster_permute, critical_cluster_pairs, kmeans, svg2_attention
+from genaccel.attention.svg2.reference import (
+    critical_cluster_pairs_reference,
+    kmeans_reference,
+    permute_reference,
+    svg2_attention_reference,
+    unpermute_reference,
+)
 
 from . import ERROR, RESULT, Case, OpSpec, register
 
@@ -184,4 +190,89 @@ register(OpSpec(
              lambda a: {**a, "labels": torch.where(a["labels"] == 1, -1, a["labels"] + (a["labels"] == 2) * 7)},
              RESULT),
     ],
+))
+
+
+# -- genaccel.attention.svg2.critical_cluster_pairs -----------------------------------------------------
+
+
+def pairs_base(gen, device):
+    qc = 2 * torch.randn(B, H, 6, D, generator=gen)
+    kc = 2 * torch.randn(B, 1, 10, D, generator=gen)
+    counts = torch.randint(1, 20, (B, 1, 10), generator=gen, dtype=torch.int32)
+    return dict(q_centroids=qc.to(device), k_centroids=kc.to(device), k_counts=counts.to(device), top_p=0.7,
+                min_kc_ratio=0.1, scale=None)
+
+
+def pairs_reference(a):
+    pairs, _ = critical_cluster_pairs_reference(a["q_centroids"].cpu(), a["k_centroids"].cpu(), a["k_counts"].cpu(),
+                                                a["top_p"], a["min_kc_ratio"], a["scale"])
+    return (pairs,)
+
+
+register(OpSpec(
+    name="genaccel.attention.svg2.critical_cluster_pairs",
+    call=critical_cluster_pairs,
+    base=pairs_base,
+    reference=pairs_reference,
+    tensors=dict(q_centroids="weight", k_centroids="weight", k_counts="count"),
+    scalars=dict(top_p="fraction", min_kc_ratio="fraction"),
+    skip={f"k_counts.fill_{n}": "k_counts are cluster sizes (softmax weights): any non-negative size is meaningful"
+          for n in (1 << 20,)},
+    ok_dtypes=dict(q_centroids=(torch.float64, torch.float16, torch.bfloat16),
+                   k_centroids=(torch.float64, torch.float16, torch.bfloat16), k_counts=(torch.int64,)),
+    extra=lambda spec: [
+        Case(spec.name, "nan_centroid", "family",
+             lambda a: {**a, "q_centroids": a["q_centroids"].index_fill(2, torch.tensor([1], device=a["q_centroids"].device),
+                                                                        math.nan)}, ERROR, r"q_centroids"),
+        Case(spec.name, "empty_key_cluster", "family",
+             lambda a: {**a, "k_counts": a["k_counts"].index_fill(2, torch.tensor([0, 3], device=a["k_counts"].device), 0)},
+             RESULT),
+        Case(spec.name, "all_kept", "family", lambda a: {**a, "min_kc_ratio": 1.0}, RESULT),
+    ],
+))
+
+
+# -- genaccel.svg2_attention ------------------------------------------------------------------------------
+
+
+def attention_base(gen, device):
+    q, q_init = blobs(gen, device)
+    k, k_init = blobs(gen, device)
+    k, k_init = k[:, :1].contiguous(), k_init[:, :1].contiguous()
+    v = torch.randn(k.shape, generator=gen).to(device)
+    return dict(q=q, k=k, v=v, num_q_clusters=C, num_k_clusters=C, top_p=0.5, min_kc_ratio=0.0, iters=5,
+                q_init=q_init, k_init=k_init, tol=1e-4, seed=None)
+
+
+def attention_reference(a):
+    q_labels, q_centroids, _, _ = kmeans_reference(a["q"], a["q_init"], a["iters"], a["tol"])
+    k_labels, k_centroids, k_counts, _ = kmeans_reference(a["k"], a["k_init"], a["iters"], a["tol"])
+    pairs, _ = critical_cluster_pairs_reference(q_centroids, k_centroids, k_counts, a["top_p"], a["min_kc_ratio"])
+    return (svg2_attention_reference(a["q"], a["k"], a["v"], q_labels, k_labels, pairs),)
+
+
+register(OpSpec(
+    name="genaccel.svg2_attention",
+    call=svg2_attention,
+    base=attention_base,
+    reference=attention_reference,
+    outputs=lambda r: (r[0],),
+    tensors=dict(q="data", k="data", v="data", q_init="weight", k_init="weight"),
+    scalars=dict(num_q_clusters="int", num_k_clusters="int", top_p="fraction", min_kc_ratio="fraction",
+                 iters="int"),
+    nonfinite=("v",),
+    aliases=dict(q="q, k, v|q_init|x", k="q, k, v|k_init|x", v="q, k, v", q_init="init", k_init="init",
+                 num_q_clusters="q_init", num_k_clusters="k_init"),
+    extra=lambda spec: [
+        Case(spec.name, "q_nan", "family", lambda a: {**a, "q": a["q"].index_fill(2, torch.tensor([3], device=a["q"].device),
+                                                                                   math.nan)}, ERROR, r"\bq holds NaN"),
+        Case(spec.name, "k_inf", "family", lambda a: {**a, "k": a["k"].index_fill(2, torch.tensor([0], device=a["k"].device),
+                                                                                   math.inf)}, ERROR, r"\bk holds NaN"),
+        Case(spec.name, "dense", "family", lambda a: {**a, "min_kc_ratio": 1.0}, RESULT),
+        Case(spec.name, "q_meta_only", "family", lambda a: {**a, **{n: a[n].to("meta") for n in ("q", "k", "v")}}, ERROR,
+             r"real device"),
+    ],
+    skip={"all_meta": "SVG2 plans from its inputs' values (the clusters): it has no shape-only (meta) form"},
+    devices=("cpu",),  # the CUDA kernels do not take variable-size blocks yet
 ))
