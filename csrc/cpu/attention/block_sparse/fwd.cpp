@@ -29,11 +29,13 @@ namespace {
 constexpr int kMaxRunKeys = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Per-thread scratch, allocated once per thread per call. Query columns are padded to kNR.
+// Per-thread scratch, allocated once per thread per call, for the largest query block (a unit
+// uses the first round_up(its rows, kNR) query columns).
+// pack_keys: rows of the K and V packing buffers (variable-size blocks only, else 0).
 struct Workspace {
   int q_pad;
-  std::vector<float> qt, st, ot, colmax, row_max, row_sum, corr;
-  Workspace(int block_q, int head_dim, int run_keys)
+  std::vector<float> qt, st, ot, colmax, row_max, row_sum, corr, kpack, vpack;
+  Workspace(int block_q, int head_dim, int run_keys, int pack_keys)
       : q_pad(round_up(block_q, kNR)),
         qt(static_cast<size_t>(head_dim) * q_pad),
         st(static_cast<size_t>(run_keys) * q_pad),
@@ -41,7 +43,9 @@ struct Workspace {
         colmax(q_pad),
         row_max(q_pad),
         row_sum(q_pad),
-        corr(q_pad) {}
+        corr(q_pad),
+        kpack(static_cast<size_t>(pack_keys) * head_dim),
+        vpack(static_cast<size_t>(pack_keys) * head_dim) {}
 };
 
 // Online-softmax update over a run, in log2 units: st is (n x q_pad) scores (one query per column)
@@ -109,10 +113,13 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
   const int h = static_cast<int>((task / p.num_q_blocks) % p.heads);
   const int b = static_cast<int>(task / (static_cast<int64_t>(p.num_q_blocks) * p.heads));
   const int kvh = h / (p.heads / p.kv_heads);
-  const int D = p.head_dim, q_pad = ws.q_pad;
+  const int D = p.head_dim;
   const auto queries = attention::query_block_tokens(p, b, h, qb);
   const int q0 = queries.begin, m = queries.end - queries.begin;
   if (m == 0) return;  // an empty variable-size block
+  // The unit's own width, not the largest block's: a variable-size block (an SVG2 cluster) is often
+  // far smaller than the largest, and every GEMM and softmax pass runs over q_pad query columns.
+  const int q_pad = round_up(m, kNR);
 
   float* out = static_cast<float*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride +
                static_cast<int64_t>(q0) * p.o_row_stride;
@@ -144,19 +151,67 @@ void run_query_block(const attention::BlockSparseFwdParams& p, int64_t task, int
   std::fill(ws.row_max.begin(), ws.row_max.end(), kNegInf);
   std::fill(ws.row_sum.begin(), ws.row_sum.end(), 0.f);
 
+  const bool pack = !ws.kpack.empty();
   for (int j = 0; j < count;) {
-    const int first = blocks[j];
-    int nblocks = 1;
-    while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
-    j += nblocks;
-    const auto keys = attention::key_blocks_tokens(p, b, h, first, first + nblocks);
-    const int k0 = keys.begin, n = keys.end - keys.begin;
+    // A run of keys: adjacent uniform blocks read in place, or (variable-size blocks, e.g. SVG2's
+    // clusters of a few dozen keys each) the selected blocks' rows copied into one packed run of up
+    // to kMaxRunKeys keys, so that the GEMMs see long runs rather than one short cluster at a time.
+    const float *kr, *vr;
+    int64_t k_stride, v_stride;
+    int n;
+    if (!pack) {
+      const int first = blocks[j];
+      int nblocks = 1;
+      while (j + nblocks < count && nblocks < max_run_blocks && blocks[j + nblocks] == first + nblocks) ++nblocks;
+      j += nblocks;
+      const auto keys = attention::key_blocks_tokens(p, b, h, first, first + nblocks);
+      n = keys.end - keys.begin;
+      kr = k + static_cast<int64_t>(keys.begin) * p.k_row_stride;
+      vr = v + static_cast<int64_t>(keys.begin) * p.v_row_stride;
+      k_stride = p.k_row_stride;
+      v_stride = p.v_row_stride;
+    } else {
+      const auto head = attention::key_blocks_tokens(p, b, h, blocks[j], blocks[j] + 1);
+      int end = j + 1;
+      n = head.end - head.begin;
+      bool contiguous = true;
+      int last_end = head.end;
+      while (end < count) {
+        const auto next = attention::key_blocks_tokens(p, b, h, blocks[end], blocks[end] + 1);
+        const int len = next.end - next.begin;
+        if (n + len > kMaxRunKeys) break;
+        contiguous &= next.begin == last_end || len == 0;
+        if (len > 0) last_end = next.end;
+        n += len;
+        ++end;
+      }
+      if (contiguous) {  // one range of keys (a single block, possibly longer than kMaxRunKeys)
+        kr = k + static_cast<int64_t>(head.begin) * p.k_row_stride;
+        vr = v + static_cast<int64_t>(head.begin) * p.v_row_stride;
+        k_stride = p.k_row_stride;
+        v_stride = p.v_row_stride;
+      } else {
+        float* kp = ws.kpack.data();
+        float* vp = ws.vpack.data();
+        for (int t = j; t < end; ++t) {
+          const auto keys = attention::key_blocks_tokens(p, b, h, blocks[t], blocks[t] + 1);
+          for (int r = keys.begin; r < keys.end; ++r, kp += D, vp += D) {
+            std::copy_n(k + static_cast<int64_t>(r) * p.k_row_stride, D, kp);
+            std::copy_n(v + static_cast<int64_t>(r) * p.v_row_stride, D, vp);
+          }
+        }
+        kr = ws.kpack.data();
+        vr = ws.vpack.data();
+        k_stride = v_stride = D;
+      }
+      j = end;
+    }
     if (j < count) prefetch_block(p, b, h, k, v, blocks[j]);
     if (n == 0) continue;  // empty variable-size key blocks
     float* st = ws.st.data();
-    micro_gemm<false, true>(n, q_pad, D, k + k0 * p.k_row_stride, p.k_row_stride, 1, qt, q_pad, st, q_pad, ws.colmax.data());
+    micro_gemm<false, true>(n, q_pad, D, kr, k_stride, 1, qt, q_pad, st, q_pad, ws.colmax.data());
     softmax_update(st, ws.colmax.data(), n, q_pad, ws, ot, D);
-    micro_gemm<true>(D, q_pad, n, v + k0 * p.v_row_stride, 1, p.v_row_stride, st, q_pad, ot, q_pad);
+    micro_gemm<true>(D, q_pad, n, vr, 1, v_stride, st, q_pad, ot, q_pad);
   }
 
   for (int i = 0; i < m; ++i) {
@@ -181,11 +236,16 @@ void block_sparse_fwd_f32(const attention::BlockSparseFwdParams& p) {
   // Scratch is sized by what a unit can actually hold: a block larger than its sequence is the
   // whole sequence.
   const int rows = std::min(p.block_q, p.seqlen_q);
-  const int run_keys = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(max_run_blocks) * p.block_k, 1, std::max(p.seqlen_k, 1)));
+  // Variable-size key blocks pack runs of up to kMaxRunKeys keys; a block longer than that is one run.
+  const bool pack = p.k_offsets != nullptr;
+  const int64_t run_max = pack ? std::max<int64_t>(kMaxRunKeys, p.block_k)
+                               : static_cast<int64_t>(max_run_blocks) * p.block_k;
+  const int run_keys = static_cast<int>(std::clamp<int64_t>(run_max, 1, std::max(p.seqlen_k, 1)));
+  const int pack_keys = pack ? std::min(kMaxRunKeys, run_keys) : 0;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tasks);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    Workspace ws(rows, p.head_dim, run_keys);
+    Workspace ws(rows, p.head_dim, run_keys, pack_keys);
     for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) run_query_block(p, t, max_run_blocks, ws);
   });
 }
