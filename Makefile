@@ -23,11 +23,14 @@ setup:
 	@echo "== building genaccel (editable)"
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
-# The main job (block-sparse attention vs SDPA), then the SLA, Radial benchmarks and the SLA fine-tuning demo.
+# The main job (block-sparse attention vs SDPA), then the SLA, Radial and SVG2 benchmarks, the sparse
+# attention quality comparison and the SLA fine-tuning demo.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
 	$(VENV)/bin/genaccel bench --family radial --quick
+	$(VENV)/bin/genaccel bench --family svg2 --quick
+	$(VENV)/bin/genaccel bench --family attention-quality --quick
 	$(PY) bench/sla_finetune.py --quick
 
 test: setup

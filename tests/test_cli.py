@@ -106,11 +106,11 @@ def test_bench_list_names_every_family(capsys):
     assert main(["bench", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert {"attention", "radial", "sla", "sla-finetune"} <= set(names)
+    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
 
 
-@pytest.mark.parametrize("family", ["attention", "radial", "sla", "sla-finetune"])
+@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2"])
 def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
     assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
@@ -260,3 +260,24 @@ def test_registered_benchmark_without_its_kernel_says_so(matmul_bench, tmp_path,
     assert data["rows"] == [] and data["configs"][0]["label"] == "matmul n32"
     assert any("no CPU kernel" in n and "genaccel::no_such_op" in n for n in data["notes"])
     assert "genaccel::no_such_op" in capsys.readouterr().out
+
+
+def test_bench_svg2_rows(tmp_path):
+    out = tmp_path / "svg2.json"
+    tiny = ["--set", "N=768", "--set", "frames=4", "--set", "height=12", "--set", "width=16", "--set", "H=2",
+            "--set", "num_q_clusters=8", "--set", "num_k_clusters=32", "--set", "kmeans_clusters=16",
+            "--set", "top_ps=0.9", "--set", "err_blocks=1", "--set", "min_rounds=1", "--set", "max_rounds=1"]
+    assert main(["bench", "--family", "svg2", "--quick", "--no-progress", "--json", str(out), *tiny]) == 0
+    kmeans_row, svg2_row = json.loads(out.read_text())["rows"]
+    assert kmeans_row["labels_agree"] > 0.99 and kmeans_row["speedup_vs_torch_kmeans"] > 0
+    assert 0 < svg2_row["density"] <= 1 and svg2_row["rel_err"] <= 1e-4
+    assert main(["bench", "--family", "svg2", "--quick", "--no-progress", *tiny, "--set", "N=700"]) == 2
+
+
+def test_bench_attention_quality_interpolates_between_sweep_points():
+    from genaccel.benchmarks.attention_quality import at_density
+
+    rows = [dict(method="svg2", density=0.1, rel_err_vs_dense=0.4), dict(method="svg2", density=0.3, rel_err_vs_dense=0.1),
+            dict(method="topk", density=0.2, rel_err_vs_dense=1.0)]
+    assert at_density(rows, "svg2", 0.2) == pytest.approx(0.2)  # geometric mean of 0.4 and 0.1
+    assert at_density(rows, "svg2", 0.05) is None and at_density(rows, "topk", 0.2) is None

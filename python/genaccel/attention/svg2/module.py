@@ -72,7 +72,8 @@ class SVG2Attention(torch.nn.Module):
     tokens or head dim differ from the cache's) runs `first_iters` k-means iterations from random
     tokens, later ones `warm_iters` from the cached centroids. Runs dense attention (torch SDPA) where
     step_idx < dense_timesteps. Any batch size. `last_density`: the token-pair density of the last
-    sparse call (None before one), for logging.
+    sparse call (None before one), for logging; `last_state`: that call's state (svg2_attention's:
+    centroids, labels, cluster pairs, density).
     """
 
     def __init__(self, num_q_clusters: int = 200, num_k_clusters: int = 1000, top_p: float = 0.9,
@@ -88,6 +89,7 @@ class SVG2Attention(torch.nn.Module):
         self.dense_timesteps = check_int("dense_timesteps", dense_timesteps)
         self.backend = check_choice("backend", backend, ATTENTION_BACKENDS)
         self.last_density: Optional[float] = None
+        self.last_state: Optional[dict] = None
         self._cache: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def reset_cache(self) -> None:
@@ -108,7 +110,7 @@ class SVG2Attention(torch.nn.Module):
         out, state = svg2_attention(q, k, v, self.num_q_clusters, self.num_k_clusters, self.top_p, self.min_kc_ratio,
                                     iters, q_init, k_init, backend=self.backend)
         self._cache = (state["q_centroids"], state["k_centroids"])
-        self.last_density = state["density"]
+        self.last_density, self.last_state = state["density"], state
         return out
 
     def extra_repr(self) -> str:
