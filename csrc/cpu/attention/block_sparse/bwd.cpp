@@ -27,6 +27,8 @@ namespace {
 
 constexpr int kMaxRunKeys = 256;
 
+// Buffers for the largest query block; q_pad is the padded width of the unit being run (set per unit:
+// a variable-size block, e.g. an SVG2 cluster, is often far smaller than the largest).
 struct Workspace {
   int q_pad, d_pad;
   std::vector<float> qt, dot, q_rows, do_rows, st, dpt, dqt, lse2, delta;
@@ -65,10 +67,11 @@ void run_query_block(const attention::BlockSparseBwdParams& bp, int b, int h, in
                      Workspace& ws, float* dk_acc, float* dv_acc) {
   const auto& p = bp.fwd;
   const int kvh = h / (p.heads / p.kv_heads);
-  const int D = p.head_dim, q_pad = ws.q_pad, d_pad = ws.d_pad;
+  const int D = p.head_dim, d_pad = ws.d_pad;
   const auto queries = attention::query_block_tokens(p, b, h, qb);
   const int q0 = queries.begin, m = queries.end - queries.begin;
   if (m == 0) return;  // an empty variable-size block
+  const int q_pad = ws.q_pad = round_up(m, kNR);
   const int64_t row0 = (static_cast<int64_t>(b) * p.heads + h) * p.seqlen_q + q0;  // into lse/delta/dq
 
   float* dq = static_cast<float*>(bp.dq) + row0 * D;
