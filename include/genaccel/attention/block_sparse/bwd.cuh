@@ -280,7 +280,10 @@ class VarKeyMajorQueryTiles {
   using Tile = VarQueryTile;
 
   GENACCEL_HOST_DEVICE __forceinline__ VarKeyMajorQueryTiles(const BlockSparseBwdCudaParams& p, int b, int kv_head, int k0)
-      : p_(p), b_(b), k0_(k0), k1_(min(k0 + kTile, p.bwd.fwd.seqlen_k)) {
+      : p_(p),
+        b_(b),
+        k0_(k0),
+        k1_(static_cast<int>(min(static_cast<int64_t>(k0) + kTile, static_cast<int64_t>(p.bwd.fwd.seqlen_k)))) {
     const int group = p.bwd.fwd.heads / p.bwd.fwd.kv_heads;
     head_ = kv_head * group;
     head_end_ = head_ + group;
