@@ -172,7 +172,8 @@ step fuzz_cuda 120 pytest_cuda.log env GENACCEL_FUZZ_VERBOSE=1 \
 step hostile_cuda 120 pytest_cuda.log "$PY" -m genaccel.testing.hostile --device cuda --timeout 30 \
   --json "$OUT/hostile_cuda.json"
 
-# 5. memcheck on small block-sparse and SLA runs. API errors are not reported: torch probes the driver
+# 5. memcheck on small block-sparse (uniform and variable-size blocks, trusted corrupted plans and
+# offsets) and SLA runs. API errors are not reported: torch probes the driver
 # with calls that are meant to fail; out-of-bounds accesses in our kernels exit with 3. The smoke runs
 # its GENACCEL_SLA_CHUNK_BYTES case in a child process, which --target-processes all checks too.
 SAN=$(command -v compute-sanitizer || true)

@@ -6,7 +6,9 @@ and chosen for the edges where kernels read or write out of bounds: partial last
 than one block, Nq != Nk, GQA, empty mask rows, broadcast masks, non-contiguous inputs, block_k of
 several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, block_q) kernel instance,
 a plan in descending order (a partly masked first tile), and corrupted plans taken on trust
-(check_plan=False: the kernels must stay in bounds); on Hopper the block-sparse cases run again
+(check_plan=False: the kernels must stay in bounds); variable-size blocks (SVG2's clusters: the
+mma.sync kernels' variable-block instances) with empty, single-token and multi-tile blocks, GQA with
+per-head partitions, and offsets taken on trust out of range; on Hopper the block-sparse cases run again
 with the wgmma kernels (backend="sm90"; GENACCEL_SKIP_WGMMA=1 skips them). The float64 reference
 runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels. Tolerances, rel_err
 and the input makers are those of genaccel.testing.
@@ -100,6 +102,92 @@ TRUSTED_PLAN_CASES = [
     ("trusted plan, negative indices", lambda idx, cnt: (idx - 100000, cnt)),
     ("trusted plan, counts past max_kv", lambda idx, cnt: (idx, cnt + 7)),
     ("trusted plan, negative counts", lambda idx, cnt: (idx, cnt - 100)),
+]
+
+
+# Variable-size blocks (q_block_offsets / k_block_offsets), forward and backward against the float64
+# reference: name, B, H, Hkv, Nq, Nk, D, dtype, query blocks, key blocks, per-head offsets, empty blocks.
+VARBLOCK_CASES = [
+    ("varblocks GQA 2:1, empty blocks", 1, 4, 2, 300, 260, 64, torch.bfloat16, 7, 9, True, True),
+    ("varblocks D=128 fp16, long blocks", 2, 2, 1, 500, 420, 128, torch.float16, 3, 2, False, False),
+    ("varblocks single-token blocks", 1, 2, 2, 40, 45, 64, torch.bfloat16, 40, 45, True, False),
+    ("varblocks D=96 (padded), small blocks", 1, 2, 1, 150, 170, 96, torch.bfloat16, 23, 31, True, True),
+]
+
+
+def random_offsets(gen, rows, n, blocks, allow_empty):
+    """int32 (rows, blocks + 1) offsets from 0 to n: random cut points, repeated ones (empty blocks)
+    when allow_empty."""
+    out = []
+    for _ in range(rows):
+        if allow_empty:
+            cuts = torch.randint(0, n + 1, (blocks - 1,), generator=gen)
+        else:
+            cuts = torch.randperm(n - 1, generator=gen)[: blocks - 1] + 1
+        out.append(torch.cat([torch.zeros(1, dtype=torch.long), cuts.sort().values, torch.full((1,), n)]))
+    return torch.stack(out).int()
+
+
+def run_varblock_case(case, gen) -> str:
+    import genaccel
+    from genaccel.attention import BlockSparsePlan
+    from genaccel.attention.block_sparse.reference import block_sparse_attention_reference
+
+    name, B, H, Hkv, nq, nk, D, dtype, tq, tk, per_head, allow_empty = case
+    ob, oh = (B, H) if per_head else (1, 1)
+    q_off = random_offsets(gen, ob * oh, nq, tq, allow_empty).view(ob, oh, tq + 1)
+    k_off = random_offsets(gen, ob * oh, nk, tk, allow_empty).view(ob, oh, tk + 1)
+    mask = torch.rand(B, H, tq, tk, generator=gen) < 0.4
+    mask[:, :, 0] = False  # a query block without keys
+    plan = BlockSparsePlan.from_mask(mask.cuda(), q_block_offsets=q_off.cuda(), k_block_offsets=k_off.cuda())
+    q = make_input(gen, (B, H, nq, D), dtype, "cpu")
+    k, v = (make_input(gen, (B, Hkv, nk, D), dtype, "cpu") for _ in range(2))
+    leaves = [t.cuda().requires_grad_() for t in (q, k, v)]
+    out, lse = genaccel.block_sparse_attention(*leaves, plan, return_lse=True)
+    go = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad((out * go.cuda()).float().sum(), leaves)
+    torch.cuda.synchronize()
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref, ref_lse = block_sparse_attention_reference(*ref_leaves, mask, (plan.block_q, plan.block_k), None, q_off, k_off)
+    expected = torch.autograd.grad((ref * go.double()).sum(), ref_leaves)
+    out, lse = out.detach().cpu(), lse.cpu()
+    err = rel_err(out, ref.detach())
+    finite = torch.isfinite(ref_lse)
+    lse_ok = torch.equal(torch.isfinite(lse), finite)
+    lse_err = rel_err(lse[finite], ref_lse[finite]) if finite.any() else 0.0
+    tol = RTOL[dtype]
+    if not torch.isfinite(out).all() or err > tol or lse_err > tol or not lse_ok:
+        return f"FAIL rel err out {err:.2e} lse {lse_err:.2e} (tol {tol:.0e}), lse -inf rows match: {lse_ok}"
+    grad_errs = [rel_err(g.cpu(), e) for g, e in zip(grads, expected)]
+    if not all(torch.isfinite(g).all() for g in grads) or max(grad_errs) > 2 * tol:
+        return f"FAIL backward rel err dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)} (tol {2 * tol:.0e})"
+    return (f"ok   rel err out {err:.2e} lse {lse_err:.2e}, "
+            f"dq/dk/dv {', '.join(f'{e:.2e}' for e in grad_errs)}")
+
+
+def run_trusted_offsets_case(case, gen) -> str:
+    """Variable-size block offsets taken on trust (check_plan=False) out of range, decreasing and
+    longer than block_q / block_k: wrong numbers are allowed, out-of-bounds accesses (memcheck) not."""
+    name, bad = case
+    B, H, N, D = 1, 2, 200, 64
+    q, k, v = (torch.randn(B, H, N, D, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    import genaccel
+
+    mask = (torch.rand(B, H, 4, 4, generator=gen) < 0.6).cuda()
+    idx, cnt = genaccel.block_mask_to_indices(mask, max_kv_blocks=4)
+    off = torch.tensor(bad, dtype=torch.int32).view(1, 1, 5).cuda()
+    op = torch.ops.genaccel
+    kw = dict(check_plan=False, q_block_offsets=off, k_block_offsets=off)
+    out, lse = op.block_sparse_attn_fwd(q, k, v, idx, cnt, 64, 64, 0.125, **kw)
+    delta = op.attention_delta(out, out)
+    op.block_sparse_attn_bwd(out, q, k, v, delta, lse, idx, cnt, 64, 64, 0.125, **kw)
+    torch.cuda.synchronize()
+    return "ok   ran in bounds (memcheck)"
+
+
+TRUSTED_OFFSETS_CASES = [
+    ("trusted offsets, out of range", [0, -300, 100000, 50, 200]),
+    ("trusted offsets, blocks above block_q", [0, 5, 190, 195, 200]),
 ]
 
 
@@ -337,7 +425,9 @@ def main() -> int:
             + [(case[0], run_sla_case, case, True) for case in SLA_CASES]
             + [(case[0], run_select_case, case, True) for case in SELECT_CASES]
             + [(case[0], run_delta_case, case, True) for case in DELTA_CASES]
-            + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES])
+            + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES]
+            + [(case[0], run_varblock_case, case, True) for case in VARBLOCK_CASES]
+            + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
         runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]

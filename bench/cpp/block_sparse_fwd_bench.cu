@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
   p.seqlen_q = p.seqlen_k = N, p.head_dim = D;
   p.block_q = p.block_k = block;
   p.num_q_blocks = T;
+  p.num_k_blocks = T;
   p.scale = 1.f / std::sqrt(static_cast<float>(D));
 
   if (const char* why = genaccel::cuda::block_sparse_fwd_unsupported(p, DType::kBFloat16, genaccel::attention::Backend::kSm80)) {

@@ -269,6 +269,7 @@ attention::BlockSparseFwdParams make_block_sparse_fwd_params(
   p.block_q = static_cast<int>(block_q);
   p.block_k = static_cast<int>(block_k);
   p.num_q_blocks = static_cast<int>(kv_indices.size(2));
+  p.num_k_blocks = static_cast<int>(offsets.k.defined() ? offsets.k.size(-1) - 1 : (k.size(2) + block_k - 1) / block_k);
   p.scale = static_cast<float>(scale);
   // Offsets (checked contiguous in their last dim) broadcast over batch/heads of size 1.
   if (offsets.q.defined()) {

@@ -18,13 +18,6 @@ namespace genaccel::ops {
 
 namespace {
 
-void refuse_variable_blocks(const std::optional<at::Tensor>& q_offsets, const std::optional<at::Tensor>& k_offsets,
-                            const char* op) {
-  TORCH_CHECK(!q_offsets.has_value() && !k_offsets.has_value(), op,
-              " (CUDA): variable-size blocks (q_block_offsets / k_block_offsets) run on the CPU kernels only so far "
-              "(the CUDA kernels take uniform blocks)");
-}
-
 at::Tensor attention_delta_cuda(const at::Tensor& dout_in, const at::Tensor& out_in) {
   check_attention_delta_inputs(dout_in, out_in);
   c10::cuda::CUDAGuard guard(out_in.device());
@@ -45,12 +38,14 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cuda(
     c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
     const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
     const std::optional<at::Tensor>& key_major_queries) {
-  refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_fwd");
+  // Variable-size blocks run on the mma.sync kernels' variable-block instances; backend 'sm90' refuses
+  // them (cuda::block_sparse_fwd_unsupported).
+  const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
   const auto parsed = check_block_sparse_attn_fwd_op(q, k, v, kv_indices, kv_counts, block_q, block_k, scale,
-                                                     check_plan, backend, {},
+                                                     check_plan, backend, offsets,
                                                      KeyMajor::of(key_major_offsets, key_major_queries));
   return run_block_sparse_fwd_cuda(q, k, v, kv_indices, kv_counts, block_q, block_k, scale, parsed,
-                                   "block_sparse_attn_fwd");
+                                   "block_sparse_attn_fwd", offsets);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
@@ -60,12 +55,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
     c10::string_view backend, const std::optional<at::Tensor>& q_block_offsets,
     const std::optional<at::Tensor>& k_block_offsets, const std::optional<at::Tensor>& key_major_offsets,
     const std::optional<at::Tensor>& key_major_queries) {
-  refuse_variable_blocks(q_block_offsets, k_block_offsets, "block_sparse_attn_bwd");
+  const auto offsets = BlockOffsets::of(q_block_offsets, k_block_offsets);
   const auto key_major = KeyMajor::of(key_major_offsets, key_major_queries);
   const auto parsed = check_block_sparse_attn_bwd_op(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q,
-                                                     block_k, scale, check_plan, backend, {}, key_major);
+                                                     block_k, scale, check_plan, backend, offsets, key_major);
   return run_block_sparse_bwd_cuda(dout, q, k, v, delta, lse, kv_indices, kv_counts, block_q, block_k, scale, parsed,
-                                   "block_sparse_attn_bwd", key_major);
+                                   "block_sparse_attn_bwd", key_major, offsets);
 }
 
 }  // namespace

@@ -37,6 +37,28 @@ int launch_kernels(DkDvKernel dkdv, DqKernel dq, const BlockSparseBwdCudaParams&
   return cudaGetLastError();
 }
 
+// Variable-size blocks (mma.sync only): the dK/dV grid as for uniform blocks, the dQ grid (num_q_blocks *
+// tiles_per_block, heads, batch) as the variable-block forward.
+template <class T, int kHeadDim, int kBlockQ>
+int launch_varblock(const BlockSparseBwdCudaParams& p, int tiles_per_block, cudaStream_t stream) {
+  using DkDv = attention::DkDvTraits<T, kHeadDim>;
+  using Dq = attention::DqTraits<T, kHeadDim, kBlockQ>;
+  const auto dkdv = attention::block_sparse_bwd_dkdv_varblock_kernel<DkDv>;
+  const auto dq = attention::block_sparse_bwd_dq_varblock_kernel<Dq>;
+  const auto& f = p.bwd.fwd;
+  cudaError_t err = allow_smem(dkdv, DkDv::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  err = allow_smem(dq, Dq::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 dkdv_grid((f.seqlen_k + DkDv::kTile - 1) / DkDv::kTile, f.kv_heads, f.batch);
+  dkdv<<<dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const dim3 dq_grid(static_cast<unsigned>(static_cast<int64_t>(f.num_q_blocks) * tiles_per_block), f.heads, f.batch);
+  dq<<<dq_grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p, tiles_per_block);
+  return cudaGetLastError();
+}
+
 template <class T, int kHeadDim, int kBlockQ>
 int launch(const BlockSparseBwdCudaParams& p, bool wgmma, cudaStream_t stream) {
   if (wgmma) {
@@ -73,6 +95,17 @@ int block_sparse_bwd(const BlockSparseBwdCudaParams& p, DType dtype, attention::
   const auto s = static_cast<cudaStream_t>(stream);
   const bool wgmma = backend == attention::Backend::kSm90;
   int err = cudaErrorInvalidValue;
+  if (attention::has_variable_blocks(f)) {
+    const attention::VarRowTiling tiling = attention::var_row_tiling(f);
+    dispatch_half(dtype, [&](auto t) {
+      dispatch_int<64, 128>(f.head_dim, [&](auto d) {
+        dispatch_int<64, 128>(tiling.block_q, [&](auto bq) {
+          err = launch_varblock<decltype(t), decltype(d)::value, decltype(bq)::value>(p, tiling.tiles_per_block, s);
+        });
+      });
+    });
+    return err;
+  }
   dispatch_half(dtype, [&](auto t) {
     dispatch_int<64, 128>(f.head_dim, [&](auto d) {
       dispatch_int<64, 128>(f.block_q, [&](auto bq) {

@@ -46,12 +46,17 @@ struct KernelHeadDim {
   at::Tensor cut(const at::Tensor& x) const { return D == padded ? x : x.narrow(3, 0, D).contiguous(); }
 };
 
+// Variable-size block offsets as the kernels read them: contiguous rows (undefined stays undefined).
+BlockOffsets contiguous(const BlockOffsets& o) {
+  return {o.q.defined() ? o.q.contiguous() : o.q, o.k.defined() ? o.k.contiguous() : o.k};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv_indices_in, const at::Tensor& kv_counts_in, int64_t block_q,
-    int64_t block_k, double scale, attention::Backend backend, const char* op) {
+    int64_t block_k, double scale, attention::Backend backend, const char* op, const BlockOffsets& offsets_in) {
   c10::cuda::CUDAGuard guard(q_in.device());
   const KernelHeadDim head_dim(q_in, op);
   auto q = head_dim.rows(q_in), k = head_dim.rows(k_in), v = head_dim.rows(v_in);
@@ -59,8 +64,9 @@ std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {head_dim.cut(out), lse.fill_(-INFINITY)};
+  const BlockOffsets offsets = contiguous(offsets_in);
   auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q, block_k,
-                                        scale);
+                                        scale, offsets);
   const DType dtype = to_dtype(q.scalar_type());
   const char* why = cuda::block_sparse_fwd_unsupported(p, dtype, backend);
   TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
@@ -74,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& delta_in, const at::Tensor& lse_in, const at::Tensor& kv_indices_in,
     const at::Tensor& kv_counts_in, int64_t block_q, int64_t block_k, double scale, attention::Backend backend,
-    const char* op, const KeyMajor& key_major) {
+    const char* op, const KeyMajor& key_major, const BlockOffsets& offsets_in) {
   c10::cuda::CUDAGuard guard(q_in.device());
   if (q_in.numel() == 0 || k_in.numel() == 0)
     return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
@@ -87,13 +93,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
+  const BlockOffsets offsets = contiguous(offsets_in);
   attention::BlockSparseBwdCudaParams p{};
   p.bwd = make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices, kv_counts, dq, dk, dv,
-                                       block_q, block_k, scale);
+                                       block_q, block_k, scale, offsets);
   const DType dtype = to_dtype(q.scalar_type());
   const char* why = cuda::block_sparse_bwd_unsupported(p, dtype, backend);
   TORCH_CHECK(why == nullptr, op, " (CUDA): ", why ? why : "");
-  const int64_t Tk = (k.size(2) + block_k - 1) / block_k;
+  const int64_t Tk = p.bwd.fwd.num_k_blocks;  // the offsets' key blocks, or ceil(Nk / block_k)
   // A given key-major plan is taken on trust (checked by the op when asked), but clamped into range:
   // a wrong one gives wrong gradients, not an illegal address. Tiny tensors, no host sync.
   auto [q_offsets, q_list] =

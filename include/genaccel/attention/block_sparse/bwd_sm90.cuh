@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2
     ptx::cp_async_commit();
 
     float lse2[2], delta[2];
-    load_row_stats(p, b, h, q0, warp_row0, lane, lse2, delta);
+    load_row_stats(p, b, h, q0, f.seqlen_q, warp_row0, lane, lse2, delta);
 
     const float scale_log2 = f.scale * kLog2e;
     const auto compute = [&](const KeyTile& t, int stage) {
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kWarpgroups == 1 ? 2
 
   // Staged through the Q tile once every warpgroup is done reading it.
   __syncthreads();
-  store_dq_rows<T, D>(p, b, h, q0, warp_row0, lane, dq, reinterpret_cast<T*>(smem));
+  store_dq_rows<T, D>(p, b, h, q0, f.seqlen_q, warp_row0, lane, dq, reinterpret_cast<T*>(smem));
 }
 
 }  // namespace genaccel::attention

@@ -158,7 +158,7 @@ __device__ __forceinline__ void attention_fwd_mainloop_sm90(const BlockSparseFwd
   // Epilogue as in the mma.sync kernel, staged through the Q tile once every warpgroup is done
   // reading it.
   __syncthreads();
-  store_fwd_rows<T, D>(p, b, h, q0, warp_row0, lane, acc, softmax, reinterpret_cast<T*>(smem));
+  store_fwd_rows<T, D>(p, b, h, q0, p.seqlen_q, warp_row0, lane, acc, softmax, reinterpret_cast<T*>(smem));
 }
 
 // grid (num_q_blocks, heads, batch), as the mma.sync kernel.

@@ -42,12 +42,20 @@ struct BlockSparseFwdParams {
   // Variable-size blocks (SVG2's clusters): token offsets, int32 (Bo, Ho, num_q_blocks + 1) and
   // (Bo, Ho, num_k_blocks + 1), per (batch, query head) and broadcast like the plan (stride 0), from 0
   // to the sequence length and non-decreasing. Null: uniform blocks of block_q / block_k tokens, the
-  // last one partial. (CPU kernels only, so far.)
+  // last one partial. The CPU kernels and the CUDA mma.sync (sm80) kernels take them; the wgmma
+  // (sm90) kernels refuse them.
   const int32_t* q_offsets;
   const int32_t* k_offsets;
   int64_t qoff_batch_stride, qoff_head_stride;
   int64_t koff_batch_stride, koff_head_stride;
+  int num_k_blocks;  // the offsets' key block count, or ceil(seqlen_k / block_k)
 };
+
+// Whether a call has variable-size blocks on either side (the CUDA kernels then run their
+// variable-block instances, which read both sides through query_block_tokens / key_blocks_tokens).
+GENACCEL_HOST_DEVICE inline bool has_variable_blocks(const BlockSparseFwdParams& p) {
+  return p.q_offsets != nullptr || p.k_offsets != nullptr;
+}
 
 // Tokens [begin, end) of a block or of a run of adjacent blocks.
 struct TokenRange {
@@ -61,7 +69,8 @@ GENACCEL_HOST_DEVICE inline TokenRange query_block_tokens(const BlockSparseFwdPa
     return {o[qb], o[qb + 1]};
   }
   const int begin = qb * p.block_q;
-  return {begin, begin + p.block_q < p.seqlen_q ? begin + p.block_q : p.seqlen_q};
+  const int64_t end = static_cast<int64_t>(begin) + p.block_q;
+  return {begin, end < p.seqlen_q ? static_cast<int>(end) : p.seqlen_q};
 }
 
 // The tokens of the adjacent key blocks [first, last) seen by (batch b, query head h).

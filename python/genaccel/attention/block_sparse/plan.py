@@ -66,7 +66,7 @@ class BlockSparsePlan:
     tokens per block, or with variable-size blocks the largest block. q_offsets / k_offsets: int32
     token offsets (Bo, Ho, T + 1) of variable-size blocks per (batch, query head), from 0 to the
     sequence length (None: uniform blocks, the last one partial; variable-size blocks run on the CPU
-    kernels so far). key_major: the lists transposed to key-major order (block_sparse_key_major_plan)
+    and the CUDA sm80 kernels, not on backend="sm90"). key_major: the lists transposed to key-major order (block_sparse_key_major_plan)
     for the CUDA backward, built once here instead of a sort in every backward (None on the CPU,
     whose backward walks the query-major lists, or when built with backward=False).
     """

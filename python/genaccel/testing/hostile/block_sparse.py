@@ -7,7 +7,8 @@ import math
 import torch
 
 import genaccel
-from genaccel.attention.block_sparse.reference import block_sparse_attention_reference, masked_matmul
+from genaccel.attention.block_sparse.reference import (block_sparse_attention_reference, expand_block_mask,
+                                                       masked_matmul)
 
 from . import ERROR, EITHER, RESULT, Case, OpSpec, any_arg_regex, register
 
@@ -141,10 +142,30 @@ def fwd_base(gen, device):
                 scale=0.2, check_plan=True, backend="auto")
 
 
+def num_k_blocks(a):
+    """Key blocks of a call: the k_block_offsets' (variable-size blocks), else ceil(Nk / block_k)."""
+    k_off = a.get("k_block_offsets")
+    return k_off.shape[-1] - 1 if k_off is not None else math.ceil(a["k"].shape[2] / a["block_k"])
+
+
 def fwd_reference(a):
-    tk = math.ceil(a["k"].shape[2] / a["block_k"])
-    mask = mask_of_plan(a["kv_indices"], a["kv_counts"], tk)
-    return block_sparse_attention_reference(a["q"], a["k"], a["v"], mask, (a["block_q"], a["block_k"]), a["scale"])
+    mask = mask_of_plan(a["kv_indices"], a["kv_counts"], num_k_blocks(a))
+    return block_sparse_attention_reference(a["q"], a["k"], a["v"], mask, (a["block_q"], a["block_k"]), a["scale"],
+                                            a.get("q_block_offsets"), a.get("k_block_offsets"))
+
+
+# Variable-size blocks (SVG2's clusters) over the base plan's TQ x TK blocks: an empty block on each
+# side, blocks longer than 64 tokens, per-head query offsets (GQA: the two query heads cut
+# differently), and the largest blocks as block_q / block_k.
+Q_OFFSETS = [[0, 30, 30, 150, 200], [0, 1, 90, 91, 200]]
+K_OFFSETS = [0, 70, 70, 160]
+
+
+def variable_blocks(a):
+    device = a["q"].device
+    q_off = torch.tensor(Q_OFFSETS, dtype=torch.int32, device=device).view(1, H, TQ + 1)
+    k_off = torch.tensor(K_OFFSETS, dtype=torch.int32, device=device).view(1, 1, TK + 1)
+    return {**a, "q_block_offsets": q_off, "k_block_offsets": k_off, "block_q": 120, "block_k": 90}
 
 
 def plan_extra(spec):
@@ -153,7 +174,20 @@ def plan_extra(spec):
         idx[idx < 0] = 1 << 30
         return {**a, "kv_indices": idx}
 
+    def variable_blocks_call(a):
+        b = variable_blocks(a)
+        if "dout" not in b:
+            return b
+        # The backward of the variable-block forward: its lse and delta.
+        fwd = {n: b[n] for n in ("q", "k", "v", "kv_indices", "kv_counts", "block_q", "block_k", "scale",
+                                 "q_block_offsets", "k_block_offsets")}
+        out, lse = torch.ops.genaccel.block_sparse_attn_fwd(**fwd)
+        return {**b, "lse": lse, "delta": torch.ops.genaccel.attention_delta(b["dout"], out)}
+
     return [
+        Case(spec.name, "variable_size_blocks", "family", variable_blocks_call, RESULT),
+        Case(spec.name, "variable_size_blocks_wgmma", "family",
+             lambda a: {**variable_blocks_call(a), "backend": "sm90"}, EITHER, r"q_block_offsets|sm90|wgmma"),
         Case(spec.name, "kv_indices_padding_out_of_range", "family", padding_out_of_range, RESULT),
         Case(spec.name, "kv_counts_above_max_kv", "family",
              lambda a: {**a, "kv_counts": a["kv_counts"] + a["kv_indices"].shape[-1]}, ERROR, r"kv_counts"),
@@ -197,10 +231,9 @@ def bwd_reference(a):
     group = q.shape[1] // k.shape[1]
     kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     nq, nk = q.shape[2], k.shape[2]
-    tk = math.ceil(nk / a["block_k"])
-    blocks = mask_of_plan(a["kv_indices"], a["kv_counts"], tk)
-    rows, cols = torch.arange(nq) // a["block_q"], torch.arange(nk) // a["block_k"]
-    mask = blocks[:, :, rows][:, :, :, cols].expand(q.shape[0], q.shape[1], nq, nk)
+    blocks = mask_of_plan(a["kv_indices"], a["kv_counts"], num_k_blocks(a))
+    mask = expand_block_mask(blocks, nq, nk, (a["block_q"], a["block_k"]), a.get("q_block_offsets"),
+                             a.get("k_block_offsets")).expand(q.shape[0], q.shape[1], nq, nk)
     s = (q @ kk.transpose(-1, -2) * a["scale"]).masked_fill(~mask, 0.0)
     p = torch.where(mask, torch.exp(s - lse.clamp_min(torch.finfo(torch.float64).min)), 0.0)
     dp = torch.where(mask, dout @ vv.transpose(-1, -2), 0.0)
