@@ -3,12 +3,12 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Leaves in OUTDIR (8 files at most, plain names): build.log (nvidia-smi, install, import check,
+# Leaves in OUTDIR (plain names): build.log (nvidia-smi, install, import check,
 # how the module links libstdc++ and whether an input error raises cleanly),
-# pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), memcheck.log,
-# bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
+# pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), hostile_cuda.json,
+# memcheck.log, bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
 # bench_sla_wgmma.json (on sm_90: SLA forward and backward at topk 0.05 on the opt-in wgmma kernels,
-# --set backend=sm90),
+# --set backend=sm90), bench_radial.json, bench_svg2.json,
 # summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
 #
@@ -198,6 +198,10 @@ step bench_sla_wgmma 100 bench.log bash -c 'if [ "${GENACCEL_SKIP_WGMMA:-0}" != 
   else echo "bench_sla_wgmma: not an sm_90 device or the wgmma probe failed, skipped"; fi' _ "$PY" "$OUT"
 # (its one-stream stages run in a child process with GENACCEL_SLA_ONE_STREAM=1, unless already set)
 step sla_profile 100 bench.log "$PY" tools/sla_cuda_profile.py
+step bench_radial 60 bench.log "$PY" -m genaccel bench --family radial --device cuda --no-progress \
+  --set decay_factors=0.2,1.0 --json "$OUT/bench_radial.json"
+step bench_svg2 90 bench.log "$PY" -m genaccel bench --family svg2 --device cuda --no-progress \
+  --set top_ps=0.8,0.9 --json "$OUT/bench_svg2.json"
 step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
   --json "$OUT/bench_attention.json"
 

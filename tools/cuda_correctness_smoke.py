@@ -8,7 +8,8 @@ several 64-key tiles (128/192/256, tiles past Nk skipped), every (dtype, D, bloc
 a plan in descending order (a partly masked first tile), and corrupted plans taken on trust
 (check_plan=False: the kernels must stay in bounds); variable-size blocks (SVG2's clusters: the
 mma.sync kernels' variable-block instances) with empty, single-token and multi-tile blocks, GQA with
-per-head partitions, and offsets taken on trust out of range; on Hopper the block-sparse cases run again
+per-head partitions, and offsets taken on trust out of range; SVG2 (k-means against the CPU op, the
+permutation round trip, svg2_attention forward and backward); on Hopper the block-sparse cases run again
 with the wgmma kernels (backend="sm90"; GENACCEL_SKIP_WGMMA=1 skips them). The float64 reference
 runs on the CPU, which keeps the sanitizer's work (and run time) on our kernels. Tolerances, rel_err
 and the input makers are those of genaccel.testing.
@@ -392,6 +393,51 @@ def run_delta_case(case, gen) -> str:
     return f"ok   rel err {err:.2e}" if err <= 1e-6 else f"FAIL rel err {err:.2e} (tol 1e-6)"
 
 
+# SVG2: (name, B, H, Hkv, N, D, dtype, q clusters, k clusters): k-means against the CPU op from the same init,
+# the permutation round trip, and svg2_attention (forward and backward) against float64 attention under its
+# own selection. Tokens near a few centres, so float32 atomics cannot flip labels between near-equal centroids.
+SVG2_CASES = [
+    ("svg2 bf16 GQA 2:1, clusters of 1-200 tokens", 1, 4, 2, 600, 64, torch.bfloat16, 12, 40),
+    ("svg2 fp16 D=128, more clusters than some heads fill", 2, 2, 2, 333, 128, torch.float16, 30, 120),
+]
+
+
+def run_svg2_case(case, gen) -> str:
+    from genaccel.attention.svg2 import cluster_permute, cluster_unpermute, kmeans, svg2_attention
+    from genaccel.attention.svg2.reference import svg2_attention_reference
+
+    name, B, H, Hkv, N, D, dtype, qc, kc = case
+    centres = 3 * torch.randn(6, D, generator=gen)
+
+    def blobs(h):
+        ids = torch.randint(0, 6, (B, h, N), generator=gen)
+        return (centres[ids] + 0.3 * torch.randn(B, h, N, D, generator=gen)).to(dtype)
+
+    q, k, v = blobs(H), blobs(Hkv), torch.randn(B, Hkv, N, D, generator=gen).to(dtype)
+    init = k[:, :, :kc].float().contiguous()
+    labels, cents, counts = kmeans(k.cuda(), kc, 10, init.cuda(), 0.0)
+    want_labels, want_cents, want_counts = kmeans(k, kc, 10, init, 0.0)
+    if not (torch.equal(labels.cpu(), want_labels) and torch.equal(counts.cpu(), want_counts)):
+        return f"FAIL kmeans labels differ from the CPU op on {(labels.cpu() != want_labels).sum().item()} tokens"
+    if rel_err(cents.cpu(), want_cents) > 1e-5:
+        return f"FAIL kmeans centroids rel err {rel_err(cents.cpu(), want_cents):.2e}"
+    x_perm, perm, _ = cluster_permute(k.cuda(), labels, kc)
+    if not torch.equal(cluster_unpermute(x_perm, perm).cpu(), k):
+        return "FAIL permute / unpermute round trip"
+    leaves = [t.cuda().requires_grad_() for t in (q, k, v)]
+    out, state = svg2_attention(*leaves, qc, kc, 0.9, 0.1, iters=10, seed=0)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = svg2_attention_reference(*ref_leaves, state["q_labels"].cpu(), state["k_labels"].cpu(), state["pairs"].cpu())
+    dout = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, leaves, dout.cuda())
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dout.double())
+    errs = [rel_err(out.cpu(), ref)] + [rel_err(g.cpu(), r) for g, r in zip(grads, ref_grads)]
+    tol = RTOL[dtype]
+    bad = errs[0] > tol or any(e > 2 * tol for e in errs[1:])
+    return ("FAIL" if bad else "ok  ") + " rel err out/dq/dk/dv " + " ".join(f"{e:.2e}" for e in errs) + \
+        f" (density {state['density']:.2f})"
+
+
 def child_main(args) -> int:
     """One SLA case, for run_sla_case_in_child: its result string goes to args.result."""
     case = next(c for c in SLA_CASES if c[0] == args.sla_case)
@@ -427,7 +473,8 @@ def main() -> int:
             + [(case[0], run_delta_case, case, True) for case in DELTA_CASES]
             + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES]
             + [(case[0], run_varblock_case, case, True) for case in VARBLOCK_CASES]
-            + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES])
+            + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES]
+            + [(case[0], run_svg2_case, case, True) for case in SVG2_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
         runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]

@@ -6,7 +6,7 @@ gating. The k-means and permutation ops have their own file (test_svg2_kmeans.py
 import pytest
 import torch
 
-from conftest import BAD, RTOL, rel_err
+from conftest import BAD, CUDA, RTOL, rel_err
 from genaccel.attention.svg2.module import SVG2Attention, svg2_attention
 from genaccel.attention.svg2.reference import critical_cluster_pairs_reference, svg2_attention_reference
 from genaccel.attention.svg2.select import critical_cluster_pairs, pair_density
@@ -159,3 +159,20 @@ def test_bad_input():
                          ("num_q_clusters", dict(num_q_clusters=0)), ("backend", dict(backend="x"))]:
         with pytest.raises(BAD, match=name):
             SVG2Attention(**kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a GPU and genaccel built with CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_attention_on_cuda_equals_reference(dtype):
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (t.to(dtype).cuda().requires_grad_() for t in qkv(gen, D=64))
+    out, state = svg2_attention(q, k, v, 10, 25, 0.9, 0.1, iters=20, seed=0)
+    cpu = {n: state[n].cpu() for n in ("q_labels", "k_labels", "pairs")}
+    q64, k64, v64 = (t.detach().double().cpu().requires_grad_() for t in (q, k, v))
+    ref = svg2_attention_reference(q64, k64, v64, cpu["q_labels"], cpu["k_labels"], cpu["pairs"])
+    assert out.dtype == dtype and rel_err(out, ref) <= RTOL[dtype]
+    dout = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), dout.cuda())
+    for name, g, r in zip("qkv", grads, torch.autograd.grad(ref, (q64, k64, v64), dout.double())):
+        assert rel_err(g, r) <= 2 * RTOL[dtype], name

@@ -61,11 +61,6 @@ void check_offsets_values(const at::Tensor& o, const char* name, int64_t n, int6
               block, " (pass the largest block size)");
 }
 
-// Offsets as the kernels read them: contiguous rows.
-BlockOffsets contiguous_offsets(const BlockOffsets& o) {
-  return {o.q.defined() ? o.q.contiguous() : o.q, o.k.defined() ? o.k.contiguous() : o.k};
-}
-
 }  // namespace
 
 void check_block_sparse_fwd_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -424,7 +419,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attn_fwd_cpu(
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   if (out.numel() > 0) {
     auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q,
-                                          block_k, scale, contiguous_offsets(offsets));
+                                          block_k, scale, offsets.contiguous());
     run_with_block_scratch(p, kOp, [&] { cpu::block_sparse_fwd_f32(p); });
   } else {
     lse.fill_(-std::numeric_limits<float>::infinity());
@@ -449,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cpu(
   auto [dq, dk, dv] = run_block_sparse_bwd_cpu(cpu_float32(dout_in), q, k, v, delta_in.contiguous(),
                                                lse_in.contiguous(), kv_indices_in.contiguous(),
                                                kv_counts_in.contiguous(), block_q, block_k, scale, op,
-                                               contiguous_offsets(offsets));
+                                               offsets.contiguous());
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type())};
 }
 

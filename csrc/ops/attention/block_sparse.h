@@ -20,6 +20,10 @@ struct BlockOffsets {
     return {q.value_or(at::Tensor()), k.value_or(at::Tensor())};
   }
   bool any() const { return q.defined() || k.defined(); }
+  // As the kernels read them: contiguous rows (undefined stays undefined).
+  BlockOffsets contiguous() const {
+    return {q.defined() ? q.contiguous() : q, k.defined() ? k.contiguous() : k};
+  }
   // The number of key blocks: the offsets', or ceil(Nk / block_k) (symbolic in the Meta kernels).
   c10::SymInt num_k_blocks(const c10::SymInt& Nk, int64_t block_k) const {
     return k.defined() ? k.sym_size(-1) - 1 : (Nk + block_k - 1) / block_k;

@@ -46,11 +46,6 @@ struct KernelHeadDim {
   at::Tensor cut(const at::Tensor& x) const { return D == padded ? x : x.narrow(3, 0, D).contiguous(); }
 };
 
-// Variable-size block offsets as the kernels read them: contiguous rows (undefined stays undefined).
-BlockOffsets contiguous(const BlockOffsets& o) {
-  return {o.q.defined() ? o.q.contiguous() : o.q, o.k.defined() ? o.k.contiguous() : o.k};
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
@@ -64,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> run_block_sparse_fwd_cuda(
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {head_dim.cut(out), lse.fill_(-INFINITY)};
-  const BlockOffsets offsets = contiguous(offsets_in);
+  const BlockOffsets offsets = offsets_in.contiguous();
   auto p = make_block_sparse_fwd_params(q, k, v, kv_indices, kv_counts, out, lse, block_q, block_k,
                                         scale, offsets);
   const DType dtype = to_dtype(q.scalar_type());
@@ -93,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_block_sparse_bwd_cuda(
   auto dq = at::empty(q.sizes(), q.options());
   auto dk = at::empty(k.sizes(), k.options());
   auto dv = at::empty(v.sizes(), v.options());
-  const BlockOffsets offsets = contiguous(offsets_in);
+  const BlockOffsets offsets = offsets_in.contiguous();
   attention::BlockSparseBwdCudaParams p{};
   p.bwd = make_block_sparse_bwd_params(dout, q, k, v, delta, lse, kv_indices, kv_counts, dq, dk, dv,
                                        block_q, block_k, scale, offsets);
