@@ -1,0 +1,191 @@
+"""Sparse self-attention in diffusers video transformers without forking the model: one call installs
+genaccel attention processors, `handle.remove()` puts the originals back.
+
+    handle = apply_sparse_attention(pipe.transformer, method="radial", dense_layers=1, dense_steps=12,
+                                    decay_factor=0.2)
+    video = pipe(prompt).frames          # self-attention runs through genaccel
+    handle.remove()
+
+Supported: `WanTransformer3DModel` (diffusers >= 0.35). Self-attention only: cross-attention (and
+image-conditioned attention) keep the stock processor. The processor re-implements the self-attention
+path of diffusers' `WanAttnProcessor` (projections, QK norm, RoPE, output projection) around a genaccel
+attention call, because diffusers' attention-backend registry takes no new backend names and its
+RoPE helper is a nested function; tests/integrations/test_diffusers.py checks it against the stock
+processor (equal in float32), so that a diffusers change to that path fails a test.
+
+The video geometry (latent frames x height x width after patchify) is read from the transformer's
+input at each call; the denoising step is counted from the timesteps the transformer sees (a new
+timestep value is a new step; a larger one than the last starts a new generation), or set by hand
+with `handle.set_step(i)`.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .._utils import check_choice, check_int
+from ..attention.block_sparse import block_sparse_attention
+from ..attention.radial.module import RadialAttention
+from ..attention.sla import sla_block_map
+from ..attention.sla.module import SparseLinearAttention
+from ..attention.svg2.module import SVG2Attention
+
+METHODS = ("dense", "sla", "radial", "svg2", "block_topk")
+SUPPORTED = ("WanTransformer3DModel",)
+# Options each method takes (passed on to its genaccel module), and their defaults here.
+METHOD_OPTIONS = {
+    "dense": {},
+    "sla": dict(topk=0.05, low_k=0.10, block_size=64, feature_map="softmax"),
+    "radial": dict(block_size=64, decay_factor=1.0, sink_frame=True),
+    "svg2": dict(num_q_clusters=200, num_k_clusters=1000, top_p=0.9, min_kc_ratio=0.10, first_iters=50,
+                 warm_iters=2),
+    "block_topk": dict(topk=0.1, block_size=64),
+}
+
+
+def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int = 0, dense_steps: int = 0,
+                           **method_options) -> "SparseAttentionHandle":
+    """Installs genaccel self-attention on every transformer block of `transformer`; returns the handle.
+
+    method: "dense" (SDPA through genaccel's processor), "sla", "radial", "svg2" or "block_topk" (exact
+    attention over the top-k key blocks of mean-pooled scores, SLA's selection without its linear
+    branch). dense_layers / dense_steps: the first layers and denoising steps run dense. method_options:
+    that method's options (METHOD_OPTIONS; e.g. topk, decay_factor, top_p). SLA starts with a zero
+    projection, i.e. sparse-only attention, as genaccel.nn.SparseLinearAttention does: the linear
+    branch only helps once its projection is trained.
+    """
+    name = type(transformer).__name__
+    if name not in SUPPORTED:
+        raise ValueError(f"apply_sparse_attention supports {', '.join(SUPPORTED)}; got {name}")
+    check_choice("method", method, METHODS)
+    unknown = set(method_options) - set(METHOD_OPTIONS[method])
+    if unknown:
+        raise ValueError(f"method {method!r} takes the options {sorted(METHOD_OPTIONS[method])}; got {sorted(unknown)}")
+    return SparseAttentionHandle(transformer, method, check_int("dense_layers", dense_layers),
+                                 check_int("dense_steps", dense_steps), {**METHOD_OPTIONS[method], **method_options})
+
+
+class SparseAttentionHandle:
+    """What apply_sparse_attention installed: the processors, the geometry and step they read, stats."""
+
+    def __init__(self, transformer, method: str, dense_layers: int, dense_steps: int, options: dict):
+        self.transformer, self.method, self.options = transformer, method, options
+        self.dense_layers, self.dense_steps = dense_layers, dense_steps
+        self.geometry: Optional[Tuple[int, int, int]] = None
+        self.step: Optional[int] = None
+        self._manual_step = False
+        self._last_timestep: Optional[float] = None
+        self._stats: List[dict] = []
+        self._originals = dict(transformer.attn_processors)
+        processors = dict(self._originals)
+        self.processors: List[WanSelfAttnProcessor] = []
+        for i, block in enumerate(transformer.blocks):
+            key = f"blocks.{i}.attn1.processor"
+            if key not in processors:
+                raise ValueError(f"{type(transformer).__name__}: no self-attention processor at {key}")
+            proc = WanSelfAttnProcessor(self, i, processors[key])
+            processors[key] = proc
+            self.processors.append(proc)
+        transformer.set_attn_processor(processors)
+        self._hook = transformer.register_forward_pre_hook(self._read_input, with_kwargs=True)
+
+    def _read_input(self, module, args, kwargs):
+        """The latent geometry and the denoising step of this transformer call."""
+        latents = kwargs.get("hidden_states", args[0] if args else None)
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        p_t, p_h, p_w = module.config.patch_size
+        _, _, f, h, w = latents.shape
+        self.geometry = (f // p_t, h // p_h, w // p_w)
+        if self._manual_step or timestep is None:
+            return
+        t = float(timestep.flatten()[0])
+        if self._last_timestep is None or t > self._last_timestep:
+            self.step = 0  # a new generation (flow-matching and DDPM timesteps decrease)
+        elif t < self._last_timestep:
+            self.step += 1
+        self._last_timestep = t
+
+    def set_step(self, step: Optional[int]) -> None:
+        """The denoising step of the following calls (None: count steps from the timesteps again)."""
+        self._manual_step = step is not None
+        self.step = None if step is None else check_int("step", step)
+        self._last_timestep = None
+
+    def is_dense(self, layer: int) -> bool:
+        return layer < self.dense_layers or (self.step is not None and self.step < self.dense_steps)
+
+    def stats(self) -> List[dict]:
+        """Per sparse call: layer, step, method and the density of query-key pairs computed."""
+        return list(self._stats)
+
+    def remove(self) -> None:
+        """Restores the original processors (the very objects) and removes the hook."""
+        self.transformer.set_attn_processor(self._originals)
+        self._hook.remove()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on x (B, N, H, D): each adjacent pair (x[2i], x[2i+1]) turned by the angle
+    whose cosine is cos[..., 2i] and sine sin[..., 2i+1] (cos / sin broadcast as (1, N, 1, D))."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2).type_as(x)
+
+
+class WanSelfAttnProcessor:
+    """Wan's attention processor with the self-attention call going through genaccel; every other call
+    (cross-attention, image context, a mask) goes to the stock processor it replaced."""
+
+    def __init__(self, handle: SparseAttentionHandle, layer: int, stock):
+        self.handle, self.layer, self.stock = handle, layer, stock
+        self._modules: Dict[tuple, torch.nn.Module] = {}
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if attn.fused_projections:
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        if rotary_emb is not None:
+            q, k = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+        out = self.attend(*(t.transpose(1, 2) for t in (q, k, v)))  # (B, H, N, D)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        h = self.handle
+        if h.method == "dense" or h.is_dense(self.layer):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        o = h.options
+        if h.method == "sla":
+            layer = self._module(("sla", q.shape[-1], q.device), lambda: SparseLinearAttention(
+                q.shape[-1], o["topk"], o["low_k"], o["block_size"], o["feature_map"]).to(q.device))
+            # (return_sparsity gives the fraction of key blocks computed exactly: topk floored to whole blocks)
+            out, density = layer(q, k, v, return_sparsity=True)
+        elif h.method == "radial":
+            f, hh, ww = h.geometry
+            layer = self._module(("radial", h.geometry, q.device), lambda: RadialAttention(
+                f, hh * ww, o["block_size"], o["decay_factor"], o["sink_frame"]))
+            out, density = layer(q, k, v), layer.density
+        elif h.method == "svg2":
+            layer = self._module(("svg2",), lambda: SVG2Attention(
+                o["num_q_clusters"], o["num_k_clusters"], o["top_p"], o["min_kc_ratio"], o["first_iters"],
+                o["warm_iters"]))
+            out = layer(q, k, v)
+            density = layer.last_density
+        else:  # block_topk
+            codes, _, _ = sla_block_map(q, k, o["topk"], 0.0, o["block_size"])
+            critical = codes == 1
+            out = block_sparse_attention(q, k, v, critical, o["block_size"])
+            density = float(critical.float().mean())
+        h._stats.append(dict(layer=self.layer, step=h.step, method=h.method, density=density))
+        return out
+
+    def _module(self, key, make) -> torch.nn.Module:
+        """This layer's genaccel module for `key` (made on first use; Radial's per geometry)."""
+        if key not in self._modules:
+            self._modules[key] = make()
+        return self._modules[key]

@@ -1,0 +1,123 @@
+"""genaccel.integrations.diffusers on a tiny random-weight WanTransformer3DModel: the processor's
+self-attention path against the stock processor, remove(), the dense warm-up by layer and by step,
+the geometry read from the input, every method, CFG batches, unsupported models."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install genaccel[diffusers])")
+from diffusers import WanTransformer3DModel  # noqa: E402
+
+from genaccel.integrations.diffusers import METHODS, apply_sparse_attention  # noqa: E402
+
+
+def tiny_wan(layers=2, seed=0):
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4,
+                                  out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers,
+                                  rope_max_seq_len=64)
+    return model.eval()
+
+
+def inputs(B=1, frames=5, height=16, width=24, seed=1, t=900.0):
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(B, 4, frames, height, width, generator=gen)
+    text = torch.randn(B, 8, 32, generator=gen)
+    return dict(hidden_states=latents, timestep=torch.full((B,), t), encoder_hidden_states=text, return_dict=False)
+
+
+@torch.no_grad()
+def run(model, **kw):
+    return model(**inputs(**kw))[0]
+
+
+def test_dense_method_equals_stock_processor_and_remove_restores_it():
+    model = tiny_wan()
+    stock = run(model)
+    handle = apply_sparse_attention(model, "dense")
+    assert rel_err(run(model), stock) <= 1e-5
+    handle.remove()
+    assert torch.equal(run(model), stock)
+    assert all(type(p).__name__ == "WanAttnProcessor" for p in model.attn_processors.values())
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_sparse_methods_run_and_differ_from_dense(method):
+    model = tiny_wan()
+    stock = run(model, frames=9, height=32, width=32)  # 9 x 16 x 16 = 2304 tokens
+    options = {"sla": dict(block_size=64), "radial": dict(block_size=64, decay_factor=0.2),
+               "svg2": dict(num_q_clusters=16, num_k_clusters=48, top_p=0.5, first_iters=5),
+               "block_topk": dict(topk=0.1)}[method]
+    handle = apply_sparse_attention(model, method, **options)
+    out = run(model, frames=9, height=32, width=32)
+    assert torch.isfinite(out).all()
+    err = rel_err(out, stock)
+    assert 1e-4 < err < 1.0, err  # really sparse, and still the same model
+    stats = handle.stats()
+    assert [s["layer"] for s in stats] == [0, 1] and all(0 < s["density"] < 1 for s in stats)
+    assert handle.geometry == (9, 16, 16)
+    handle.remove()
+
+
+def test_sla_with_every_block_is_dense():
+    model = tiny_wan()
+    stock = run(model)
+    apply_sparse_attention(model, "sla", topk=1.0, low_k=0.0)
+    assert rel_err(run(model), stock) <= 1e-5
+
+
+def test_dense_warm_up_layers_and_steps():
+    model = tiny_wan()
+    stock = run(model, frames=9, height=32, width=32)
+    handle = apply_sparse_attention(model, "block_topk", dense_layers=2, topk=0.1)
+    assert rel_err(run(model, frames=9, height=32, width=32), stock) <= 1e-5  # every layer dense
+    assert handle.stats() == []
+    handle.remove()
+    handle = apply_sparse_attention(model, "block_topk", dense_layers=1, topk=0.1)
+    run(model, frames=9, height=32, width=32)
+    assert [s["layer"] for s in handle.stats()] == [1]  # layer 0 dense
+    handle.remove()
+    handle = apply_sparse_attention(model, "block_topk", dense_steps=2, topk=0.1)
+    steps = []
+    for t in (900.0, 900.0, 700.0, 500.0, 950.0):  # CFG's second call, two steps, then a new generation
+        out = run(model, frames=9, height=32, width=32, t=t)
+        steps.append(handle.step)
+        if handle.step < 2:
+            assert rel_err(out, run_stock(model, t)) <= 1e-5
+    assert steps == [0, 0, 1, 2, 0]
+    assert {s["step"] for s in handle.stats()} == {2}
+    handle.set_step(5)
+    run(model, frames=9, height=32, width=32, t=10.0)
+    assert handle.step == 5 and handle.stats()[-1]["step"] == 5
+
+
+def run_stock(model, t):
+    """The stock model's output at timestep t (the handle's processors bypassed by a fresh copy)."""
+    fresh = tiny_wan()
+    return run(fresh, frames=9, height=32, width=32, t=t)
+
+
+def test_cfg_batch_and_odd_geometry():
+    model = tiny_wan()
+    stock = run(model, B=2, frames=3, height=10, width=14)
+    handle = apply_sparse_attention(model, "dense")
+    assert rel_err(run(model, B=2, frames=3, height=10, width=14), stock) <= 1e-5
+    assert handle.geometry == (3, 5, 7)
+    handle.remove()
+    handle = apply_sparse_attention(model, "svg2", num_q_clusters=8, num_k_clusters=20, first_iters=3)
+    out = run(model, B=2, frames=3, height=10, width=14)
+    assert out.shape == stock.shape and torch.isfinite(out).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="supports WanTransformer3DModel; got Linear"):
+        apply_sparse_attention(torch.nn.Linear(2, 2))
+    model = tiny_wan()
+    with pytest.raises(ValueError, match="method"):
+        apply_sparse_attention(model, "flash")
+    with pytest.raises(ValueError, match="takes the options"):
+        apply_sparse_attention(model, "radial", top_p=0.9)
+    with pytest.raises(ValueError, match="dense_steps"):
+        apply_sparse_attention(model, "sla", dense_steps=-1)
