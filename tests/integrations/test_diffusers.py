@@ -121,3 +121,29 @@ def test_bad_arguments():
         apply_sparse_attention(model, "radial", top_p=0.9)
     with pytest.raises(ValueError, match="dense_steps"):
         apply_sparse_attention(model, "sla", dense_steps=-1)
+
+
+def test_sla_state_round_trip_and_density_log(tmp_path):
+    model = tiny_wan()
+    log = tmp_path / "density.jsonl"
+    handle = apply_sparse_attention(model, "sla", topk=0.2, log_file=str(log))
+    state = handle.state_dict()
+    assert sorted(state) == [f"blocks.{i}.proj.{n}" for i in (0, 1) for n in ("bias", "weight")]
+    assert all((t == 0).all() for t in state.values())  # a fresh SLA layer is sparse-only
+    sparse_only = run(model, frames=9, height=32, width=32)
+    gen = torch.Generator().manual_seed(3)
+    trained = {k: 0.3 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+    handle.load_state_dict(trained)
+    with_linear = run(model, frames=9, height=32, width=32)
+    assert rel_err(with_linear, sparse_only) > 1e-4  # the projections are used
+    handle.save(str(tmp_path / "sla.safetensors"))
+    handle.remove()
+    other = apply_sparse_attention(model, "sla", topk=0.2)
+    other.load(str(tmp_path / "sla.safetensors"))
+    assert torch.equal(run(model, frames=9, height=32, width=32), with_linear)
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({k: v for k, v in trained.items() if "bias" not in k})
+    import json
+
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["layer"] for e in lines] == [0, 1, 0, 1] and all(0 < e["density"] <= 1 for e in lines)

@@ -19,6 +19,7 @@ timestep value is a new step; a larger one than the last starts a new generation
 with `handle.set_step(i)`.
 """
 
+import json
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -44,7 +45,7 @@ METHOD_OPTIONS = {
 
 
 def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int = 0, dense_steps: int = 0,
-                           **method_options) -> "SparseAttentionHandle":
+                           log_file: Optional[str] = None, **method_options) -> "SparseAttentionHandle":
     """Installs genaccel self-attention on every transformer block of `transformer`; returns the handle.
 
     method: "dense" (SDPA through genaccel's processor), "sla", "radial", "svg2" or "block_topk" (exact
@@ -52,7 +53,8 @@ def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int =
     branch). dense_layers / dense_steps: the first layers and denoising steps run dense. method_options:
     that method's options (METHOD_OPTIONS; e.g. topk, decay_factor, top_p). SLA starts with a zero
     projection, i.e. sparse-only attention, as genaccel.nn.SparseLinearAttention does: the linear
-    branch only helps once its projection is trained.
+    branch only helps once its projection is trained. log_file: a path that gets one JSON line per
+    sparse call (the entries of handle.stats()).
     """
     name = type(transformer).__name__
     if name not in SUPPORTED:
@@ -62,14 +64,16 @@ def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int =
     if unknown:
         raise ValueError(f"method {method!r} takes the options {sorted(METHOD_OPTIONS[method])}; got {sorted(unknown)}")
     return SparseAttentionHandle(transformer, method, check_int("dense_layers", dense_layers),
-                                 check_int("dense_steps", dense_steps), {**METHOD_OPTIONS[method], **method_options})
+                                 check_int("dense_steps", dense_steps), {**METHOD_OPTIONS[method], **method_options},
+                                 log_file)
 
 
 class SparseAttentionHandle:
     """What apply_sparse_attention installed: the processors, the geometry and step they read, stats."""
 
-    def __init__(self, transformer, method: str, dense_layers: int, dense_steps: int, options: dict):
-        self.transformer, self.method, self.options = transformer, method, options
+    def __init__(self, transformer, method: str, dense_layers: int, dense_steps: int, options: dict,
+                 log_file: Optional[str] = None):
+        self.transformer, self.method, self.options, self.log_file = transformer, method, options, log_file
         self.dense_layers, self.dense_steps = dense_layers, dense_steps
         self.geometry: Optional[Tuple[int, int, int]] = None
         self.step: Optional[int] = None
@@ -118,6 +122,39 @@ class SparseAttentionHandle:
         """Per sparse call: layer, step, method and the density of query-key pairs computed."""
         return list(self._stats)
 
+    def record(self, entry: dict) -> None:
+        self._stats.append(entry)
+        if self.log_file is not None:
+            with open(self.log_file, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """SLA's trained projections, `blocks.{i}.proj.weight` / `.bias` (empty for the other methods)."""
+        return {f"blocks.{p.layer}.proj.{name}": t.detach().clone()
+                for p in self.processors if p.sla is not None for name, t in p.sla.proj.state_dict().items()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Loads what state_dict() gave; every key must be there, and no other."""
+        want = set(self.state_dict())
+        if set(state) != want:
+            raise ValueError(f"state must hold exactly the keys {sorted(want)[:4]}... ({len(want)}); "
+                             f"missing {sorted(want - set(state))[:4]}, unexpected {sorted(set(state) - want)[:4]}")
+        for p in self.processors:
+            if p.sla is not None:
+                p.sla.proj.load_state_dict({n: state[f"blocks.{p.layer}.proj.{n}"] for n in ("weight", "bias")})
+
+    def save(self, path: str) -> None:
+        """state_dict() to a safetensors file."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().cpu() for k, v in self.state_dict().items()}, path)
+
+    def load(self, path: str) -> None:
+        """load_state_dict() from a safetensors file written by save()."""
+        from safetensors.torch import load_file
+
+        self.load_state_dict(load_file(path))
+
     def remove(self) -> None:
         """Restores the original processors (the very objects) and removes the hook."""
         self.transformer.set_attn_processor(self._originals)
@@ -139,6 +176,12 @@ class WanSelfAttnProcessor:
     def __init__(self, handle: SparseAttentionHandle, layer: int, stock):
         self.handle, self.layer, self.stock = handle, layer, stock
         self._modules: Dict[tuple, torch.nn.Module] = {}
+        # SLA's layer exists from the start, so that trained projections can be loaded before a call.
+        self.sla: Optional[SparseLinearAttention] = None
+        if handle.method == "sla":
+            o = handle.options
+            self.sla = SparseLinearAttention(handle.transformer.config.attention_head_dim, o["topk"], o["low_k"],
+                                             o["block_size"], o["feature_map"])
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
@@ -161,8 +204,7 @@ class WanSelfAttnProcessor:
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
         o = h.options
         if h.method == "sla":
-            layer = self._module(("sla", q.shape[-1], q.device), lambda: SparseLinearAttention(
-                q.shape[-1], o["topk"], o["low_k"], o["block_size"], o["feature_map"]).to(q.device))
+            layer = self.sla if self.sla.proj.weight.device == q.device else self.sla.to(q.device)
             # (return_sparsity gives the fraction of key blocks computed exactly: topk floored to whole blocks)
             out, density = layer(q, k, v, return_sparsity=True)
         elif h.method == "radial":
@@ -181,7 +223,7 @@ class WanSelfAttnProcessor:
             critical = codes == 1
             out = block_sparse_attention(q, k, v, critical, o["block_size"])
             density = float(critical.float().mean())
-        h._stats.append(dict(layer=self.layer, step=h.step, method=h.method, density=density))
+        h.record(dict(layer=self.layer, step=h.step, method=h.method, density=float(density)))
         return out
 
     def _module(self, key, make) -> torch.nn.Module:
