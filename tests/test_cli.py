@@ -106,11 +106,11 @@ def test_bench_list_names_every_family(capsys):
     assert main(["bench", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2"} <= set(names)
+    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
 
 
-@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2"])
+@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit"])
 def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
     assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
@@ -281,3 +281,14 @@ def test_bench_attention_quality_interpolates_between_sweep_points():
             dict(method="topk", density=0.2, rel_err_vs_dense=1.0)]
     assert at_density(rows, "svg2", 0.2) == pytest.approx(0.2)  # geometric mean of 0.4 and 0.1
     assert at_density(rows, "svg2", 0.05) is None and at_density(rows, "topk", 0.2) is None
+
+
+def test_bench_video_dit_rows(tmp_path):
+    pytest.importorskip("diffusers", reason="the video-dit benchmark needs diffusers")
+    out = tmp_path / "video_dit.json"
+    tiny = ["--set", "frames=2", "--set", "height=16", "--set", "width=16", "--set", "text_dim=32",
+            "--set", "methods=dense,block_topk", "--set", "min_rounds=1", "--set", "max_rounds=1"]
+    assert main(["bench", "--family", "video-dit", "--quick", "--no-progress", "--json", str(out), *tiny]) == 0
+    dense, topk = json.loads(out.read_text())["rows"]
+    assert dense["rel_err_ok"] and dense["density"] == 1.0 and dense["rel_err_vs_stock"] <= 1e-5
+    assert 0 < topk["density"] < 1 and topk["rel_err_vs_stock"] > 0 and topk["speedup_vs_stock"] > 0
