@@ -24,7 +24,7 @@ setup:
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 # The main job (block-sparse attention vs SDPA), then the SLA, Radial and SVG2 benchmarks, the sparse
-# attention quality comparison and the SLA fine-tuning demo.
+# attention quality comparison, the SLA fine-tuning demo and the Wan video demo (diffusers).
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
@@ -32,6 +32,7 @@ demo: setup
 	$(VENV)/bin/genaccel bench --family svg2 --quick
 	$(VENV)/bin/genaccel bench --family attention-quality --quick
 	$(PY) bench/sla_finetune.py --quick
+	$(VENV)/bin/genaccel video-demo --method sla --steps 4
 
 test: setup
 	$(PY) -m pytest -q

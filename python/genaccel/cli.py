@@ -37,6 +37,12 @@ def _cmd_bench(args) -> int:
         return 2
 
 
+def _cmd_video_demo(args) -> int:
+    from .integrations.video_demo import main as video_demo
+
+    return video_demo(args)
+
+
 def _cmd_info(args) -> int:
     import json
     import os
@@ -83,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import benchmarks
 
     known = benchmarks()
-    parser = argparse.ArgumentParser(prog="genaccel", description="genaccel kernels: benchmarks and build facts")
+    parser = argparse.ArgumentParser(prog="genaccel", description="genaccel kernels: benchmarks, the video demo and build facts")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -108,6 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
                            for name, b in known.items()))
     bench.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     bench.set_defaults(func=_cmd_bench)
+
+    demo = sub.add_parser(
+        "video-demo",
+        help="a Wan transformer's denoising loop, stock processors vs a genaccel method (needs diffusers)",
+        description="Runs a small random-weight WanTransformer3DModel (or one from a local folder) through "
+        "a flow-matching denoising loop twice from the same seed, with the stock attention processors and "
+        "with genaccel's self-attention, step by step; reports per-step transformer time, the share of "
+        "self-attention, the end-to-end speedup and the final latents' error / PSNR against the stock run.",
+    )
+    demo.add_argument("--method", default="sla", choices=["sla", "radial", "svg2", "block_topk", "dense"])
+    demo.add_argument("--frames", type=int, default=17, help="video frames, 4k + 1 (default 17: 5 latent frames)")
+    demo.add_argument("--size", default="480x832", help="video HxW in pixels, multiples of 16 (default 480x832: "
+                      "7,800 tokens at 17 frames)")
+    demo.add_argument("--steps", type=int, default=8, help="denoising steps (default 8)")
+    demo.add_argument("--model", metavar="PATH", help="a local WanTransformer3DModel folder (or a pipeline "
+                      "folder with transformer/); default: a random 2-layer Wan built here")
+    demo.add_argument("--dense-layers", type=int, default=0, help="first layers kept dense")
+    demo.add_argument("--dense-steps", type=int, default=0, help="first denoising steps kept dense")
+    demo.add_argument("--guidance", type=float, default=1.0, help="CFG scale; > 1 runs a batch of 2")
+    demo.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
+                      help="a method option, e.g. --option topk=0.05 --option decay_factor=0.2")
+    demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", metavar="FILE", help="write the summary and per-step rows as JSON")
+    demo.add_argument("--plot", metavar="FILE", help="write per-step time and error as PNG")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    demo.set_defaults(func=_cmd_video_demo)
 
     info = sub.add_parser("info", help="print how genaccel was built and what devices torch sees")
     info.add_argument("--json", action="store_true", help="print as JSON")
