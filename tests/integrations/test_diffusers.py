@@ -147,3 +147,42 @@ def test_sla_state_round_trip_and_density_log(tmp_path):
 
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["layer"] for e in lines] == [0, 1, 0, 1] and all(0 < e["density"] <= 1 for e in lines)
+
+
+COMPILE_OPTIONS = {"dense": {}, "sla": dict(block_size=64), "radial": dict(block_size=64, decay_factor=0.2),
+                   "block_topk": dict(topk=0.1)}
+
+
+@pytest.mark.parametrize("method", sorted(COMPILE_OPTIONS))
+def test_compiles_in_one_graph_and_switches_from_dense_steps_without_recompiling_per_step(method):
+    from torch._dynamo.testing import CompileCounter
+
+    model = tiny_wan()
+    handle = apply_sparse_attention(model, method, dense_steps=1, **COMPILE_OPTIONS[method])
+    shape = dict(frames=9, height=32, width=32)
+    eager = [run(model, t=t, **shape) for t in (900.0, 800.0, 700.0, 600.0)]
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)  # fullgraph: a graph break raises
+    outs = [run(compiled, t=t, **shape) for t in (900.0, 800.0, 700.0, 600.0)]
+    for out, ref in zip(outs, eager):
+        assert rel_err(out, ref) <= 1e-6
+    assert counter.frame_count <= 2  # the dense step 0, then one graph for every sparse step
+    steps = [s["step"] for s in handle.stats()]  # eager then compiled: 2 layers x steps 1-3, twice
+    assert steps == ([1, 1, 2, 2, 3, 3] * 2 if method != "dense" else [])
+
+
+def test_svg2_runs_under_torch_compile():
+    model = tiny_wan()
+    apply_sparse_attention(model, "svg2", num_q_clusters=16, num_k_clusters=48, top_p=0.5, first_iters=5)
+    torch._dynamo.reset()
+    out = run(torch.compile(model, backend="eager"), frames=9, height=32, width=32)  # eager islands for SVG2
+    assert torch.isfinite(out).all()
+
+
+def test_sla_under_inductor_equals_eager():
+    model = tiny_wan()
+    apply_sparse_attention(model, "sla", block_size=64)
+    eager = run(model, frames=9, height=32, width=32)
+    torch._dynamo.reset()
+    assert rel_err(run(torch.compile(model, fullgraph=True), frames=9, height=32, width=32), eager) <= 1e-5

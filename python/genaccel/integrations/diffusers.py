@@ -54,7 +54,8 @@ def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int =
     that method's options (METHOD_OPTIONS; e.g. topk, decay_factor, top_p). SLA starts with a zero
     projection, i.e. sparse-only attention, as genaccel.nn.SparseLinearAttention does: the linear
     branch only helps once its projection is trained. log_file: a path that gets one JSON line per
-    sparse call (the entries of handle.stats()).
+    sparse call (the entries of handle.stats(); a call's lines are written at the next transformer call,
+    stats() or remove(), so that the processors neither sync nor break a torch.compile graph).
     """
     name = type(transformer).__name__
     if name not in SUPPORTED:
@@ -80,6 +81,8 @@ class SparseAttentionHandle:
         self._manual_step = False
         self._last_timestep: Optional[float] = None
         self._stats: List[dict] = []
+        self._pending: List[tuple] = []
+        self.dense_now = False
         self._originals = dict(transformer.attn_processors)
         processors = dict(self._originals)
         self.processors: List[WanSelfAttnProcessor] = []
@@ -93,40 +96,58 @@ class SparseAttentionHandle:
         transformer.set_attn_processor(processors)
         self._hook = transformer.register_forward_pre_hook(self._read_input, with_kwargs=True)
 
+    @torch.compiler.disable
     def _read_input(self, module, args, kwargs):
-        """The latent geometry and the denoising step of this transformer call."""
+        """The latent geometry and the denoising step of this transformer call, and what the processors
+        need prepared for them. Runs eagerly under torch.compile (it reads the timestep's value), so the
+        processors only read `dense_now`, a bool, and the modules made here: no graph break in them and
+        no recompilation per step."""
+        self._flush()  # the previous call's densities, under the previous call's step
         latents = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         p_t, p_h, p_w = module.config.patch_size
         _, _, f, h, w = latents.shape
         self.geometry = (f // p_t, h // p_h, w // p_w)
-        if self._manual_step or timestep is None:
-            return
-        t = float(timestep.flatten()[0])
-        if self._last_timestep is None or t > self._last_timestep:
-            self.step = 0  # a new generation (flow-matching and DDPM timesteps decrease)
-        elif t < self._last_timestep:
-            self.step += 1
-        self._last_timestep = t
+        if not self._manual_step and timestep is not None:
+            t = float(timestep.flatten()[0])
+            if self._last_timestep is None or t > self._last_timestep:
+                self.step = 0  # a new generation (flow-matching and DDPM timesteps decrease)
+            elif t < self._last_timestep:
+                self.step += 1
+            self._last_timestep = t
+        self.dense_now = self.step is not None and self.step < self.dense_steps
+        for proc in self.processors:
+            proc.prepare(self.geometry, latents.device)
 
     def set_step(self, step: Optional[int]) -> None:
         """The denoising step of the following calls (None: count steps from the timesteps again)."""
+        self._flush()
         self._manual_step = step is not None
         self.step = None if step is None else check_int("step", step)
+        self.dense_now = self.step is not None and self.step < self.dense_steps
         self._last_timestep = None
 
     def is_dense(self, layer: int) -> bool:
-        return layer < self.dense_layers or (self.step is not None and self.step < self.dense_steps)
+        return layer < self.dense_layers or self.dense_now
 
     def stats(self) -> List[dict]:
         """Per sparse call: layer, step, method and the density of query-key pairs computed."""
+        self._flush()
         return list(self._stats)
 
-    def record(self, entry: dict) -> None:
-        self._stats.append(entry)
-        if self.log_file is not None:
+    def record(self, layer: int, density) -> None:
+        """A sparse call's density (a float or a 0-d tensor: no host sync, no graph break)."""
+        self._pending.append((layer, density))
+
+    def _flush(self) -> None:
+        """Turns the recorded calls into stats entries under the current step (and the log file's lines)."""
+        entries = [dict(layer=layer, step=self.step, method=self.method, density=float(density))
+                   for layer, density in self._pending]
+        self._pending.clear()
+        self._stats.extend(entries)
+        if self.log_file is not None and entries:
             with open(self.log_file, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+                f.writelines(json.dumps(e) + "\n" for e in entries)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """SLA's trained projections, `blocks.{i}.proj.weight` / `.bias` (empty for the other methods)."""
@@ -157,6 +178,7 @@ class SparseAttentionHandle:
 
     def remove(self) -> None:
         """Restores the original processors (the very objects) and removes the hook."""
+        self._flush()
         self.transformer.set_attn_processor(self._originals)
         self._hook.remove()
 
@@ -175,7 +197,8 @@ class WanSelfAttnProcessor:
 
     def __init__(self, handle: SparseAttentionHandle, layer: int, stock):
         self.handle, self.layer, self.stock = handle, layer, stock
-        self._modules: Dict[tuple, torch.nn.Module] = {}
+        self._radial: Dict[Tuple[int, int, int], RadialAttention] = {}  # per geometry
+        self._svg2_layer: Optional[SVG2Attention] = None  # holds the centroid cache across steps
         # SLA's layer exists from the start, so that trained projections can be loaded before a call.
         self.sla: Optional[SparseLinearAttention] = None
         if handle.method == "sla":
@@ -208,26 +231,34 @@ class WanSelfAttnProcessor:
             # (return_sparsity gives the fraction of key blocks computed exactly: topk floored to whole blocks)
             out, density = layer(q, k, v, return_sparsity=True)
         elif h.method == "radial":
-            f, hh, ww = h.geometry
-            layer = self._module(("radial", h.geometry, q.device), lambda: RadialAttention(
-                f, hh * ww, o["block_size"], o["decay_factor"], o["sink_frame"]))
+            layer = self._radial[h.geometry]
             out, density = layer(q, k, v), layer.density
         elif h.method == "svg2":
-            layer = self._module(("svg2",), lambda: SVG2Attention(
-                o["num_q_clusters"], o["num_k_clusters"], o["top_p"], o["min_kc_ratio"], o["first_iters"],
-                o["warm_iters"]))
-            out = layer(q, k, v)
-            density = layer.last_density
+            out, density = self._svg2(q, k, v)
         else:  # block_topk
             codes, _, _ = sla_block_map(q, k, o["topk"], 0.0, o["block_size"])
             critical = codes == 1
             out = block_sparse_attention(q, k, v, critical, o["block_size"])
-            density = float(critical.float().mean())
-        h.record(dict(layer=self.layer, step=h.step, method=h.method, density=float(density)))
+            density = critical.float().mean()
+        h.record(self.layer, density)
         return out
 
-    def _module(self, key, make) -> torch.nn.Module:
-        """This layer's genaccel module for `key` (made on first use; Radial's per geometry)."""
-        if key not in self._modules:
-            self._modules[key] = make()
-        return self._modules[key]
+    def prepare(self, geometry: Tuple[int, int, int], device: torch.device) -> None:
+        """Makes what a call at this geometry needs before it runs (outside torch.compile): Radial's
+        mask and its plan on the device, built once per geometry."""
+        if self.handle.method == "radial" and geometry not in self._radial:
+            o, (f, hh, ww) = self.handle.options, geometry
+            self._radial[geometry] = RadialAttention(f, hh * ww, o["block_size"], o["decay_factor"], o["sink_frame"])
+            self._radial[geometry].plan(device)
+        elif self.handle.method == "radial":
+            self._radial[geometry].plan(device)
+
+    @torch.compiler.disable
+    def _svg2(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """SVG2 runs eagerly under torch.compile: its clusters, and so its plan, depend on the data."""
+        if self._svg2_layer is None:
+            o = self.handle.options
+            self._svg2_layer = SVG2Attention(o["num_q_clusters"], o["num_k_clusters"], o["top_p"],
+                                             o["min_kc_ratio"], o["first_iters"], o["warm_iters"])
+        out = self._svg2_layer(q, k, v)
+        return out, self._svg2_layer.last_density
