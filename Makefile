@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 PY := $(VENV)/bin/python
-DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm diffusers==0.42.1
+DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm diffusers==0.42.1 peft==0.22.0
 DEPS_STAMP := $(VENV)/.genaccel-deps
 
 .PHONY: setup demo test bench clean

@@ -83,6 +83,7 @@ class SparseAttentionHandle:
         self._stats: List[dict] = []
         self._pending: List[tuple] = []
         self.dense_now = False
+        self.stock_mode = False  # True: every call goes to the stock processors (a teacher's pass)
         self._originals = dict(transformer.attn_processors)
         processors = dict(self._originals)
         self.processors: List[WanSelfAttnProcessor] = []
@@ -149,6 +150,10 @@ class SparseAttentionHandle:
             with open(self.log_file, "a") as f:
                 f.writelines(json.dumps(e) + "\n" for e in entries)
 
+    def parameters(self) -> List[torch.nn.Parameter]:
+        """The trainable parameters the processors hold: SLA's projections (none for the other methods)."""
+        return [t for p in self.processors if p.sla is not None for t in p.sla.parameters()]
+
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """SLA's trained projections, `blocks.{i}.proj.weight` / `.bias` (empty for the other methods)."""
         return {f"blocks.{p.layer}.proj.{name}": t.detach().clone()
@@ -207,7 +212,8 @@ class WanSelfAttnProcessor:
                                              o["block_size"], o["feature_map"])
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
+        if (self.handle.stock_mode or encoder_hidden_states is not None or attention_mask is not None
+                or attn.add_k_proj is not None):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if attn.fused_projections:
             q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
