@@ -186,3 +186,39 @@ def test_sla_under_inductor_equals_eager():
     eager = run(model, frames=9, height=32, width=32)
     torch._dynamo.reset()
     assert rel_err(run(torch.compile(model, fullgraph=True), frames=9, height=32, width=32), eager) <= 1e-5
+
+
+def test_steps_are_counted_through_a_wan_pipeline_with_cfg_and_restart_with_the_next_video():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    model = tiny_wan()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    handle = apply_sparse_attention(model, "block_topk", dense_steps=2, topk=0.25, block_size=32)
+    for _ in range(2):  # two videos: the second starts again at step 0
+        pipe(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32), height=64, width=64,
+             num_frames=9, num_inference_steps=5, guidance_scale=3.0, output_type="latent")
+    # Steps 0 and 1 dense (no entries); steps 2-4 sparse in both layers, for the conditional and the
+    # unconditional call of each step.
+    per_video = [(layer, step) for step in (2, 3, 4) for _ in range(2) for layer in (0, 1)]
+    assert [(s["layer"], s["step"]) for s in handle.stats()] == per_video * 2
+
+
+BF16_OPTIONS = {**COMPILE_OPTIONS, "svg2": dict(num_q_clusters=16, num_k_clusters=48, top_p=0.5, first_iters=5)}
+
+
+@pytest.mark.parametrize("method", sorted(BF16_OPTIONS))
+def test_bfloat16_model_follows_the_float32_one(method):
+    shape = dict(frames=9, height=32, width=32)
+    model = tiny_wan()
+    apply_sparse_attention(model, method, **BF16_OPTIONS[method])
+    ref = run(model, **shape)
+    half = tiny_wan().to(torch.bfloat16)
+    apply_sparse_attention(half, method, **BF16_OPTIONS[method])
+    x = {k: v.to(torch.bfloat16) if k in ("hidden_states", "encoder_hidden_states") else v
+         for k, v in inputs(**shape).items()}
+    with torch.no_grad():
+        out = half(**x)[0]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_err(out.float(), ref) < 0.03  # bfloat16 rounding through two layers, not a different method
