@@ -1,6 +1,7 @@
 """genaccel.integrations.diffusers on a tiny random-weight WanTransformer3DModel: the processor's
 self-attention path against the stock processor, remove(), the dense warm-up by layer and by step,
-the geometry read from the input, every method, CFG batches, unsupported models."""
+the geometry read from the input, every method, CFG batches, unsupported models; the same for
+LTX-Video; torch.compile, bfloat16, a real WanPipeline run, CUDA."""
 
 import pytest
 import torch
@@ -112,7 +113,7 @@ def test_cfg_batch_and_odd_geometry():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="supports WanTransformer3DModel; got Linear"):
+    with pytest.raises(ValueError, match="supports WanTransformer3DModel, LTXVideoTransformer3DModel; got Linear"):
         apply_sparse_attention(torch.nn.Linear(2, 2))
     model = tiny_wan()
     with pytest.raises(ValueError, match="method"):
@@ -242,3 +243,64 @@ def test_cuda_model_follows_the_cpu_one(method, dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     # SVG2's clusters come from a different k-means run on the GPU: the same method, not the same blocks.
     assert rel_err(out.float().cpu(), ref) < (0.05 if method == "svg2" else 0.03 if dtype == torch.bfloat16 else 1e-3)
+
+
+# ---- LTX-Video: packed (B, N, C) tokens with the grid passed as num_frames, height, width ----------
+
+def tiny_ltx(seed=0):
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LTXVideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=32,
+                                      cross_attention_dim=64, num_layers=2, caption_channels=32).eval()
+
+
+@torch.no_grad()
+def run_ltx(model, frames=5, height=8, width=12, B=1, t=900.0, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(B, frames * height * width, 8, generator=gen)
+    text = torch.randn(B, 6, 32, generator=gen)
+    return model(hidden_states=tokens, encoder_hidden_states=text, timestep=torch.full((B,), t),
+                 encoder_attention_mask=torch.ones(B, 6), num_frames=frames, height=height, width=width,
+                 return_dict=False)[0]
+
+
+def test_ltx_dense_method_equals_stock_processor_and_remove_restores_it():
+    model = tiny_ltx()
+    stock = run_ltx(model, B=2)
+    handle = apply_sparse_attention(model, "dense")
+    assert rel_err(run_ltx(model, B=2), stock) <= 1e-5
+    handle.remove()
+    assert torch.equal(run_ltx(model, B=2), stock)
+    assert all(type(p).__name__ == "LTXVideoAttnProcessor" for p in model.attn_processors.values())
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_ltx_sparse_methods_run_and_differ_from_dense(method):
+    model = tiny_ltx()
+    shape = dict(frames=9, height=16, width=16)  # 2304 tokens
+    stock = run_ltx(model, **shape)
+    handle = apply_sparse_attention(model, method, **BF16_OPTIONS[method])
+    out = run_ltx(model, **shape)
+    assert torch.isfinite(out).all() and 1e-4 < rel_err(out, stock) < 1.0
+    assert handle.geometry == (9, 16, 16)
+    assert [s["layer"] for s in handle.stats()] == [0, 1] and all(0 < s["density"] < 1 for s in handle.stats())
+
+
+def test_ltx_grid_that_does_not_match_the_tokens_is_refused():
+    model = tiny_ltx()
+    apply_sparse_attention(model, "radial", block_size=64)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="num_frames x height x width"):
+        model(hidden_states=torch.randn(1, 100, 8, generator=gen), encoder_hidden_states=torch.randn(1, 6, 32),
+              timestep=torch.tensor([900.0]), encoder_attention_mask=torch.ones(1, 6), num_frames=5, height=8,
+              width=12)
+
+
+def test_ltx_compiles_in_one_graph():
+    model = tiny_ltx()
+    apply_sparse_attention(model, "sla", block_size=64)
+    shape = dict(frames=9, height=16, width=16)
+    eager = run_ltx(model, **shape)
+    torch._dynamo.reset()
+    assert rel_err(run_ltx(torch.compile(model, fullgraph=True, backend="eager"), **shape), eager) <= 1e-6

@@ -71,3 +71,9 @@ def test_bad_arguments_are_named(kwargs, what):
     args = {**dict(latents=latents, encoder_hidden_states=text), **kwargs}
     with pytest.raises(ValueError, match=what):
         finetune_sla(tiny_wan(), **args)
+
+
+def test_other_transformers_are_refused_by_name():
+    latents, text = smooth_latents(2, seed=0)
+    with pytest.raises(ValueError, match="WanTransformer3DModel.*got Linear"):
+        finetune_sla(torch.nn.Linear(2, 2), latents, text)

@@ -6,12 +6,14 @@ genaccel attention processors, `handle.remove()` puts the originals back.
     video = pipe(prompt).frames          # self-attention runs through genaccel
     handle.remove()
 
-Supported: `WanTransformer3DModel` (diffusers >= 0.35). Self-attention only: cross-attention (and
-image-conditioned attention) keep the stock processor. The processor re-implements the self-attention
-path of diffusers' `WanAttnProcessor` (projections, QK norm, RoPE, output projection) around a genaccel
-attention call, because diffusers' attention-backend registry takes no new backend names and its
-RoPE helper is a nested function; tests/integrations/test_diffusers.py checks it against the stock
-processor (equal in float32), so that a diffusers change to that path fails a test.
+Supported: `WanTransformer3DModel` and `LTXVideoTransformer3DModel` (diffusers >= 0.35), whose blocks
+have a self-attention of their own; HunyuanVideo and CogVideoX attend jointly over text and video
+tokens and are not. Self-attention only: cross-attention (and image-conditioned attention) keep the
+stock processor. The processors re-implement the self-attention path of diffusers' `WanAttnProcessor`
+/ `LTXVideoAttnProcessor` (projections, QK norm, RoPE, output projection) around a genaccel attention
+call, because diffusers' attention-backend registry takes no new backend names and Wan's RoPE helper
+is a nested function; tests/integrations/test_diffusers.py checks them against the stock processors
+(equal in float32), so that a diffusers change to that path fails a test.
 
 The video geometry (latent frames x height x width after patchify) is read from the transformer's
 input at each call; the denoising step is counted from the timesteps the transformer sees (a new
@@ -20,7 +22,8 @@ with `handle.set_step(i)`.
 """
 
 import json
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -32,7 +35,6 @@ from ..attention.sla.module import SparseLinearAttention
 from ..attention.svg2.module import SVG2Attention
 
 METHODS = ("dense", "sla", "radial", "svg2", "block_topk")
-SUPPORTED = ("WanTransformer3DModel",)
 # Options each method takes (passed on to its genaccel module), and their defaults here.
 METHOD_OPTIONS = {
     "dense": {},
@@ -58,13 +60,13 @@ def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int =
     stats() or remove(), so that the processors neither sync nor break a torch.compile graph).
     """
     name = type(transformer).__name__
-    if name not in SUPPORTED:
-        raise ValueError(f"apply_sparse_attention supports {', '.join(SUPPORTED)}; got {name}")
+    if name not in MODELS:
+        raise ValueError(f"apply_sparse_attention supports {', '.join(MODELS)}; got {name}")
     check_choice("method", method, METHODS)
     unknown = set(method_options) - set(METHOD_OPTIONS[method])
     if unknown:
         raise ValueError(f"method {method!r} takes the options {sorted(METHOD_OPTIONS[method])}; got {sorted(unknown)}")
-    return SparseAttentionHandle(transformer, method, check_int("dense_layers", dense_layers),
+    return SparseAttentionHandle(transformer, MODELS[name], method, check_int("dense_layers", dense_layers),
                                  check_int("dense_steps", dense_steps), {**METHOD_OPTIONS[method], **method_options},
                                  log_file)
 
@@ -72,9 +74,10 @@ def apply_sparse_attention(transformer, method: str = "sla", dense_layers: int =
 class SparseAttentionHandle:
     """What apply_sparse_attention installed: the processors, the geometry and step they read, stats."""
 
-    def __init__(self, transformer, method: str, dense_layers: int, dense_steps: int, options: dict,
-                 log_file: Optional[str] = None):
-        self.transformer, self.method, self.options, self.log_file = transformer, method, options, log_file
+    def __init__(self, transformer, model: "ModelSpec", method: str, dense_layers: int, dense_steps: int,
+                 options: dict, log_file: Optional[str] = None):
+        self.transformer, self.model, self.method, self.options = transformer, model, method, options
+        self.log_file = log_file
         self.dense_layers, self.dense_steps = dense_layers, dense_steps
         self.geometry: Optional[Tuple[int, int, int]] = None
         self.step: Optional[int] = None
@@ -86,12 +89,12 @@ class SparseAttentionHandle:
         self.stock_mode = False  # True: every call goes to the stock processors (a teacher's pass)
         self._originals = dict(transformer.attn_processors)
         processors = dict(self._originals)
-        self.processors: List[WanSelfAttnProcessor] = []
-        for i, block in enumerate(transformer.blocks):
-            key = f"blocks.{i}.attn1.processor"
+        self.processors: List[SelfAttnProcessor] = []
+        for i in range(len(getattr(transformer, model.blocks))):
+            key = f"{model.blocks}.{i}.attn1.processor"
             if key not in processors:
                 raise ValueError(f"{type(transformer).__name__}: no self-attention processor at {key}")
-            proc = WanSelfAttnProcessor(self, i, processors[key])
+            proc = model.processor(self, i, processors[key])
             processors[key] = proc
             self.processors.append(proc)
         transformer.set_attn_processor(processors)
@@ -104,11 +107,7 @@ class SparseAttentionHandle:
         processors only read `dense_now`, a bool, and the modules made here: no graph break in them and
         no recompilation per step."""
         self._flush()  # the previous call's densities, under the previous call's step
-        latents = kwargs.get("hidden_states", args[0] if args else None)
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        p_t, p_h, p_w = module.config.patch_size
-        _, _, f, h, w = latents.shape
-        self.geometry = (f // p_t, h // p_h, w // p_w)
+        self.geometry, timestep, device = self.model.read_input(module, args, kwargs)
         if not self._manual_step and timestep is not None:
             t = float(timestep.flatten()[0])
             if self._last_timestep is None or t > self._last_timestep:
@@ -118,7 +117,7 @@ class SparseAttentionHandle:
             self._last_timestep = t
         self.dense_now = self.step is not None and self.step < self.dense_steps
         for proc in self.processors:
-            proc.prepare(self.geometry, latents.device)
+            proc.prepare(self.geometry, device)
 
     def set_step(self, step: Optional[int]) -> None:
         """The denoising step of the following calls (None: count steps from the timesteps again)."""
@@ -196,9 +195,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2).type_as(x)
 
 
-class WanSelfAttnProcessor:
-    """Wan's attention processor with the self-attention call going through genaccel; every other call
-    (cross-attention, image context, a mask) goes to the stock processor it replaced."""
+class SelfAttnProcessor:
+    """A model's attention processor with its self-attention call going through genaccel; every other
+    call (cross-attention, image context, a mask) goes to the stock processor it replaced. Subclasses
+    compute the model's q, k, v (B, N, H, D), RoPE applied; this class attends and projects out."""
 
     def __init__(self, handle: SparseAttentionHandle, layer: int, stock):
         self.handle, self.layer, self.stock = handle, layer, stock
@@ -211,18 +211,12 @@ class WanSelfAttnProcessor:
             self.sla = SparseLinearAttention(handle.transformer.config.attention_head_dim, o["topk"], o["low_k"],
                                              o["block_size"], o["feature_map"])
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if (self.handle.stock_mode or encoder_hidden_states is not None or attention_mask is not None
-                or attn.add_k_proj is not None):
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if attn.fused_projections:
-            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
-        if rotary_emb is not None:
-            q, k = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+    def goes_to_stock(self, attn, encoder_hidden_states, attention_mask) -> bool:
+        return (self.handle.stock_mode or encoder_hidden_states is not None or attention_mask is not None
+                or getattr(attn, "add_k_proj", None) is not None)
+
+    def finish(self, attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over (B, N, H, D) q, k, v, then the output projection."""
         out = self.attend(*(t.transpose(1, 2) for t in (q, k, v)))  # (B, H, N, D)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
@@ -252,12 +246,15 @@ class WanSelfAttnProcessor:
     def prepare(self, geometry: Tuple[int, int, int], device: torch.device) -> None:
         """Makes what a call at this geometry needs before it runs (outside torch.compile): Radial's
         mask and its plan on the device, built once per geometry."""
-        if self.handle.method == "radial" and geometry not in self._radial:
+        if self.handle.method != "radial":
+            return
+        if geometry is None:
+            raise ValueError("method 'radial' needs the latent grid: call the LTX transformer with num_frames, "
+                             "height and width")
+        if geometry not in self._radial:
             o, (f, hh, ww) = self.handle.options, geometry
             self._radial[geometry] = RadialAttention(f, hh * ww, o["block_size"], o["decay_factor"], o["sink_frame"])
-            self._radial[geometry].plan(device)
-        elif self.handle.method == "radial":
-            self._radial[geometry].plan(device)
+        self._radial[geometry].plan(device)
 
     @torch.compiler.disable
     def _svg2(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -268,3 +265,75 @@ class WanSelfAttnProcessor:
                                              o["min_kc_ratio"], o["first_iters"], o["warm_iters"])
         out = self._svg2_layer(q, k, v)
         return out, self._svg2_layer.last_density
+
+
+class WanSelfAttnProcessor(SelfAttnProcessor):
+    """diffusers' WanAttnProcessor path: projections (fused or not), QK norm, heads, Wan's RoPE."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if self.goes_to_stock(attn, encoder_hidden_states, attention_mask):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if attn.fused_projections:
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        if rotary_emb is not None:
+            q, k = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+        return self.finish(attn, q, k, v)
+
+
+class LTXSelfAttnProcessor(SelfAttnProcessor):
+    """diffusers' LTXVideoAttnProcessor path: projections, QK norm over all heads, LTX's RoPE (its
+    module-level helper, imported), heads."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if self.goes_to_stock(attn, encoder_hidden_states, attention_mask):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        q, k = attn.norm_q(attn.to_q(hidden_states)), attn.norm_k(attn.to_k(hidden_states))
+        v = attn.to_v(hidden_states)
+        if image_rotary_emb is not None:
+            q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        return self.finish(attn, q, k, v)
+
+
+def _arg(args, kwargs, name: str, index: int):
+    return kwargs[name] if name in kwargs else args[index] if len(args) > index else None
+
+
+def _read_wan(module, args, kwargs):
+    """Wan takes (B, C, F, H, W) latents and patchifies them: the geometry is the patch grid."""
+    latents, timestep = _arg(args, kwargs, "hidden_states", 0), _arg(args, kwargs, "timestep", 1)
+    p_t, p_h, p_w = module.config.patch_size
+    _, _, f, h, w = latents.shape
+    return (f // p_t, h // p_h, w // p_w), timestep, latents.device
+
+
+def _read_ltx(module, args, kwargs):
+    """LTX takes packed (B, N, C) tokens and the token grid as num_frames, height, width (None when a
+    caller passes video_coords instead: then only Radial, which needs the grid, refuses)."""
+    tokens, timestep = _arg(args, kwargs, "hidden_states", 0), _arg(args, kwargs, "timestep", 2)
+    grid = tuple(_arg(args, kwargs, name, i) for i, name in ((4, "num_frames"), (5, "height"), (6, "width")))
+    geometry = tuple(int(g) for g in grid) if all(g is not None for g in grid) else None
+    if geometry is not None and geometry[0] * geometry[1] * geometry[2] != tokens.shape[1]:
+        raise ValueError(f"LTX input: num_frames x height x width = {geometry} does not match its "
+                         f"{tokens.shape[1]} tokens")
+    return geometry, timestep, tokens.device
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a supported transformer is driven: the attribute holding its blocks, the processor that
+    replaces their attn1's, and how the geometry, timestep and device are read from its input."""
+
+    blocks: str
+    processor: type
+    read_input: Callable
+
+
+MODELS = {"WanTransformer3DModel": ModelSpec("blocks", WanSelfAttnProcessor, _read_wan),
+          "LTXVideoTransformer3DModel": ModelSpec("transformer_blocks", LTXSelfAttnProcessor, _read_ltx)}

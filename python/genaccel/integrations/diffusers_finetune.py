@@ -100,6 +100,9 @@ def finetune_sla(transformer, latents: torch.Tensor, encoder_hidden_states: torc
     apply_sparse_attention (those layers stay dense, also in training). callback(step, loss) after
     each step. sla_options: SLA's options (topk, low_k, block_size, feature_map).
     """
+    if type(transformer).__name__ != "WanTransformer3DModel":
+        raise ValueError(f"finetune_sla trains a WanTransformer3DModel (its latents and timesteps); got "
+                         f"{type(transformer).__name__}")
     check_choice("train", train, TRAIN_MODES)
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
