@@ -287,8 +287,12 @@ def test_bench_video_dit_rows(tmp_path):
     pytest.importorskip("diffusers", reason="the video-dit benchmark needs diffusers")
     out = tmp_path / "video_dit.json"
     tiny = ["--set", "frames=2", "--set", "height=16", "--set", "width=16", "--set", "text_dim=32",
-            "--set", "methods=dense,block_topk", "--set", "min_rounds=1", "--set", "max_rounds=1"]
+            "--set", "methods=dense,block_topk", "--set", "min_rounds=1", "--set", "max_rounds=1", "--set", "sweep=true"]
     assert main(["bench", "--family", "video-dit", "--quick", "--no-progress", "--json", str(out), *tiny]) == 0
-    dense, topk = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    dense, topk, *sweep = result["rows"]
+    assert [r["value"] for r in sweep] == [0.2, 0.3, 0.4, 0.5, 0.6] and all(r["kind"] == "sweep" for r in sweep)
+    assert all(0 < r["density"] <= 1 and "speedup_vs_stock" not in r for r in sweep)
+    assert any("at density 0.4: block_topk" in n for n in result["notes"])
     assert dense["rel_err_ok"] and dense["density"] == 1.0 and dense["rel_err_vs_stock"] <= 1e-5
     assert 0 < topk["density"] < 1 and topk["rel_err_vs_stock"] > 0 and topk["speedup_vs_stock"] > 0

@@ -105,9 +105,10 @@ def rows(cfg: QualityConfig, run):
         run.write(f"note: {line}")
 
 
-def at_density(rows: List[dict], method: str, density: float):
-    """The method's error at `density`, log-linear between its two nearest sweep points (None outside)."""
-    pts = sorted((r["density"], r["rel_err_vs_dense"]) for r in rows if r.get("method") == method and "density" in r)
+def at_density(rows: List[dict], method: str, density: float, key: str = "rel_err_vs_dense"):
+    """The method's error (row[key]) at `density`, log-linear between its two nearest sweep points
+    (None outside)."""
+    pts = sorted((r["density"], r[key]) for r in rows if r.get("method") == method and "density" in r and key in r)
     for (d0, e0), (d1, e1) in zip(pts, pts[1:]):
         if d0 <= density <= d1 and d1 > d0 and e0 > 0 and e1 > 0:
             w = (density - d0) / (d1 - d0)

@@ -21,6 +21,15 @@ from ..testing import rel_err
 from . import plotting
 from .registry import Benchmark, BenchError, column, register, short_error
 
+# The sweeps of the equal-density comparison: each method's knob and values.
+SWEEPS = {
+    "sla": ("topk", (0.2, 0.3, 0.4, 0.5, 0.6)),
+    "block_topk": ("topk", (0.2, 0.3, 0.4, 0.5, 0.6)),
+    "radial": ("decay_factor", (0.2, 0.5, 1.0, 2.0, 4.0)),
+    "svg2": ("top_p", (0.3, 0.5, 0.7, 0.8, 0.9)),
+}
+EQUAL_DENSITIES = (0.4, 0.5)  # within every sweep's range at 16,384 tokens (Radial's starts near 0.37)
+
 # The options each method runs with here (apply_sparse_attention's method_options).
 METHOD_SETTINGS = {
     "dense": {},
@@ -49,6 +58,7 @@ class VideoDitConfig:
     max_rounds: int = 5
     target_s: float = 10.0
     dtype: str = "float32"
+    sweep: bool = False  # also the equal-density comparison (untimed rows over SWEEPS)
 
     @property
     def tokens(self) -> int:
@@ -64,7 +74,7 @@ def default_configs(device: str, quick: bool) -> List[VideoDitConfig]:
     if quick:
         return [VideoDitConfig(frames=4, height=32, width=32, methods=["dense", "sla", "radial"], max_rounds=2,
                                target_s=0.5)]
-    return [VideoDitConfig(), VideoDitConfig(frames=21, height=60, width=104),
+    return [VideoDitConfig(sweep=True), VideoDitConfig(frames=21, height=60, width=104),
             VideoDitConfig(frames=21, height=80, width=128)]
 
 
@@ -92,8 +102,9 @@ def rows(cfg: VideoDitConfig, run):
                   "encoder_hidden_states")}})[0] if "dense" in cfg.methods else None
     for method in cfg.methods:
         run.status(f"{cfg.label()} {method}")
-        row = dict(config=cfg.label(), method=method, tokens=cfg.tokens, options=METHOD_SETTINGS.get(method, {}),
-                   notes=[])
+        options = METHOD_SETTINGS.get(method, {})
+        row = dict(config=cfg.label(), method=method, tokens=cfg.tokens, options=options,
+                   setting=" ".join(f"{k}={v:g}" for k, v in options.items() if k != "num_q_clusters"), notes=[])
         candidates = {"stock": lambda: stock(**x)}
         try:
             model = copy.deepcopy(stock)
@@ -110,6 +121,45 @@ def rows(cfg: VideoDitConfig, run):
             row["error"] = short_error(exc, 300)
         run.time(row, candidates)
         yield row
+    if cfg.sweep:
+        yield from sweep_rows(cfg, run, stock, x, reference)
+
+
+def sweep_rows(cfg: VideoDitConfig, run, stock, x: dict, reference: torch.Tensor):
+    """Each method's output error vs stock over its knob (untimed), then the errors interpolated at
+    EQUAL_DENSITIES as notes: the model-level cost of each method's sparsity at equal density."""
+    from ..integrations.diffusers import apply_sparse_attention
+    from .attention_quality import at_density
+
+    done = []
+    for method in [m for m in cfg.methods if m in SWEEPS]:
+        knob, values = SWEEPS[method]
+        for value in values:
+            run.status(f"{cfg.label()} sweep {method} {knob}={value:g}")
+            options = {**METHOD_SETTINGS[method], knob: value}
+            row = dict(config=cfg.label(), method=method, kind="sweep", knob=knob, value=value, tokens=cfg.tokens,
+                       options=options, setting=f"{knob}={value:g} (untimed)")
+            try:
+                handle = apply_sparse_attention(stock, method, **options)
+                try:
+                    out = stock(**x)[0]
+                    recent = handle.stats()
+                finally:
+                    handle.remove()
+                row.update(density=sum(s["density"] for s in recent) / len(recent),
+                           rel_err_vs_stock=rel_err(out, reference))
+            except Exception as exc:
+                row["error"] = short_error(exc, 300)
+            done.append(row)
+            yield row
+    for d in EQUAL_DENSITIES:
+        parts = []
+        for method in [m for m in cfg.methods if m in SWEEPS]:
+            e = at_density(done, method, d, key="rel_err_vs_stock")
+            parts.append(f"{method} {e:.4f}" if e is not None else f"{method} -")
+        line = f"{cfg.label()}: output rel err vs stock at density {d:g}: " + ", ".join(parts)
+        run.notes.append(line)
+        run.write(f"note: {line}")
 
 
 def plot(rows: List[dict], env: dict, path: str) -> Optional[str]:
@@ -144,13 +194,15 @@ BENCHMARK = register(Benchmark(
     config=VideoDitConfig,
     configs=default_configs,
     rows=rows,
-    count=lambda cfg: len(cfg.methods),
-    where=lambda r: f"{r['config']} {r['method']}",
+    count=lambda cfg: len(cfg.methods) + (sum(len(SWEEPS[m][1]) for m in cfg.methods if m in SWEEPS)
+                                           if cfg.sweep else 0),
+    where=lambda r: f"{r['config']} {r['method']}" + (f" {r['knob']}={r['value']:g}" if "knob" in r else ""),
     needs_ops=("block_sparse_attn_fwd",),
     plot=plot,
     columns=[
         column("config", 26, "config"),
         column("method", 10, "method"),
+        column("setting", 28, "setting"),
         column("density", 7, "density", ".3f"),
         column("stock ms", 9, "stock_ms", ".0f"),
         column("ours ms", 9, "genaccel_ms", ".0f"),
