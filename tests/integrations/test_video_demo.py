@@ -65,3 +65,14 @@ def test_command_writes_json_and_plot(tmp_path, capsys):
 def test_command_refuses_bad_arguments(argv, what, capsys):
     assert main(["video-demo", "--no-progress", "--frames", "9", "--size", "128x128", *argv]) == 2
     assert what in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pipeline_folder", [False, True])
+def test_model_from_a_local_folder(tmp_path, pipeline_folder):
+    from test_diffusers import tiny_wan
+
+    folder = tmp_path / "wan"
+    tiny_wan().save_pretrained(str(folder / "transformer" if pipeline_folder else folder))
+    result = run_demo("dense", model=str(folder), **TINY)
+    assert result["summary"]["model"] == str(folder) and result["summary"]["rel_err"] <= 1e-5
+    assert result["summary"]["latent"] == [3, 16, 16]

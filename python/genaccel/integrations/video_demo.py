@@ -11,6 +11,7 @@ compression (4x in time after the first frame, 8x in space) and into tokens by t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -76,6 +77,21 @@ class TimedProcessor:
         return out
 
 
+@contextlib.contextmanager
+def timed_self_attention(transformer, device: torch.device):
+    """Wraps each block's attn1 processor in a TimedProcessor while the context lasts; yields them."""
+    attns = [block.attn1 for block in transformer.blocks]
+    originals = [attn.processor for attn in attns]
+    timers = [TimedProcessor(p, device) for p in originals]
+    for attn, timer in zip(attns, timers):
+        attn.processor = timer
+    try:
+        yield timers
+    finally:
+        for attn, original in zip(attns, originals):
+            attn.processor = original
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,11 +121,7 @@ def run_demo(method: str = "sla", frames: int = 17, height: int = 480, width: in
     stock = load_transformer(model, torch_dtype, device)
     ours = copy.deepcopy(stock)
     handle = apply_sparse_attention(ours, method, dense_layers, dense_steps, **method_options)
-    timers = {}
-    for name, transformer in (("stock", stock), ("genaccel", ours)):
-        timers[name] = [TimedProcessor(b.attn1.processor, dev) for b in transformer.blocks]
-        for block, timer in zip(transformer.blocks, timers[name]):
-            block.attn1.processor = timer
+    transformers = {"stock": stock, "genaccel": ours}
 
     cfg = stock.config
     f, h, w = latent_shape(frames, height, width, cfg.patch_size)
@@ -120,40 +132,40 @@ def run_demo(method: str = "sla", frames: int = 17, height: int = 480, width: in
     text = torch.randn(1, TEXT_TOKENS, cfg.text_dim, generator=gen).to(dev, torch_dtype)
     if batch == 2:
         text = torch.cat([text, torch.zeros_like(text)])
-    schedulers = {name: FlowMatchEulerDiscreteScheduler(shift=3.0) for name in timers}
+    schedulers = {name: FlowMatchEulerDiscreteScheduler(shift=3.0) for name in transformers}
     for s in schedulers.values():
         s.set_timesteps(steps, device=dev)
-    state = {name: latents.clone() for name in timers}
-    transformers = {"stock": stock, "genaccel": ours}
+    state = {name: latents.clone() for name in transformers}
 
     rows: List[dict] = []
     bar = Progress(steps, f"video-demo {method}", out=out, enabled=progress)
-    for i, t in enumerate(schedulers["stock"].timesteps):
-        row = dict(step=i, timestep=float(t))
-        for name, transformer in transformers.items():
-            x = state[name]
-            model_in = torch.cat([x] * batch)
-            for timer in timers[name]:
-                timer.seconds = 0.0
-            _sync(dev)
-            t0 = time.perf_counter()
-            pred = transformer(hidden_states=model_in, timestep=t.expand(batch), encoder_hidden_states=text,
-                               return_dict=False)[0]
-            _sync(dev)
-            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
-            row[f"{name}_self_attn_share"] = sum(tm.seconds for tm in timers[name]) * 1e3 / row[f"{name}_ms"]
-            if batch == 2:
-                cond, uncond = pred.chunk(2)
-                pred = uncond + guidance * (cond - uncond)
-            state[name] = schedulers[name].step(pred, t, x, return_dict=False)[0]
-        calls = [s for s in handle.stats() if s["step"] == i]
-        row["density"] = sum(s["density"] for s in calls) / len(calls) if calls else 1.0
-        row["rel_err"] = rel_err(state["genaccel"], state["stock"])
-        rows.append(row)
-        bar.advance()
-        bar.write(f"step {i:3d}  t={row['timestep']:6.1f}  stock {row['stock_ms']:8.1f} ms "
-                  f"(self-attn {100 * row['stock_self_attn_share']:4.1f} %)  {method} {row['genaccel_ms']:8.1f} ms  "
-                  f"density {row['density']:.3f}  latent error {row['rel_err']:.4f}")
+    with contextlib.ExitStack() as stack:
+        timers = {name: stack.enter_context(timed_self_attention(t, dev)) for name, t in transformers.items()}
+        for i, t in enumerate(schedulers["stock"].timesteps):
+            row = dict(step=i, timestep=float(t))
+            for name, transformer in transformers.items():
+                x = state[name]
+                for timer in timers[name]:
+                    timer.seconds = 0.0
+                _sync(dev)
+                t0 = time.perf_counter()
+                pred = transformer(hidden_states=torch.cat([x] * batch), timestep=t.expand(batch),
+                                   encoder_hidden_states=text, return_dict=False)[0]
+                _sync(dev)
+                row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+                row[f"{name}_self_attn_share"] = sum(tm.seconds for tm in timers[name]) * 1e3 / row[f"{name}_ms"]
+                if batch == 2:
+                    cond, uncond = pred.chunk(2)
+                    pred = uncond + guidance * (cond - uncond)
+                state[name] = schedulers[name].step(pred, t, x, return_dict=False)[0]
+            calls = [s for s in handle.stats() if s["step"] == i]
+            row["density"] = sum(s["density"] for s in calls) / len(calls) if calls else 1.0
+            row["rel_err"] = rel_err(state["genaccel"], state["stock"])
+            rows.append(row)
+            bar.advance()
+            bar.write(f"step {i:3d}  t={row['timestep']:6.1f}  stock {row['stock_ms']:8.1f} ms "
+                      f"(self-attn {100 * row['stock_self_attn_share']:4.1f} %)  {method} {row['genaccel_ms']:8.1f} ms"
+                      f"  density {row['density']:.3f}  latent error {row['rel_err']:.4f}")
     bar.close()
     handle.remove()
     total = {name: sum(r[f"{name}_ms"] for r in rows) for name in transformers}
