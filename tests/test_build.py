@@ -56,8 +56,8 @@ def test_cpu_kernel_is_registered():
 
 def test_public_api():
     assert sorted(genaccel.__all__) == sorted(
-        ["__version__", "block_mask_to_indices", "block_sparse_attention", "build_info", "cluster_permute",
-         "cluster_unpermute", "has_cuda_kernels", "kmeans", "mask_density", "radial_block_mask", "sla_block_map",
+        ["QuantizedTensor", "__version__", "block_mask_to_indices", "block_sparse_attention", "build_info", "cluster_permute",
+         "cluster_unpermute", "dequantize", "has_cuda_kernels", "kmeans", "mask_density", "quantize", "radial_block_mask", "sla_block_map",
          "sparse_linear_attention", "svg2_attention"]
     )
     for name in genaccel.__all__:

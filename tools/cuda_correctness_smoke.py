@@ -438,6 +438,103 @@ def run_svg2_case(case, gen) -> str:
         f" (density {state['density']:.2f})"
 
 
+# XQuant's group quantizer (ops xquant_quantize / xquant_dequantize) against its CPU kernel on the same
+# input: name, rows, K, group_size, bits, zero, dtype, layout ("contig"; "rows": strided rows read in
+# place; "cols": a strided last dim, copied by the op; "nonfinite": NaN / inf in some groups). The first
+# groups of rows 0-2 are constant (1.5, -0.75, 0). Both take their quotients in double, so the bytes should be
+# identical; they may differ at rounding ties only: scales within one float16 step, dequantized values
+# within one scale of each other and within half a scale of x.
+XQUANT_CASES = [
+    ("xquant 2-bit int bf16", 33, 256, 128, 2, "int", torch.bfloat16, "contig"),
+    ("xquant 3-bit int fp16, K=200 g32", 17, 200, 32, 3, "int", torch.float16, "contig"),
+    ("xquant 3-bit int fp32, 42 groups of 8", 9, 333, 8, 3, "int", torch.float32, "contig"),
+    ("xquant 4-bit fp16-zero fp32, K=7 g8", 9, 7, 8, 4, "fp16", torch.float32, "contig"),
+    ("xquant 8-bit int fp32, K=130 g64", 40, 130, 64, 8, "int", torch.float32, "contig"),
+    ("xquant 2-bit fp16-zero fp16, K=3000 g1024", 5, 3000, 1024, 2, "fp16", torch.float16, "contig"),
+    ("xquant 4-bit int bf16 strided rows, K=99 g16", 21, 99, 16, 4, "int", torch.bfloat16, "rows"),
+    ("xquant 3-bit fp16-zero bf16 strided rows", 25, 333, 64, 3, "fp16", torch.bfloat16, "rows"),
+    ("xquant 8-bit fp16-zero fp32 strided cols", 12, 77, 24, 8, "fp16", torch.float32, "cols"),
+    ("xquant 4-bit int fp16, 3000 rows of 5 groups", 3000, 40, 8, 4, "int", torch.float16, "contig"),
+    ("xquant 4-bit int fp32 NaN/inf groups", 6, 100, 32, 4, "int", torch.float32, "nonfinite"),
+    ("xquant 2-bit fp16-zero bf16 NaN/inf groups", 6, 100, 32, 2, "fp16", torch.bfloat16, "nonfinite"),
+    ("xquant empty (0 rows)", 0, 64, 32, 4, "int", torch.float32, "contig"),
+]
+
+
+def run_xquant_case(case, gen) -> str:
+    from genaccel.kvcache.xquant import reference as R
+
+    name, rows, k, group, bits, zero, dtype, layout = case
+    x = torch.randn(rows, k, generator=gen) * torch.rand(rows, 1, generator=gen) * 3
+    x += torch.randn(rows, 1, generator=gen) * (torch.rand(rows, 1, generator=gen) < 0.3)
+    for r, c in enumerate((1.5, -0.75, 0.0)[:rows]):
+        x[r, :group] = c
+    if layout == "nonfinite":
+        x[0, -1], x[1, 0], x[-1, k // 2] = math.nan, math.inf, -math.inf
+    x = x.to(dtype)
+    if layout == "rows":  # row stride k + 5, last dim contiguous
+        xc = torch.zeros(rows, k + 5, dtype=dtype, device="cuda")[:, :k]
+    elif layout == "cols":  # last dim stride 2
+        xc = torch.zeros(rows, 2 * k, dtype=dtype, device="cuda")[:, ::2]
+    else:
+        xc = torch.empty(rows, k, dtype=dtype, device="cuda")
+    xc.copy_(x)
+    fp16_zero = zero == "fp16"
+    got = [t.cpu() for t in torch.ops.genaccel.xquant_quantize(xc, bits, group, fp16_zero)]
+    want = list(torch.ops.genaccel.xquant_quantize(x, bits, group, fp16_zero))
+    if any(g.shape != w.shape or g.dtype != w.dtype for g, w in zip(got, want)):
+        return f"FAIL shapes/dtypes {[(tuple(t.shape), t.dtype) for t in got]}"
+    groups = want[1].shape[1]
+    group_of = torch.arange(k) // group
+
+    def steps(a, b):  # float16 steps between two tensors' bit patterns, at most
+        d = (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+        return d, (int(d.max()) if d.numel() else 0)
+
+    step, top = steps(got[1], want[1])
+    if not torch.equal(got[1].isnan(), want[1].isnan()) or top > 1:
+        return f"FAIL scales: {top} float16 steps from the CPU op's, NaN groups equal: " \
+               f"{torch.equal(got[1].isnan(), want[1].isnan())}"
+    if fp16_zero:
+        zstep, ztop = steps(got[2], want[2])
+        if not torch.equal(got[2].isnan(), want[2].isnan()) or ztop > 1:
+            return f"FAIL fp16 zeros: {ztop} float16 steps from the CPU op's"
+        zero_diff = int((zstep > 0).sum())
+    else:
+        zero_diff = int((R.unpack(got[2], bits, groups) != R.unpack(want[2], bits, groups)).sum())
+    code_diff = int((R.unpack(got[0], bits, k) != R.unpack(want[0], bits, k)).sum())
+    if code_diff > max(2, x.numel() // 100):
+        return f"FAIL {code_diff} of {x.numel()} codes differ from the CPU op's (more than rounding ties)"
+
+    dq = torch.ops.genaccel.xquant_dequantize
+    # The dequantize kernel against the CPU kernel on the same bytes, in every output dtype.
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        a = dq(*(t.cuda() for t in got), bits, group, k, dt).cpu()
+        b = dq(*got, bits, group, k, dt)
+        fi = torch.finfo(dt)
+        if a.dtype != dt or not torch.allclose(a.float(), b.float(), rtol=fi.eps, atol=fi.tiny, equal_nan=True):
+            return f"FAIL dequantize ({dt}) differs from the CPU op's on the same bytes"
+    # The GPU's bytes against the CPU's, both dequantized by the CPU op: one scale apart at most (a tie
+    # flips a code by one), within half a scale of x, NaN in the same places.
+    mine = dq(*got, bits, group, k, torch.float32)
+    ref = dq(*want, bits, group, k, torch.float32)
+    if not torch.equal(mine.isnan(), ref.isnan()):
+        return "FAIL dequantized NaN positions differ from the CPU op's"
+    ok = ~ref.isnan()
+    s_gpu = got[1].float()[:, group_of]
+    s_max = torch.maximum(s_gpu, want[1].float()[:, group_of])
+    if not ((mine - ref).abs()[ok] <= (s_max * (1 + 1e-5) + 1e-6)[ok]).all():
+        return "FAIL dequantized values more than one scale from the CPU op's"
+    xf = x.float()
+    err = (mine - xf).abs()
+    if not (err[ok] <= (s_gpu / 2 * (1 + 1e-4) + 1e-6 * xf.abs() + 1e-7)[ok]).all():
+        return "FAIL |x - dequantize(quantize(x))| above half a scale"
+    identical = all(torch.equal(g.view(torch.uint8), w.view(torch.uint8)) for g, w in zip(got, want))
+    if identical:
+        return "ok   codes, scales and zeros bit-identical to the CPU op's"
+    return f"ok   {code_diff} codes, {zero_diff} zero points, {int((step > 0).sum())} scales differ (ties)"
+
+
 def child_main(args) -> int:
     """One SLA case, for run_sla_case_in_child: its result string goes to args.result."""
     case = next(c for c in SLA_CASES if c[0] == args.sla_case)
@@ -474,7 +571,8 @@ def main() -> int:
             + [(case[0], run_trusted_plan_case, case, True) for case in TRUSTED_PLAN_CASES]
             + [(case[0], run_varblock_case, case, True) for case in VARBLOCK_CASES]
             + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES]
-            + [(case[0], run_svg2_case, case, True) for case in SVG2_CASES])
+            + [(case[0], run_svg2_case, case, True) for case in SVG2_CASES]
+            + [(case[0], run_xquant_case, case, True) for case in XQUANT_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
         runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]

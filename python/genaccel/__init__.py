@@ -9,19 +9,23 @@ from .attention import block_mask_to_indices, block_sparse_attention, mask_densi
 from .attention.radial import radial_block_mask
 from .attention.sla import sla_block_map, sparse_linear_attention
 from .attention.svg2 import cluster_permute, cluster_unpermute, kmeans, svg2_attention
+from .kvcache import QuantizedTensor, dequantize, quantize
 
 __version__ = build_info()["version"]
 
 __all__ = [
+    "QuantizedTensor",
     "__version__",
     "block_mask_to_indices",
     "block_sparse_attention",
     "build_info",
     "cluster_permute",
     "cluster_unpermute",
+    "dequantize",
     "has_cuda_kernels",
     "kmeans",
     "mask_density",
+    "quantize",
     "radial_block_mask",
     "sla_block_map",
     "sparse_linear_attention",

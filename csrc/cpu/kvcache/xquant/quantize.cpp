@@ -1,0 +1,160 @@
+// XQuant's group quantizer on the CPU: one row per work item (parallel over rows); per group the
+// min / max, the float16 scale rounded up (and the fp16 offset rounded down), the codes, then the
+// row's codes packed 8 at a time (8 b-bit codes are exactly b bytes).
+#include "cpu/kvcache/xquant/quantize.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace genaccel::cpu {
+namespace {
+
+float load(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32: return static_cast<const float*>(base)[i];
+    case DType::kBFloat16: return static_cast<float>(static_cast<const c10::BFloat16*>(base)[i]);
+    default: return static_cast<float>(static_cast<const c10::Half*>(base)[i]);
+  }
+}
+
+void store(void* base, DType t, int64_t i, float v) {
+  switch (t) {
+    case DType::kFloat32: static_cast<float*>(base)[i] = v; break;
+    case DType::kBFloat16: static_cast<c10::BFloat16*>(base)[i] = c10::BFloat16(v); break;
+    default: static_cast<c10::Half*>(base)[i] = c10::Half(v); break;
+  }
+}
+
+uint16_t half_bits(float v) { return c10::Half(v).x; }
+float half_value(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+
+// The next float16 above (up = true) or below a finite one, by its bit pattern.
+uint16_t half_step(uint16_t h, bool up) {
+  const bool negative = h & 0x8000;
+  if ((h & 0x7fff) == 0) return up ? 0x0001 : 0x8001;  // +-0 -> the smallest subnormal of that side
+  return (up != negative) ? static_cast<uint16_t>(h + 1) : static_cast<uint16_t>(h - 1);
+}
+
+// The smallest float16 >= v and the largest float16 <= v (inf where v is beyond the float16 range).
+// v is a double: the scale's quotient is computed in double, as the float64 reference computes it, so
+// that both round it to the same float16 (the float16 rounding of v via float lands on a neighbour).
+uint16_t half_up(double v) {
+  uint16_t h = half_bits(static_cast<float>(v));
+  return static_cast<double>(half_value(h)) < v ? half_step(h, true) : h;
+}
+uint16_t half_down(double v) {
+  uint16_t h = half_bits(static_cast<float>(v));
+  return static_cast<double>(half_value(h)) > v ? half_step(h, false) : h;
+}
+
+// Packs n <= 8 codes (each < 2^bits) into ceil(n bits / 8) bytes at out, little-endian.
+void pack8(const uint8_t* q, int64_t n, int64_t bits, uint8_t* out) {
+  uint64_t word = 0;
+  for (int64_t i = 0; i < n; ++i) word |= static_cast<uint64_t>(q[i]) << (i * bits);
+  const int64_t nbytes = (n * bits + 7) / 8;
+  for (int64_t b = 0; b < nbytes; ++b) out[b] = static_cast<uint8_t>(word >> (8 * b));
+}
+
+void pack_row(const uint8_t* q, int64_t n, int64_t bits, uint8_t* out) {
+  for (int64_t c = 0; c < n; c += 8) pack8(q + c, std::min<int64_t>(8, n - c), bits, out + (c / 8) * bits);
+}
+
+// Codes c .. c + n - 1 (n <= 8, c a multiple of 8) of a packed row.
+void unpack8(const uint8_t* row, int64_t c, int64_t n, int64_t bits, uint8_t* q) {
+  const uint8_t* src = row + (c / 8) * bits;
+  uint64_t word = 0;
+  const int64_t nbytes = (n * bits + 7) / 8;
+  for (int64_t b = 0; b < nbytes; ++b) word |= static_cast<uint64_t>(src[b]) << (8 * b);
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<uint8_t>((word >> (i * bits)) & mask);
+}
+
+}  // namespace
+
+// The quotients (scale, x / s) are taken in double: float32 inputs and float16 scales make them the
+// float64 reference's exactly, so the codes agree with it also next to rounding ties.
+void xquant_quantize(const XquantQuantizeParams& p) {
+  const double levels = static_cast<double>((1 << p.bits) - 1);
+  at::parallel_for(0, p.rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> x(static_cast<size_t>(p.k));
+    std::vector<uint8_t> q(static_cast<size_t>(p.k)), z(static_cast<size_t>(p.groups));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t j = 0; j < p.k; ++j) x[j] = load(p.x, p.x_dtype, r * p.x_row_stride + j);
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const int64_t a = g * p.group_size, b = std::min(p.k, a + p.group_size);
+        float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+        bool finite = true;
+        for (int64_t j = a; j < b; ++j) {
+          finite = finite && std::isfinite(x[j]);
+          mn = std::min(mn, x[j]);
+          mx = std::max(mx, x[j]);
+        }
+        uint16_t s_bits;
+        if (!finite) {  // NaN scale: the caller refuses it (genaccel.quantize), dequantize yields NaN
+          s_bits = 0x7e00;
+          std::fill(q.begin() + a, q.begin() + b, 0);
+          z[g] = 0;
+          if (p.fp16_zero) static_cast<uint16_t*>(p.zeros)[r * p.groups + g] = 0x7e00;
+        } else if (p.fp16_zero) {
+          const uint16_t m_bits = half_down(mn);
+          const double m = half_value(m_bits);
+          s_bits = half_up((mx - m) / levels);
+          const double s = half_value(s_bits);
+          for (int64_t j = a; j < b; ++j)
+            q[j] = s > 0 ? static_cast<uint8_t>(std::clamp(std::nearbyint((x[j] - m) / s), 0.0, levels)) : 0;
+          static_cast<uint16_t*>(p.zeros)[r * p.groups + g] = m_bits;
+        } else if (mn == mx) {  // constant group: s = |c| with (z, q) = (0, 1), (1, 0) or zeros
+          s_bits = half_bits(std::fabs(mn));
+          z[g] = mn < 0 ? 1 : 0;
+          std::fill(q.begin() + a, q.begin() + b, static_cast<uint8_t>(mn > 0 ? 1 : 0));
+        } else {
+          const double lo = std::min(mn, 0.0f), hi = std::max(mx, 0.0f);
+          s_bits = half_up((hi - lo) / levels);
+          const double s = half_value(s_bits);
+          const double zf = std::clamp(std::nearbyint(-lo / s), 0.0, levels);
+          z[g] = static_cast<uint8_t>(zf);
+          for (int64_t j = a; j < b; ++j)
+            q[j] = static_cast<uint8_t>(std::clamp(std::nearbyint(x[j] / s) + zf, 0.0, levels));
+        }
+        p.scales[r * p.groups + g] = s_bits;
+      }
+      pack_row(q.data(), p.k, p.bits, p.codes + r * p.code_row_bytes);
+      if (!p.fp16_zero) pack_row(z.data(), p.groups, p.bits, static_cast<uint8_t*>(p.zeros) + r * p.zero_row_bytes);
+    }
+  });
+}
+
+void xquant_dequantize(const XquantDequantizeParams& p) {
+  at::parallel_for(0, p.rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<uint8_t> z(static_cast<size_t>(p.groups));
+    uint8_t q[8];
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* codes = p.codes + r * p.code_row_bytes;
+      if (!p.fp16_zero) {
+        const uint8_t* zrow = static_cast<const uint8_t*>(p.zeros) + r * p.zero_row_bytes;
+        for (int64_t g = 0; g < p.groups; g += 8) unpack8(zrow, g, std::min<int64_t>(8, p.groups - g), p.bits, &z[g]);
+      }
+      for (int64_t c = 0; c < p.k; c += 8) {
+        const int64_t n = std::min<int64_t>(8, p.k - c);
+        unpack8(codes, c, n, p.bits, q);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t j = c + i, g = j / p.group_size;
+          const float s = half_value(p.scales[r * p.groups + g]);
+          const float v = p.fp16_zero
+                              ? half_value(static_cast<const uint16_t*>(p.zeros)[r * p.groups + g]) + s * q[i]
+                              : s * (static_cast<float>(q[i]) - static_cast<float>(z[g]));
+          store(p.out, p.out_dtype, r * p.k + j, v);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace genaccel::cpu

@@ -1,0 +1,34 @@
+// Torch-free params of the XQuant group-quantizer kernels, shared by the CPU kernels
+// (csrc/cpu/kvcache/xquant/quantize.cpp) and the CUDA ones (csrc/cuda/kvcache/xquant/quantize.cu).
+// The layout and the rules: python/genaccel/kvcache/xquant/reference.py.
+#pragma once
+#include <cstdint>
+
+#include "genaccel/common/dtype.h"
+
+namespace genaccel {
+
+struct XquantQuantizeParams {
+  const void* x;          // (rows, k), last dim contiguous, row stride x_row_stride elements
+  DType x_dtype;
+  int64_t x_row_stride;
+  int64_t rows, k, bits, group_size;  // bits in {2, 3, 4, 8}, group_size a multiple of 8
+  bool fp16_zero;         // zeros as float16 offsets (rows, groups), else packed b-bit (rows, zero_row_bytes)
+  uint8_t* codes;         // (rows, code_row_bytes) contiguous
+  uint16_t* scales;       // (rows, groups) float16 bits, contiguous
+  void* zeros;
+  uint8_t* zero_codes;    // CUDA only: (rows, groups) scratch of the unpacked zero points, unless fp16_zero
+  int64_t code_row_bytes, groups, zero_row_bytes;
+};
+
+struct XquantDequantizeParams {
+  const uint8_t* codes;   // (rows, code_row_bytes) contiguous
+  const uint16_t* scales; // (rows, groups) float16 bits, contiguous
+  const void* zeros;      // (rows, zero_row_bytes) uint8 or (rows, groups) float16 bits, contiguous
+  bool fp16_zero;
+  int64_t rows, k, bits, group_size, code_row_bytes, groups, zero_row_bytes;
+  void* out;              // (rows, k) contiguous
+  DType out_dtype;
+};
+
+}  // namespace genaccel
