@@ -151,3 +151,57 @@ def test_opcheck(zero):
     torch.library.opcheck(torch.ops.genaccel.xquant_quantize, (x, 3, 16, zero == "fp16"))
     codes, scales, zeros = torch.ops.genaccel.xquant_quantize(x, 3, 16, zero == "fp16")
     torch.library.opcheck(torch.ops.genaccel.xquant_dequantize, (codes, scales, zeros, 3, 16, 80, torch.bfloat16))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_pack_bits_is_the_ops_layout(bits):
+    from genaccel.kvcache.xquant.ops import pack_bits, unpack_bits
+
+    gen = torch.Generator().manual_seed(bits)
+    q = torch.randint(0, 2 ** bits, (3, 2, 29), generator=gen)
+    packed = pack_bits(q, bits)
+    assert torch.equal(packed.view(6, -1), R.pack(q.view(6, -1), bits))
+    assert torch.equal(unpack_bits(packed, bits, 29), q)
+
+
+@pytest.mark.parametrize("zero", ["int", "fp16"])
+@pytest.mark.parametrize("bits", [3, 4])
+def test_append_per_token_equals_quantizing_everything(zero, bits):
+    x = random_x(2 * 40, 64, seed=11).view(2, 40, 64)
+    qt = genaccel.quantize(x[:, :7], bits, 32, axis=-1, zero=zero)
+    for a, b in ((7, 8), (8, 23), (23, 40)):
+        qt.append(x[:, a:b])
+    whole = genaccel.quantize(x, bits, 32, axis=-1, zero=zero)
+    assert qt.shape == (2, 40, 64) and qt.residual is None
+    assert all(torch.equal(a, b) for a, b in ((qt.codes, whole.codes), (qt.scales, whole.scales),
+                                             (qt.zeros, whole.zeros)))
+
+
+@pytest.mark.parametrize("zero", ["int", "fp16"])
+@pytest.mark.parametrize("bits", [2, 3])
+def test_append_per_channel_keeps_the_partial_group_in_full_precision(zero, bits):
+    x = random_x(2 * 75, 24, seed=5).view(2, 75, 24)  # 75 tokens: 4 groups of 16, 11 tokens left over
+    qt = genaccel.QuantizedTensor.empty((2, 0, 24), bits, 16, axis=-2, zero=zero, dtype=torch.float32)
+    for a, b in ((0, 1), (1, 16), (16, 17), (17, 50), (50, 75)):
+        qt.append(x[:, a:b])
+    assert qt.shape == (2, 75, 24) and torch.equal(qt.residual, x[:, 64:])
+    whole = genaccel.quantize(x[:, :64], bits, 16, axis=-2, zero=zero)
+    assert all(torch.equal(a, b) for a, b in ((qt.codes, whole.codes), (qt.scales, whole.scales),
+                                             (qt.zeros, whole.zeros)))
+    back = genaccel.dequantize(qt)
+    assert back.shape == x.shape and torch.equal(back[:, 64:], x[:, 64:])
+    assert torch.equal(back[:, :64], genaccel.dequantize(whole))
+    assert qt.nbytes == whole.nbytes + x[:, 64:].numel() * 4
+
+
+def test_append_refuses_what_does_not_fit():
+    qt = genaccel.QuantizedTensor.empty((2, 0, 24), 4, 16, axis=-2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        qt.append(torch.zeros(2, 3, 25))
+    with pytest.raises(ValueError, match="dtype"):
+        qt.append(torch.zeros(2, 3, 24, dtype=torch.float16))
+    partial = genaccel.quantize(torch.randn(2, 20, 24), 4, 16, axis=-2)  # the last group holds 4 tokens
+    with pytest.raises(ValueError, match="whole groups"):
+        partial.append(torch.zeros(2, 3, 24))
+    with pytest.raises(ValueError, match="no tokens yet"):
+        genaccel.QuantizedTensor.empty((2, 3, 24), 4)

@@ -7,13 +7,18 @@ range is widened to hold 0) or the group minimum as float16 (zero="fp16", KIVI's
 the byte layout are in reference.py. |x - dequantize(quantize(x))| <= scale / 2 elementwise, the scale
 being the group's float16 scale (rounded up, so the bound needs no allowance for its rounding);
 constant groups come back exactly (float16-representable values).
+
+A growing cache: x is (..., tokens, channels) and `append(tokens)` adds tokens along dim -2. With
+axis=-1 (per-token groups, over channels) new tokens are quantized at once. With axis=-2 (per-channel
+groups, over tokens, as KIVI's keys) the tokens wait in `residual`, in full precision, until they fill
+a group of `group_size`, as KIVI keeps its most recent tokens; nbytes counts them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -27,7 +32,8 @@ ZERO_KINDS = ("int", "fp16")
 class QuantizedTensor:
     """What quantize() stores. codes (*lead, ceil(K bits / 8)) uint8, scales (*lead, groups) float16 and
     zeros (*lead, ceil(groups bits / 8)) uint8 or (*lead, groups) float16, where x moved `axis` last has
-    shape (*lead, K); `shape`, `dtype`: x's."""
+    shape (*lead, K); `shape`, `dtype`: x's (residual tokens included). residual: the tokens appended
+    with axis=-2 that do not fill a group yet, (..., r, channels) in x's dtype (None: none)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
@@ -37,6 +43,16 @@ class QuantizedTensor:
     group_size: int
     axis: int
     dtype: torch.dtype
+    residual: Optional[torch.Tensor] = None
+
+    @classmethod
+    def empty(cls, shape: Tuple[int, ...], bits: int, group_size: int = 128, axis: int = -1, zero: str = "int",
+              dtype: torch.dtype = torch.float16, device="cpu") -> "QuantizedTensor":
+        """An empty cache for tokens of shape (..., 0, channels) = `shape` (its dim -2 must be 0), to
+        append() to."""
+        if len(shape) < 2 or shape[-2] != 0:
+            raise ValueError(f"shape must be (..., 0, channels) (no tokens yet), got {tuple(shape)}")
+        return quantize(torch.zeros(shape, dtype=dtype, device=device), bits, group_size, axis, zero)
 
     @property
     def zero(self) -> str:
@@ -44,11 +60,58 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Every byte stored: codes, scales and zero points."""
-        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros))
+        """Every byte stored: codes, scales, zero points and the full-precision residual tokens."""
+        stored = [self.codes, self.scales, self.zeros] + ([self.residual] if self.residual is not None else [])
+        return sum(t.numel() * t.element_size() for t in stored)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self)
+
+    def append(self, tokens: torch.Tensor) -> "QuantizedTensor":
+        """Adds tokens (..., t, channels) along dim -2, in place; returns self."""
+        nd = len(self.shape)
+        if self.axis not in (nd - 1, nd - 2) or nd < 2:
+            raise ValueError(f"append needs x as (..., tokens, channels) quantized along axis -1 or -2, "
+                             f"got axis {self.axis} of {nd} dims")
+        want = self.shape[:-2] + (self.shape[-1],)
+        if (not isinstance(tokens, torch.Tensor) or tokens.dim() != nd
+                or tuple(tokens.shape[:-2]) + (tokens.shape[-1],) != want):
+            raise ValueError(f"tokens must have shape (..., t, channels) = {self.shape[:-2]} + (t, {self.shape[-1]}), "
+                             f"got {tuple(getattr(tokens, 'shape', ()))}")
+        if tokens.dtype != self.dtype:
+            raise ValueError(f"tokens must have the cache's dtype {self.dtype}, got {tokens.dtype}")
+        if self.axis == nd - 1:  # per-token groups: the new rows at once
+            new = quantize(tokens, self.bits, self.group_size, -1, self.zero)
+            self.codes, self.scales, self.zeros = (torch.cat([a, b], dim=-2) for a, b in
+                                                   ((self.codes, new.codes), (self.scales, new.scales),
+                                                    (self.zeros, new.zeros)))
+        else:
+            self._append_per_channel(tokens)
+        self.shape = self.shape[:-2] + (self.shape[-2] + tokens.shape[-2], self.shape[-1])
+        return self
+
+    def _append_per_channel(self, tokens: torch.Tensor) -> None:
+        """Groups along tokens: whole groups are quantized and joined to the codes (a group is
+        group_size * bits / 8 bytes, whole bytes); the rest stays in the residual."""
+        done = self.shape[-2] - (0 if self.residual is None else self.residual.shape[-2])
+        if done % self.group_size:
+            raise ValueError(f"append with axis=-2 needs whole groups quantized, but {done} tokens are (start the "
+                             f"cache with QuantizedTensor.empty, or quantize a multiple of {self.group_size})")
+        pending = tokens if self.residual is None else torch.cat([self.residual, tokens], dim=-2)
+        full = pending.shape[-2] // self.group_size * self.group_size
+        if full:
+            new = quantize(pending[..., :full, :], self.bits, self.group_size, -2, self.zero)
+            self.codes = torch.cat([self.codes, new.codes], dim=-1)
+            self.scales = torch.cat([self.scales, new.scales], dim=-1)
+            if self.zero == "fp16":
+                self.zeros = torch.cat([self.zeros, new.zeros], dim=-1)
+            else:  # b-bit zero points of consecutive groups share bytes: unpacked, joined, packed again
+                old_groups = done // self.group_size
+                joined = torch.cat([unpack_bits(self.zeros, self.bits, old_groups),
+                                    unpack_bits(new.zeros, self.bits, new.scales.shape[-1])], dim=-1)
+                self.zeros = pack_bits(joined, self.bits)
+        rest = pending[..., full:, :]
+        self.residual = rest.clone() if rest.shape[-2] else None
 
 
 def quantize(x: torch.Tensor, bits: int, group_size: int = 128, axis: int = -1, zero: str = "int") -> QuantizedTensor:
@@ -89,13 +152,34 @@ def _check_scales(x, scales, zeros, bits, zero) -> None:
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = None) -> torch.Tensor:
-    """The values qt stands for, of x's shape and dtype (or `dtype`)."""
+    """The values qt stands for, of x's shape and dtype (or `dtype`), residual tokens included."""
     if not isinstance(qt, QuantizedTensor):
         raise ValueError(f"qt must be a QuantizedTensor (from genaccel.quantize), got {type(qt).__name__}")
     dtype = qt.dtype if dtype is None else dtype
-    k = qt.shape[qt.axis]
+    r = 0 if qt.residual is None else qt.residual.shape[-2]
+    k = qt.shape[qt.axis] - r
     rows = qt.codes.shape[:-1]
     n = math.prod(rows)
     flat = torch.ops.genaccel.xquant_dequantize(*(t.reshape(n, t.shape[-1]) for t in (qt.codes, qt.scales, qt.zeros)),
                                                 qt.bits, qt.group_size, k, dtype)
-    return flat.view(*rows, k).movedim(-1, qt.axis)
+    out = flat.view(*rows, k).movedim(-1, qt.axis)
+    return out if qt.residual is None else torch.cat([out, qt.residual.to(dtype)], dim=-2)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(..., n) integer codes in [0, 2^bits) -> (..., ceil(n bits / 8)) uint8, the ops' dense layout (8
+    codes make `bits` bytes, little-endian)."""
+    n = codes.shape[-1]
+    padded = torch.nn.functional.pad(codes.long(), (0, -n % 8)).unflatten(-1, (-1, 8))
+    word = (padded << (torch.arange(8, device=codes.device) * bits)).sum(-1, keepdim=True)
+    out = (word >> (torch.arange(bits, device=codes.device) * 8)) & 255
+    return out.flatten(-2)[..., :-(-n * bits // 8)].to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The inverse of pack_bits: (..., bytes) uint8 -> (..., n) int64 codes."""
+    full = -(-n // 8) * bits  # whole 8-code words
+    p = torch.nn.functional.pad(packed.long(), (0, full - packed.shape[-1])).unflatten(-1, (-1, bits))
+    word = (p << (torch.arange(bits, device=packed.device) * 8)).sum(-1, keepdim=True)
+    codes = (word >> (torch.arange(8, device=packed.device) * bits)) & ((1 << bits) - 1)
+    return codes.flatten(-2)[..., :n]
