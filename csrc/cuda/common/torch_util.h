@@ -1,6 +1,7 @@
 // Small tensor-side helpers of the CUDA registrations and runners of every family.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 #include "genaccel/common/dtype.h"
 
@@ -13,6 +14,11 @@ inline DType to_dtype(at::ScalarType t) {
     case at::kBFloat16: return DType::kBFloat16;
     default: return DType::kFloat32;
   }
+}
+
+// Raises naming the op when a torch-free launcher returned a cudaError (err != 0).
+inline void check_launch(int err, const char* what, const char* op) {
+  TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
 }
 
 }  // namespace genaccel::ops

@@ -16,6 +16,7 @@
 #include "cuda/attention/sla/select_blocks.h"
 #include "cuda/common/debug_knobs.h"
 #include "cuda/common/side_stream.h"
+#include "cuda/common/torch_util.h"
 #include "ops/attention/block_sparse.h"
 #include "ops/attention/sla.h"
 
@@ -24,10 +25,6 @@ namespace {
 
 constexpr const char* kOp = "sla_fwd";
 constexpr const char* kBwdOp = "sla_bwd";
-
-void check_launch(int err, const char* what, const char* op) {
-  TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
-}
 
 // The linear branch's row kernels take head dims 32, 64, 96 and 128 (the sparse branch pads those
 // below 128 to its kernels' 64 or 128).

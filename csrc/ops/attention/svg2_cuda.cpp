@@ -15,10 +15,6 @@
 namespace genaccel::ops {
 namespace {
 
-void check_launch(int err, const char* what, const char* op) {
-  TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> svg2_kmeans_cuda(const at::Tensor& x_in,
                                                                            const at::Tensor& init_in, int64_t iters,
                                                                            double tol) {

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/common/torch_util.h"
 #include "cuda/kvcache/xquant/quantize.h"
 #include "ops/kvcache/xquant.h"
 
@@ -13,10 +14,6 @@ namespace genaccel::ops {
 namespace {
 constexpr const char* kQuantizeOp = "xquant_quantize";
 constexpr const char* kDequantizeOp = "xquant_dequantize";
-
-void check_launch(int err, const char* what, const char* op) {
-  TORCH_CHECK(err == 0, op, " (CUDA): ", what, " launch failed with cudaError ", err);
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> xquant_quantize_cuda(const at::Tensor& x_in, int64_t bits,
                                                                     int64_t group_size, bool fp16_zero) {
