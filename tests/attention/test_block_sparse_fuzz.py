@@ -45,7 +45,7 @@ def fuzz_configs(draw):
 
 
 @pytest.mark.parametrize("device", devices())
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 @given(c=fuzz_configs())
 def test_fuzz_matches_reference_or_refuses_cleanly(device, c):
     if os.environ.get("GENACCEL_FUZZ_VERBOSE") == "1":
