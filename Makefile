@@ -24,7 +24,8 @@ setup:
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 # The main job (block-sparse attention vs SDPA), then the SLA, Radial and SVG2 benchmarks, the sparse
-# attention quality comparison, the SLA fine-tuning demo and the Wan video demo (diffusers).
+# attention quality comparison, the SLA fine-tuning demo, the Wan video demo (diffusers) and XQuant's
+# quantizer.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
@@ -33,6 +34,7 @@ demo: setup
 	$(VENV)/bin/genaccel bench --family attention-quality --quick
 	$(PY) bench/sla_finetune.py --quick
 	$(VENV)/bin/genaccel video-demo --method sla --steps 4
+	$(VENV)/bin/genaccel bench --family xquant --quick
 
 test: setup
 	$(PY) -m pytest -q

@@ -106,11 +106,11 @@ def test_bench_list_names_every_family(capsys):
     assert main(["bench", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit"} <= set(names)
+    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
 
 
-@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit"])
+@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant"])
 def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
     assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
@@ -296,3 +296,14 @@ def test_bench_video_dit_rows(tmp_path):
     assert any("at density 0.4: block_topk" in n for n in result["notes"])
     assert dense["rel_err_ok"] and dense["density"] == 1.0 and dense["rel_err_vs_stock"] <= 1e-5
     assert 0 < topk["density"] < 1 and topk["rel_err_vs_stock"] > 0 and topk["speedup_vs_stock"] > 0
+
+
+def test_bench_xquant_rows(tmp_path):
+    out = tmp_path / "xquant.json"
+    tiny = ["--set", "tokens=64", "--set", "channels=256", "--set", "bits=3", "--set", "min_rounds=1",
+            "--set", "max_rounds=1"]
+    assert main(["bench", "--family", "xquant", "--quick", "--no-progress", "--json", str(out), *tiny]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["within_half_scale"] and row["codes_match_reference"]
+    assert row["ratio_vs_fp16_kv"] == pytest.approx(2 * 64 * 256 * 2 / row["nbytes"])
+    assert row["quantize_speedup_vs_torch"] > 0 and row["dequantize_speedup_vs_torch"] > 0

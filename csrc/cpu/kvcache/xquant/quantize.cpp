@@ -16,20 +16,27 @@
 namespace genaccel::cpu {
 namespace {
 
-float load(const void* base, DType t, int64_t i) {
-  switch (t) {
-    case DType::kFloat32: return static_cast<const float*>(base)[i];
-    case DType::kBFloat16: return static_cast<float>(static_cast<const c10::BFloat16*>(base)[i]);
-    default: return static_cast<float>(static_cast<const c10::Half*>(base)[i]);
-  }
+// A row of n elements to float (load) and back (store): the dtype switch once per row, not per element.
+template <class T>
+void load_as(const void* base, int64_t n, float* out) {
+  const T* src = static_cast<const T*>(base);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(src[i]);
+}
+void load_row(const void* base, DType t, int64_t n, float* out) {
+  if (t == DType::kFloat32) return load_as<float>(base, n, out);
+  if (t == DType::kBFloat16) return load_as<c10::BFloat16>(base, n, out);
+  load_as<c10::Half>(base, n, out);
 }
 
-void store(void* base, DType t, int64_t i, float v) {
-  switch (t) {
-    case DType::kFloat32: static_cast<float*>(base)[i] = v; break;
-    case DType::kBFloat16: static_cast<c10::BFloat16*>(base)[i] = c10::BFloat16(v); break;
-    default: static_cast<c10::Half*>(base)[i] = c10::Half(v); break;
-  }
+template <class T>
+void store_as(const float* v, int64_t n, void* base) {
+  T* dst = static_cast<T*>(base);
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(v[i]);
+}
+void store_row(const float* v, int64_t n, DType t, void* base) {
+  if (t == DType::kFloat32) return store_as<float>(v, n, base);
+  if (t == DType::kBFloat16) return store_as<c10::BFloat16>(v, n, base);
+  store_as<c10::Half>(v, n, base);
 }
 
 uint16_t half_bits(float v) { return c10::Half(v).x; }
@@ -82,11 +89,12 @@ void unpack8(const uint8_t* row, int64_t c, int64_t n, int64_t bits, uint8_t* q)
 // float64 reference's exactly, so the codes agree with it also next to rounding ties.
 void xquant_quantize(const XquantQuantizeParams& p) {
   const double levels = static_cast<double>((1 << p.bits) - 1);
+  const int64_t element_bytes = p.x_dtype == DType::kFloat32 ? 4 : 2;
   at::parallel_for(0, p.rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> x(static_cast<size_t>(p.k));
     std::vector<uint8_t> q(static_cast<size_t>(p.k)), z(static_cast<size_t>(p.groups));
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t j = 0; j < p.k; ++j) x[j] = load(p.x, p.x_dtype, r * p.x_row_stride + j);
+      load_row(static_cast<const char*>(p.x) + r * p.x_row_stride * element_bytes, p.x_dtype, p.k, x.data());
       for (int64_t g = 0; g < p.groups; ++g) {
         const int64_t a = g * p.group_size, b = std::min(p.k, a + p.group_size);
         float mn = std::numeric_limits<float>::infinity(), mx = -mn;
@@ -131,28 +139,32 @@ void xquant_quantize(const XquantQuantizeParams& p) {
   });
 }
 
+// Per group x_hat = a + s q with a = -s z (integer zero point; s (q - z) and s q - s z are both exact
+// in float32: a float16 times an integer below 2^8) or a = the float16 offset.
 void xquant_dequantize(const XquantDequantizeParams& p) {
   at::parallel_for(0, p.rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<uint8_t> z(static_cast<size_t>(p.groups));
+    std::vector<float> out(static_cast<size_t>(p.k));
     uint8_t q[8];
+    const int64_t out_bytes = p.out_dtype == DType::kFloat32 ? 4 : 2;
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* codes = p.codes + r * p.code_row_bytes;
       if (!p.fp16_zero) {
         const uint8_t* zrow = static_cast<const uint8_t*>(p.zeros) + r * p.zero_row_bytes;
         for (int64_t g = 0; g < p.groups; g += 8) unpack8(zrow, g, std::min<int64_t>(8, p.groups - g), p.bits, &z[g]);
       }
-      for (int64_t c = 0; c < p.k; c += 8) {
-        const int64_t n = std::min<int64_t>(8, p.k - c);
-        unpack8(codes, c, n, p.bits, q);
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t j = c + i, g = j / p.group_size;
-          const float s = half_value(p.scales[r * p.groups + g]);
-          const float v = p.fp16_zero
-                              ? half_value(static_cast<const uint16_t*>(p.zeros)[r * p.groups + g]) + s * q[i]
-                              : s * (static_cast<float>(q[i]) - static_cast<float>(z[g]));
-          store(p.out, p.out_dtype, r * p.k + j, v);
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const float s = half_value(p.scales[r * p.groups + g]);
+        const float a = p.fp16_zero ? half_value(static_cast<const uint16_t*>(p.zeros)[r * p.groups + g])
+                                    : -s * static_cast<float>(z[g]);
+        const int64_t end = std::min(p.k, (g + 1) * p.group_size);
+        for (int64_t c = g * p.group_size; c < end; c += 8) {  // group_size % 8 == 0: chunks stay in the group
+          const int64_t n = std::min<int64_t>(8, end - c);
+          unpack8(codes, c, n, p.bits, q);
+          for (int64_t i = 0; i < n; ++i) out[c + i] = a + s * static_cast<float>(q[i]);
         }
       }
+      store_row(out.data(), p.k, p.out_dtype, static_cast<char*>(p.out) + r * p.k * out_bytes);
     }
   });
 }
