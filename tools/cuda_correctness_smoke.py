@@ -35,7 +35,7 @@ import traceback
 
 import torch
 
-from genaccel.testing import RTOL, make_input, make_mask, rel_err
+from genaccel.testing import RTOL, make_input, make_mask, quantizer_input, random_block_offsets, rel_err
 
 PROG = "cuda_correctness_smoke"
 
@@ -116,19 +116,6 @@ VARBLOCK_CASES = [
 ]
 
 
-def random_offsets(gen, rows, n, blocks, allow_empty):
-    """int32 (rows, blocks + 1) offsets from 0 to n: random cut points, repeated ones (empty blocks)
-    when allow_empty."""
-    out = []
-    for _ in range(rows):
-        if allow_empty:
-            cuts = torch.randint(0, n + 1, (blocks - 1,), generator=gen)
-        else:
-            cuts = torch.randperm(n - 1, generator=gen)[: blocks - 1] + 1
-        out.append(torch.cat([torch.zeros(1, dtype=torch.long), cuts.sort().values, torch.full((1,), n)]))
-    return torch.stack(out).int()
-
-
 def run_varblock_case(case, gen) -> str:
     import genaccel
     from genaccel.attention import BlockSparsePlan
@@ -136,8 +123,8 @@ def run_varblock_case(case, gen) -> str:
 
     name, B, H, Hkv, nq, nk, D, dtype, tq, tk, per_head, allow_empty = case
     ob, oh = (B, H) if per_head else (1, 1)
-    q_off = random_offsets(gen, ob * oh, nq, tq, allow_empty).view(ob, oh, tq + 1)
-    k_off = random_offsets(gen, ob * oh, nk, tk, allow_empty).view(ob, oh, tk + 1)
+    q_off = random_block_offsets(gen, ob * oh, nq, tq, allow_empty).view(ob, oh, tq + 1)
+    k_off = random_block_offsets(gen, ob * oh, nk, tk, allow_empty).view(ob, oh, tk + 1)
     mask = torch.rand(B, H, tq, tk, generator=gen) < 0.4
     mask[:, :, 0] = False  # a query block without keys
     plan = BlockSparsePlan.from_mask(mask.cuda(), q_block_offsets=q_off.cuda(), k_block_offsets=k_off.cuda())
@@ -465,8 +452,7 @@ def run_xquant_case(case, gen) -> str:
     from genaccel.kvcache.xquant import reference as R
 
     name, rows, k, group, bits, zero, dtype, layout = case
-    x = torch.randn(rows, k, generator=gen) * torch.rand(rows, 1, generator=gen) * 3
-    x += torch.randn(rows, 1, generator=gen) * (torch.rand(rows, 1, generator=gen) < 0.3)
+    x = quantizer_input(gen, rows, k)
     for r, c in enumerate((1.5, -0.75, 0.0)[:rows]):
         x[r, :group] = c
     if layout == "nonfinite":

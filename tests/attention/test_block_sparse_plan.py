@@ -10,28 +10,15 @@ import torch
 import genaccel
 from genaccel.attention import BlockSparsePlan
 from genaccel.attention.block_sparse.reference import block_sparse_attention_reference
-from genaccel.testing import make_input
+from genaccel.testing import make_input, random_block_offsets
 
 from conftest import CUDA, CUDA_MARKS, HALF_DTYPES, RTOL, on_cuda, rel_err
 
 
-def random_offsets(gen, rows, n, blocks, allow_empty):
-    """int32 (rows, blocks + 1) token offsets from 0 to n: random cut points (repeated ones make
-    empty blocks when allow_empty)."""
-    out = []
-    for _ in range(rows):
-        if allow_empty:
-            cuts = torch.randint(0, n + 1, (blocks - 1,), generator=gen)
-        else:
-            cuts = torch.randperm(n - 1, generator=gen)[: blocks - 1] + 1
-        out.append(torch.cat([torch.zeros(1, dtype=torch.long), cuts.sort().values, torch.full((1,), n)]))
-    return torch.stack(out).int()
-
-
 def varlen_case(gen, B, H, Hkv, nq, nk, tq, tk, per_head, allow_empty, density=0.4):
     ob, oh = (B, H) if per_head else (1, 1)
-    q_off = random_offsets(gen, ob * oh, nq, tq, allow_empty).view(ob, oh, tq + 1)
-    k_off = random_offsets(gen, ob * oh, nk, tk, allow_empty).view(ob, oh, tk + 1)
+    q_off = random_block_offsets(gen, ob * oh, nq, tq, allow_empty).view(ob, oh, tq + 1)
+    k_off = random_block_offsets(gen, ob * oh, nk, tk, allow_empty).view(ob, oh, tk + 1)
     mask = torch.rand(B, 1, tq, tk, generator=gen) < density
     mask[:, :, 0] = False  # an empty row: zeros, lse = -inf
     return q_off, k_off, mask
@@ -112,7 +99,7 @@ def one_sided_case(gen, side, B, H, Hkv, nq, nk, blocks, uniform_block):
     """Offsets on one side only (`side` "q" or "k", `blocks` variable blocks, empty ones included), the
     other side uniform blocks of `uniform_block` tokens (any size: the variable-block kernels take it)."""
     n_var, n_uni = (nq, nk) if side == "q" else (nk, nq)
-    off = random_offsets(gen, B * H, n_var, blocks, True).view(B, H, blocks + 1)
+    off = random_block_offsets(gen, B * H, n_var, blocks, True).view(B, H, blocks + 1)
     t_uni = -(-n_uni // uniform_block)
     tq, tk = (blocks, t_uni) if side == "q" else (t_uni, blocks)
     mask = torch.rand(B, H, tq, tk, generator=gen) < 0.5

@@ -10,6 +10,7 @@ from conftest import BAD, devices
 
 import genaccel
 from genaccel.kvcache.xquant import reference as R
+from genaccel.testing import quantizer_input
 
 BITS = [2, 3, 4, 8]
 
@@ -20,11 +21,7 @@ def rows_of(x, group_size, bits, zero):
 
 
 def random_x(rows, k, dtype=torch.float32, seed=0, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-    # Mixed scales and offsets per row, so that groups differ in range and some hold no 0 at all.
-    x = torch.randn(rows, k, generator=gen) * torch.rand(rows, 1, generator=gen) * 3
-    x += torch.randn(rows, 1, generator=gen) * (torch.rand(rows, 1, generator=gen) < 0.3)
-    return x.to(dtype).to(device)
+    return quantizer_input(torch.Generator().manual_seed(seed), rows, k).to(dtype).to(device)
 
 
 @pytest.mark.parametrize("device", devices())

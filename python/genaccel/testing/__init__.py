@@ -69,3 +69,23 @@ def make_mask(gen, shape, kind="random", density=0.5):
     else:
         assert kind == "random", kind
     return m
+
+
+def random_block_offsets(gen, rows, n, blocks, allow_empty):
+    """int32 (rows, blocks + 1) token offsets from 0 to n for variable-size blocks: random cut points
+    (repeated ones make empty blocks when allow_empty)."""
+    out = []
+    for _ in range(rows):
+        if allow_empty:
+            cuts = torch.randint(0, n + 1, (blocks - 1,), generator=gen)
+        else:
+            cuts = torch.randperm(n - 1, generator=gen)[: blocks - 1] + 1
+        out.append(torch.cat([torch.zeros(1, dtype=torch.long), cuts.sort().values, torch.full((1,), n)]))
+    return torch.stack(out).int()
+
+
+def quantizer_input(gen, rows, k):
+    """float32 (rows, k) for the group quantizer: rows of mixed scales, some with an offset, so that
+    groups differ in range and some hold no 0 at all."""
+    x = torch.randn(rows, k, generator=gen) * torch.rand(rows, 1, generator=gen) * 3
+    return x + torch.randn(rows, 1, generator=gen) * (torch.rand(rows, 1, generator=gen) < 0.3)
