@@ -58,7 +58,7 @@ def test_public_api():
     assert sorted(genaccel.__all__) == sorted(
         ["QuantizedTensor", "__version__", "block_mask_to_indices", "block_sparse_attention", "build_info", "cluster_permute",
          "cluster_unpermute", "dequantize", "has_cuda_kernels", "kmeans", "mask_density", "quantize", "radial_block_mask", "sla_block_map",
-         "sparse_linear_attention", "svg2_attention"]
+         "sparse_linear_attention", "svg2_attention", "xquant_matmul", "xquant_weighted_sum"]
     )
     for name in genaccel.__all__:
         assert hasattr(genaccel, name), name

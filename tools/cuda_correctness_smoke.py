@@ -448,6 +448,49 @@ XQUANT_CASES = [
 ]
 
 
+# XQuant's fused products (xquant_matmul, xquant_weighted_sum) on CUDA against float64 products of the
+# float64 reference dequantization of the same bytes (quantized on the CPU): (name, op, rows or
+# (batch, tokens), k, n or m, group, bits, zero, dtype). Edges: k ending mid-word, n / m / rows not
+# multiples of the 64-tiles, a weight whose rows are not 16-byte aligned (k % 8 != 0).
+XQUANT_MATMUL_CASES = [
+    ("xquant_matmul 4-bit int bf16", "matmul", 130, 256, 72, 128, 4, "int", torch.bfloat16),
+    ("xquant_matmul 3-bit fp16-zero fp16, k=100", "matmul", 65, 100, 33, 16, 3, "fp16", torch.float16),
+    ("xquant_matmul 2-bit int fp32 (SIMT)", "matmul", 70, 200, 130, 32, 2, "int", torch.float32),
+    ("xquant_matmul 8-bit int bf16, k=20 g8", "matmul", 3, 20, 5, 8, 8, "int", torch.bfloat16),
+    ("xquant_matmul 4-bit int fp16, 4096 rows", "matmul", 4096, 512, 256, 128, 4, "int", torch.float16),
+    ("xquant_weighted_sum 4-bit int bf16", "wsum", (2, 300), 256, 4, 128, 4, "int", torch.bfloat16),
+    ("xquant_weighted_sum 3-bit fp16-zero fp16 m=40", "wsum", (1, 77), 136, 40, 8, 3, "fp16", torch.float16),
+    ("xquant_weighted_sum 2-bit int fp32 (SIMT)", "wsum", (3, 129), 200, 17, 32, 2, "int", torch.float32),
+    ("xquant_weighted_sum 4-bit int bf16 m=70", "wsum", (1, 1000), 1024, 70, 128, 4, "int", torch.bfloat16),
+]
+
+
+def run_xquant_matmul_case(case, gen) -> str:
+    from genaccel.kvcache.xquant import reference as R
+
+    name, op, rows, k, n, group, bits, zero, dtype = case
+    batch, tokens = rows if op == "wsum" else (1, rows)
+    codes, scales, zeros = torch.ops.genaccel.xquant_quantize(quantizer_input(gen, batch * tokens, k), bits, group,
+                                                              zero == "fp16")
+    x = R.dequantize(codes, scales, zeros, bits, group, k, zero)
+    cuda = [t.cuda() for t in (codes, scales, zeros)]
+    if op == "matmul":
+        w = torch.randn(n, k, generator=gen).to(dtype)
+        b = torch.randn(n, generator=gen).to(dtype)
+        got = torch.ops.genaccel.xquant_matmul(*cuda, bits, group, k, w.cuda(), b.cuda()).cpu()
+        want = x @ w.double().T + b.double()
+    else:
+        a = torch.softmax(torch.randn(batch, n, tokens, generator=gen), -1).to(dtype)
+        got = torch.ops.genaccel.xquant_weighted_sum(a.cuda(), *cuda, bits, group, k).cpu()
+        want = a.double() @ x.view(batch, tokens, k)
+    if got.dtype != dtype or got.shape != want.shape:
+        return f"FAIL dtype/shape {got.dtype} {tuple(got.shape)}"
+    err = rel_err(got, want)
+    # 16-bit: the dequantized tile is rounded to the dtype, the output too; float32: exact FMAs.
+    limit = 1e-5 if dtype == torch.float32 else 2 * RTOL[dtype]
+    return f"ok rel err {err:.2e}" if err < limit else f"FAIL rel err {err:.2e} >= {limit:.0e}"
+
+
 def run_xquant_case(case, gen) -> str:
     from genaccel.kvcache.xquant import reference as R
 
@@ -558,7 +601,8 @@ def main() -> int:
             + [(case[0], run_varblock_case, case, True) for case in VARBLOCK_CASES]
             + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES]
             + [(case[0], run_svg2_case, case, True) for case in SVG2_CASES]
-            + [(case[0], run_xquant_case, case, True) for case in XQUANT_CASES])
+            + [(case[0], run_xquant_case, case, True) for case in XQUANT_CASES]
+            + [(case[0], run_xquant_matmul_case, case, True) for case in XQUANT_MATMUL_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
         runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]

@@ -9,7 +9,7 @@ from .attention import block_mask_to_indices, block_sparse_attention, mask_densi
 from .attention.radial import radial_block_mask
 from .attention.sla import sla_block_map, sparse_linear_attention
 from .attention.svg2 import cluster_permute, cluster_unpermute, kmeans, svg2_attention
-from .kvcache import QuantizedTensor, dequantize, quantize
+from .kvcache import QuantizedTensor, dequantize, quantize, xquant_matmul, xquant_weighted_sum
 
 __version__ = build_info()["version"]
 
@@ -30,4 +30,6 @@ __all__ = [
     "sla_block_map",
     "sparse_linear_attention",
     "svg2_attention",
+    "xquant_matmul",
+    "xquant_weighted_sum",
 ]

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 #include "genaccel/kvcache/xquant/params.h"
@@ -28,6 +29,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_xquant_quantize_outputs(con
 // dtype float32/bfloat16/float16. Raises naming xquant_dequantize and the argument.
 void check_xquant_dequantize_op(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& zeros,
                                 int64_t bits, int64_t group_size, int64_t cols, at::ScalarType dtype);
+
+// Every check of op xquant_matmul: the codes as for xquant_dequantize (rows, cols), weight 2-D (N, cols)
+// float32/bfloat16/float16 on their device, bias None or (N,) of weight's dtype and device.
+void check_xquant_matmul_op(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& zeros, int64_t bits,
+                            int64_t group_size, int64_t cols, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias);
+
+// Every check of op xquant_weighted_sum: a 3-D (batch, M, tokens) float32/bfloat16/float16, the codes as
+// for xquant_dequantize with batch * tokens rows, on a's device.
+void check_xquant_weighted_sum_op(const at::Tensor& a, const at::Tensor& codes, const at::Tensor& scales,
+                                  const at::Tensor& zeros, int64_t bits, int64_t group_size, int64_t cols);
+
+// The kernels' view of checked contiguous codes, scales and zeros of (rows, cols) values.
+XquantCodes xquant_codes(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& zeros, int64_t bits,
+                         int64_t group_size, int64_t cols);
+
+// The products' params: contiguous weight (bias) / a and out of the op's output shape.
+XquantMatmulParams xquant_matmul_params(const XquantCodes& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias, at::Tensor& out);
+XquantWeightedSumParams xquant_weighted_sum_params(const XquantCodes& x, const at::Tensor& a, at::Tensor& out);
 
 // The kernels' params for checked tensors: x with a contiguous last dim, the outputs of
 // empty_xquant_quantize_outputs (zero_codes left null: the CUDA registration sets its scratch).

@@ -1,5 +1,5 @@
 """KV-cache compression: XQuant's quantized layer-input (X) caches (variant `xquant`)."""
 
-from .xquant import QuantizedTensor, dequantize, quantize
+from .xquant import QuantizedTensor, dequantize, quantize, xquant_matmul, xquant_weighted_sum
 
-__all__ = ["QuantizedTensor", "dequantize", "quantize"]
+__all__ = ["QuantizedTensor", "dequantize", "quantize", "xquant_matmul", "xquant_weighted_sum"]

@@ -141,30 +141,37 @@ void xquant_quantize(const XquantQuantizeParams& p) {
 
 // Per group x_hat = a + s q with a = -s z (integer zero point; s (q - z) and s q - s z are both exact
 // in float32: a float16 times an integer below 2^8) or a = the float16 offset.
+void dequantize_span(const XquantCodes& x, int64_t r, int64_t c0, int64_t c1, float* out) {
+  const uint8_t* codes = x.codes + r * x.code_row_bytes;
+  const uint8_t* zrow = x.fp16_zero ? nullptr : static_cast<const uint8_t*>(x.zeros) + r * x.zero_row_bytes;
+  const uint16_t* offsets = x.fp16_zero ? static_cast<const uint16_t*>(x.zeros) + r * x.groups : nullptr;
+  const uint16_t* scales = x.scales + r * x.groups;
+  uint8_t q[8];
+  for (int64_t g = c0 / x.group_size; g * x.group_size < c1; ++g) {
+    const float s = half_value(scales[g]);
+    float a;
+    if (x.fp16_zero) {
+      a = half_value(offsets[g]);
+    } else {
+      unpack8(zrow, g / 8 * 8, 1 + g % 8, x.bits, q);  // the zero points of g's word, up to g
+      a = -s * static_cast<float>(q[g % 8]);
+    }
+    const int64_t begin = std::max(c0, g * x.group_size), end = std::min(c1, (g + 1) * x.group_size);
+    for (int64_t c = begin; c < end; c += 8) {  // group_size % 8 == 0: chunks stay in the group
+      const int64_t n = std::min<int64_t>(8, end - c);
+      unpack8(codes, c, n, x.bits, q);
+      for (int64_t i = 0; i < n; ++i) out[c - c0 + i] = a + s * static_cast<float>(q[i]);
+    }
+  }
+}
+
 void xquant_dequantize(const XquantDequantizeParams& p) {
-  at::parallel_for(0, p.rows, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<uint8_t> z(static_cast<size_t>(p.groups));
-    std::vector<float> out(static_cast<size_t>(p.k));
-    uint8_t q[8];
+  at::parallel_for(0, p.x.rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> out(static_cast<size_t>(p.x.k));
     const int64_t out_bytes = p.out_dtype == DType::kFloat32 ? 4 : 2;
     for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* codes = p.codes + r * p.code_row_bytes;
-      if (!p.fp16_zero) {
-        const uint8_t* zrow = static_cast<const uint8_t*>(p.zeros) + r * p.zero_row_bytes;
-        for (int64_t g = 0; g < p.groups; g += 8) unpack8(zrow, g, std::min<int64_t>(8, p.groups - g), p.bits, &z[g]);
-      }
-      for (int64_t g = 0; g < p.groups; ++g) {
-        const float s = half_value(p.scales[r * p.groups + g]);
-        const float a = p.fp16_zero ? half_value(static_cast<const uint16_t*>(p.zeros)[r * p.groups + g])
-                                    : -s * static_cast<float>(z[g]);
-        const int64_t end = std::min(p.k, (g + 1) * p.group_size);
-        for (int64_t c = g * p.group_size; c < end; c += 8) {  // group_size % 8 == 0: chunks stay in the group
-          const int64_t n = std::min<int64_t>(8, end - c);
-          unpack8(codes, c, n, p.bits, q);
-          for (int64_t i = 0; i < n; ++i) out[c + i] = a + s * static_cast<float>(q[i]);
-        }
-      }
-      store_row(out.data(), p.k, p.out_dtype, static_cast<char*>(p.out) + r * p.k * out_bytes);
+      dequantize_span(p.x, r, 0, p.x.k, out.data());
+      store_row(out.data(), p.x.k, p.out_dtype, static_cast<char*>(p.out) + r * p.x.k * out_bytes);
     }
   });
 }

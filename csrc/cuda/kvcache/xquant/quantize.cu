@@ -14,6 +14,8 @@
 // or not (the CPU kernel's build fuses it: -mfma with GNU C++'s -ffp-contract=fast).
 #include "cuda/kvcache/xquant/quantize.h"
 
+#include "cuda/kvcache/xquant/codes.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,6 +25,7 @@
 
 namespace genaccel::cuda {
 namespace {
+using namespace xquant;  // codes.cuh
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -33,34 +36,8 @@ unsigned blocks_for(int64_t n, int64_t per) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + per - 1) / per, kMaxBlocks)));
 }
 
-bool valid_layout(int64_t bits, int64_t group_size) {
-  return (bits == 2 || bits == 3 || bits == 4 || bits == 8) && group_size >= 8 && group_size % 8 == 0;
-}
-
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 // float16 as bit patterns, as the CPU's half_bits / half_value / half_step / half_up / half_down.
 __device__ __forceinline__ uint16_t half_bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
-__device__ __forceinline__ float half_value(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
 // The next float16 above (up = true) or below a finite one, by its bit pattern.
 __device__ __forceinline__ uint16_t half_step(uint16_t h, bool up) {
@@ -87,12 +64,6 @@ __device__ __forceinline__ double clamp_levels(double v, double levels) {
 }
 __device__ __forceinline__ uint32_t to_code(double v) { return static_cast<uint8_t>(__double2int_rz(v)); }
 
-// The little-endian word of nbytes <= 8 bytes at src.
-__device__ __forceinline__ uint64_t read_word(const uint8_t* src, int nbytes) {
-  uint64_t word = 0;
-  for (int b = 0; b < nbytes; ++b) word |= static_cast<uint64_t>(src[b]) << (8 * b);
-  return word;
-}
 __device__ __forceinline__ void write_word(uint8_t* dst, uint64_t word, int nbytes) {
   for (int b = 0; b < nbytes; ++b) dst[b] = static_cast<uint8_t>(word >> (8 * b));
 }
@@ -227,35 +198,15 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) dequantize_kernel(XquantDequantizeParams p) {
-  const int bits = static_cast<int>(p.bits);
-  const uint64_t mask = (uint64_t{1} << bits) - 1;
-  const int64_t chunks = (p.k + 7) / 8, total = p.rows * chunks;
+  const int64_t chunks = (p.x.k + 7) / 8, total = p.x.rows * chunks;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   T* out = static_cast<T*>(p.out);
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < total; t += stride) {
     const int64_t r = t / chunks, c = (t % chunks) * 8;
-    const int count = static_cast<int>(min64(8, p.k - c));
-    const uint64_t word = read_word(p.codes + r * p.code_row_bytes + (c / 8) * bits, (count * bits + 7) / 8);
-    const int64_t g = c / p.group_size;  // the chunk's 8 elements share a group
-    const float s = half_value(p.scales[r * p.groups + g]);
-    T* o = out + r * p.k + c;
-    if (p.fp16_zero) {
-      const float m = half_value(static_cast<const uint16_t*>(p.zeros)[r * p.groups + g]);
-      for (int i = 0; i < count; ++i) {
-        const float q = static_cast<float>((word >> (i * bits)) & mask);
-        o[i] = from_float<T>(__fmaf_rn(s, q, m));  // s q is exact: the same as an unfused m + s q
-      }
-    } else {
-      const int64_t zc = (g / 8) * 8;  // the 8 packed zero points around g
-      const int zcount = static_cast<int>(min64(8, p.groups - zc));
-      const uint8_t* zsrc = static_cast<const uint8_t*>(p.zeros) + r * p.zero_row_bytes + (zc / 8) * bits;
-      const uint64_t zword = read_word(zsrc, (zcount * bits + 7) / 8);
-      const float z = static_cast<float>((zword >> ((g - zc) * bits)) & mask);
-      for (int i = 0; i < count; ++i) {
-        const float q = static_cast<float>((word >> (i * bits)) & mask);
-        o[i] = from_float<T>(__fmul_rn(s, __fsub_rn(q, z)));
-      }
-    }
+    const int count = static_cast<int>(min64(8, p.x.k - c));
+    float v[8];
+    dequantize_word(p.x, true, r, c, v);
+    for (int i = 0; i < count; ++i) out[r * p.x.k + c + i] = from_float<T>(v[i]);
   }
 }
 
@@ -271,7 +222,7 @@ int launch_quantize(const XquantQuantizeParams& p, cudaStream_t stream) {
 
 template <class T>
 int launch_dequantize(const XquantDequantizeParams& p, cudaStream_t stream) {
-  dequantize_kernel<T><<<blocks_for(p.rows * ((p.k + 7) / 8), kThreads), kThreads, 0, stream>>>(p);
+  dequantize_kernel<T><<<blocks_for(p.x.rows * ((p.x.k + 7) / 8), kThreads), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -291,8 +242,8 @@ int xquant_quantize_cuda(const XquantQuantizeParams& p, void* stream_ptr) {
 }
 
 int xquant_dequantize_cuda(const XquantDequantizeParams& p, void* stream_ptr) {
-  if (!valid_layout(p.bits, p.group_size)) return cudaErrorInvalidValue;
-  if (p.rows <= 0 || p.k <= 0) return cudaSuccess;
+  if (!valid_layout(p.x.bits, p.x.group_size)) return cudaErrorInvalidValue;
+  if (p.x.rows <= 0 || p.x.k <= 0) return cudaSuccess;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   switch (p.out_dtype) {
     case DType::kFloat32: return launch_dequantize<float>(p, stream);

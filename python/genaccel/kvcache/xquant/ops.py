@@ -183,3 +183,73 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     word = (p << (torch.arange(bits, device=packed.device) * 8)).sum(-1, keepdim=True)
     codes = (word >> (torch.arange(8, device=packed.device) * bits)) & ((1 << bits) - 1)
     return codes.flatten(-2)[..., :n]
+
+
+def _flat_codes(qt: QuantizedTensor):
+    """qt's codes, scales and zeros as the ops' 2-D (rows, bytes) tensors, and the quantized length."""
+    r = 0 if qt.residual is None else qt.residual.shape[-2]
+    k = qt.shape[qt.axis] - r
+    n = math.prod(qt.codes.shape[:-1])
+    return [t.reshape(n, t.shape[-1]) for t in (qt.codes, qt.scales, qt.zeros)], k
+
+
+def _check_cache_layout(qt, name: str) -> None:
+    if not isinstance(qt, QuantizedTensor):
+        raise ValueError(f"{name} must be a QuantizedTensor (from genaccel.quantize), got {type(qt).__name__}")
+    nd = len(qt.shape)
+    if nd < 2 or qt.axis not in (nd - 1, nd - 2):
+        raise ValueError(f"{name} must hold x as (..., tokens, channels) quantized along axis -1 or -2, got axis "
+                         f"{qt.axis} of shape {qt.shape}")
+
+
+def xquant_matmul(qt: QuantizedTensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dequantize(qt) @ weight.T (+ bias) without materialising dequantize(qt): qt holds x (..., T, K)
+    quantized along axis -1 (per-token groups) or -2 (per-channel groups, residual tokens included);
+    weight (N, K), bias (N,) or None -> (..., T, N) of weight's dtype, float32 accumulation. XQuant's
+    rematerialisation K = X W_k^T, V = X W_v^T."""
+    _check_cache_layout(qt, "qt")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != qt.shape[-1]:
+        raise ValueError(f"weight must be a 2-D (N, K = {qt.shape[-1]}) tensor, got "
+                         f"{tuple(getattr(weight, 'shape', ()))}")
+    (codes, scales, zeros), k = _flat_codes(qt)
+    lead = qt.shape[:-2]
+    if qt.axis == len(qt.shape) - 1:  # rows are tokens, groups run along the product's reduction dim
+        out = torch.ops.genaccel.xquant_matmul(codes, scales, zeros, qt.bits, qt.group_size, k, weight, bias)
+        return out.view(*lead, qt.shape[-2], weight.shape[0])
+    # Per-channel groups: rows are channels, so X W^T = (W X^T)^T is the weighted sum of those rows.
+    b = math.prod(lead)
+    a = weight.unsqueeze(0).expand(b, *weight.shape).contiguous()
+    out = torch.ops.genaccel.xquant_weighted_sum(a, codes, scales, zeros, qt.bits, qt.group_size, k)
+    out = out.transpose(1, 2).reshape(*lead, k, weight.shape[0])
+    if qt.residual is not None:
+        out = torch.cat([out, torch.nn.functional.linear(qt.residual.to(weight.dtype), weight)], dim=-2)
+    return out if bias is None else out + bias
+
+
+def xquant_weighted_sum(a: torch.Tensor, qt: QuantizedTensor) -> torch.Tensor:
+    """a @ dequantize(qt) without materialising dequantize(qt): a (..., M, T), qt holds x (..., T, K)
+    (the same leading dims) -> (..., M, K) of a's dtype, float32 accumulation. The attention-weighted
+    sum of cached X rows: XQuant's absorbed value path (sum_j a_j X_j first, then W_v per head, exact)."""
+    _check_cache_layout(qt, "qt")
+    lead, t = qt.shape[:-2], qt.shape[-2]
+    if not isinstance(a, torch.Tensor) or a.dim() != len(qt.shape) or tuple(a.shape[:-2]) != lead or a.shape[-1] != t:
+        raise ValueError(f"a must have shape (..., M, T) = {lead} + (M, {t}) for qt of shape {qt.shape}, got "
+                         f"{tuple(getattr(a, 'shape', ()))}")
+    (codes, scales, zeros), k = _flat_codes(qt)
+    b, m = math.prod(lead), a.shape[-2]
+    if qt.axis == len(qt.shape) - 1:
+        out = torch.ops.genaccel.xquant_weighted_sum(a.reshape(b, m, t), codes, scales, zeros, qt.bits,
+                                                     qt.group_size, k)
+        return out.view(*lead, m, qt.shape[-1])
+    # Per-channel groups: rows are channels (b * K of them), a @ X = (X^T a^T)^T, one product per batch.
+    c = qt.shape[-1]
+    a3 = a.reshape(b, m, t)
+    parts = []
+    for i in range(b):
+        rows = slice(i * c, (i + 1) * c)
+        part = torch.ops.genaccel.xquant_matmul(codes[rows], scales[rows], zeros[rows], qt.bits, qt.group_size, k,
+                                                a3[i, :, :k].contiguous()).t()
+        if qt.residual is not None:
+            part = part + a3[i, :, k:] @ qt.residual.reshape(b, -1, c)[i].to(a.dtype)
+        parts.append(part)
+    return torch.stack(parts).view(*lead, m, c)

@@ -141,3 +141,78 @@ register(OpSpec(
         Case(spec.name, "axis_out_of_range", "family", lambda a: {**a, "axis": 2}, ERROR, r"\baxis\b"),
     ],
 ))
+
+
+# -- ops xquant_matmul / xquant_weighted_sum ----------------------------------------------------------------
+
+N, M, BATCH = 6, 3, 2  # weight rows; attention rows; the weighted sum's batch (ROWS = BATCH x 2 tokens)
+
+
+def _codes(device):
+    codes, scales, zeros = torch.ops.genaccel.xquant_quantize(data(torch.Generator().manual_seed(3), "cpu"), BITS,
+                                                              GROUP, False)
+    return dict(codes=codes.to(device), scales=scales.to(device), zeros=zeros.to(device), bits=BITS,
+                group_size=GROUP, cols=K)
+
+
+def _x(a):
+    zero = "fp16" if a["zeros"].dtype == torch.float16 else "int"
+    return R.dequantize(a["codes"].cpu(), a["scales"].cpu(), a["zeros"].cpu(), a["bits"], a["group_size"], a["cols"],
+                        zero)
+
+
+def matmul_base(gen, device):
+    return dict(**_codes(device), weight=torch.randn(N, K, generator=gen).to(device),
+                bias=torch.randn(N, generator=gen).to(device))
+
+
+def matmul_reference(a):
+    out = _x(a) @ a["weight"].cpu().double().T
+    return (out if a["bias"] is None else out + a["bias"].cpu().double(),)
+
+
+register(OpSpec(
+    name="genaccel::xquant_matmul",
+    call=torch.ops.genaccel.xquant_matmul,
+    base=matmul_base,
+    reference=matmul_reference,
+    tensors=dict(codes="mask", scales="stat", zeros="mask", weight="data", bias="weight"),
+    scalars=dict(bits="int", group_size="int", cols="int"),
+    nonfinite=("weight",),
+    ok_dtypes=dict(codes=(torch.uint8,), zeros=(torch.uint8,)),
+    extra=lambda spec: [
+        Case(spec.name, "no_bias", "family", lambda a: {**a, "bias": None}, RESULT),
+        Case(spec.name, "bfloat16_weight", "family",
+             lambda a: {**a, "weight": a["weight"].bfloat16(), "bias": a["bias"].bfloat16()}, RESULT),
+        Case(spec.name, "bias_dtype_mismatch", "family", lambda a: {**a, "bias": a["bias"].half()}, ERROR, r"\bbias\b"),
+        Case(spec.name, "weight_cols_mismatch", "family", lambda a: {**a, "weight": a["weight"][:, :-8]}, ERROR,
+             r"\bweight\b"),
+        Case(spec.name, "cols_mismatch", "family", lambda a: {**a, "cols": K + 8}, ERROR, r"\bcodes\b"),
+    ],
+))
+
+
+def weighted_sum_base(gen, device):
+    a = torch.softmax(torch.randn(BATCH, M, ROWS // BATCH, generator=gen), -1)
+    return dict(a=a.to(device), **_codes(device))
+
+
+def weighted_sum_reference(a):
+    t = a["a"].shape[2]
+    return (a["a"].cpu().double() @ _x(a).view(-1, t, a["cols"]),)
+
+
+register(OpSpec(
+    name="genaccel::xquant_weighted_sum",
+    call=torch.ops.genaccel.xquant_weighted_sum,
+    base=weighted_sum_base,
+    reference=weighted_sum_reference,
+    tensors=dict(a="data", codes="mask", scales="stat", zeros="mask"),
+    scalars=dict(bits="int", group_size="int", cols="int"),
+    nonfinite=("a",),
+    ok_dtypes=dict(codes=(torch.uint8,), zeros=(torch.uint8,)),
+    extra=lambda spec: [
+        Case(spec.name, "float16_a", "family", lambda a: {**a, "a": a["a"].half()}, RESULT),
+        Case(spec.name, "tokens_mismatch", "family", lambda a: {**a, "a": a["a"][:, :, :1]}, ERROR, r"\bcodes\b"),
+    ],
+))
