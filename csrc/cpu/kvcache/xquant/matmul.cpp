@@ -3,8 +3,8 @@
 // X never exists whole: the peak temporary is a tile per thread, not rows x k.
 // - xquant_matmul: a work item is (a tile of kRowTile rows, a share of the output columns). Its rows are
 //   dequantized once; then per block of kColBlock columns and kDepth-deep slice of k, the weight slice
-//   is packed transposed (k x columns, as the micro-kernel streams B) and accumulated into a C block
-//   that stays in cache. Columns are split across items only when there are too few row tiles to
+//   is packed transposed in strips of kNR columns (as the micro-kernel streams B) and accumulated into
+//   a C block that stays in cache. Columns are split across items only when there are too few row tiles to
 //   keep every thread busy.
 // - xquant_weighted_sum: a work item is (batch, a block of kColBlock columns of X); it walks the tokens
 //   in tiles of kTokenTile, dequantizing each tile's columns straight into the micro-kernel's B layout
@@ -21,21 +21,28 @@
 
 namespace genaccel::cpu {
 namespace {
-constexpr int64_t kRowTile = 64;     // rows of X per matmul item
+constexpr int64_t kRowTile = 192;    // rows of X per matmul item (32 micro-tiles): a packed weight slice serves them all
 constexpr int64_t kColBlock = 256;   // output columns per C block (a multiple of kNR)
 constexpr int64_t kDepth = 256;      // k per packed weight slice: 256 x 256 floats = 256 KB
 constexpr int64_t kTokenTile = 128;  // tokens per weighted-sum tile
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// dst (depth x width_pad, row-major) = w[c0 : c0 + width, k0 : k0 + depth]^T, zero columns past width.
-void pack_weight(const float* w, int64_t k, int64_t c0, int64_t width, int64_t k0, int64_t depth, int64_t width_pad,
-                 float* dst) {
-  for (int64_t j = 0; j < width; ++j) {
-    const float* src = w + (c0 + j) * k + k0;
-    for (int64_t d = 0; d < depth; ++d) dst[d * width_pad + j] = src[d];
+// w[c0 : c0 + width, k0 : k0 + depth]^T packed as strips of kNR columns, each (depth x kNR) contiguous,
+// zeros past width: the micro-kernel then streams B rows 64 bytes apart (a 256-float row stride would
+// map a strip's rows onto a few L1 sets).
+void pack_weight(const float* w, int64_t k, int64_t c0, int64_t width, int64_t k0, int64_t depth, float* dst) {
+  for (int64_t s0 = 0; s0 < width; s0 += kNR) {
+    float* strip = dst + s0 * depth;
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (s0 + j >= width) {
+        for (int64_t d = 0; d < depth; ++d) strip[d * kNR + j] = 0.f;
+        continue;
+      }
+      const float* src = w + (c0 + s0 + j) * k + k0;
+      for (int64_t d = 0; d < depth; ++d) strip[d * kNR + j] = src[d];
+    }
   }
-  for (int64_t d = 0; d < depth; ++d) std::fill(dst + d * width_pad + width, dst + (d + 1) * width_pad, 0.f);
 }
 }  // namespace
 
@@ -48,27 +55,31 @@ void xquant_matmul(const XquantMatmulParams& p) {
   const int64_t splits = std::clamp<int64_t>(ceil_div(at::get_num_threads(), row_tiles), 1, col_blocks);
   const int64_t blocks_per_split = ceil_div(col_blocks, splits);
   at::parallel_for(0, row_tiles * splits, 1, [&](int64_t i0, int64_t i1) {
-    Scratch tile = scratch(static_cast<size_t>(kRowTile * k));
+    Scratch tile = scratch(static_cast<size_t>(kRowTile * ceil_div(k, kDepth) * kDepth));
     Scratch packed = scratch(static_cast<size_t>(kDepth * kColBlock));
     Scratch c = scratch(static_cast<size_t>(kRowTile * kColBlock));
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t r0 = item / splits * kRowTile, m = std::min(kRowTile, rows - r0);
       const int64_t b0 = item % splits * blocks_per_split, b1 = std::min(col_blocks, b0 + blocks_per_split);
       if (b0 >= b1) continue;
-      for (int64_t r = 0; r < m; ++r) dequantize_span(p.x, r0 + r, 0, k, tile.get() + r * k);
+      // The tile as k-slices of (m x kDepth): a slice's rows are 1 KB apart, not k floats.
+      for (int64_t k0 = 0; k0 < k; k0 += kDepth)
+        for (int64_t r = 0; r < m; ++r)
+          dequantize_span(p.x, r0 + r, k0, std::min(k, k0 + kDepth), tile.get() + k0 * kRowTile + r * kDepth);
       for (int64_t cb = b0; cb < b1; ++cb) {
         const int64_t c0 = cb * kColBlock, width = std::min(kColBlock, n - c0);
         const int width_pad = round_up(static_cast<int>(width), kNR);
         for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
-          const int64_t depth = std::min(kDepth, k - k0);
-          pack_weight(w, k, c0, width, k0, depth, width_pad, packed.get());
-          const float* a = tile.get() + k0;
-          if (k0 == 0) {
-            micro_gemm<false>(static_cast<int>(m), width_pad, static_cast<int>(depth), a, k, 1, packed.get(),
-                              width_pad, c.get(), width_pad);
-          } else {
-            micro_gemm<true>(static_cast<int>(m), width_pad, static_cast<int>(depth), a, k, 1, packed.get(),
-                             width_pad, c.get(), width_pad);
+          const int depth = static_cast<int>(std::min(kDepth, k - k0));
+          pack_weight(w, k, c0, width, k0, depth, packed.get());
+          const float* a = tile.get() + k0 * kRowTile;
+          for (int s0 = 0; s0 < width_pad; s0 += kNR) {
+            const float* b = packed.get() + s0 * depth;
+            if (k0 == 0) {
+              micro_gemm<false>(static_cast<int>(m), kNR, depth, a, kDepth, 1, b, kNR, c.get() + s0, width_pad);
+            } else {
+              micro_gemm<true>(static_cast<int>(m), kNR, depth, a, kDepth, 1, b, kNR, c.get() + s0, width_pad);
+            }
           }
         }
         for (int64_t r = 0; r < m; ++r) {
