@@ -1,0 +1,153 @@
+"""XQuantCache on tiny random Llama models (float32, CPU): every mode at 16 bits gives the plain model's
+logits (prefill, decode steps, greedy generate, a left-padded batch), the memory counter matches the
+byte arithmetic, quantized modes stay close, the SVD factors are exact and reload."""
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from genaccel.kvcache import XQuantCache, enable_xquant  # noqa: E402
+
+MODES = ["fp16_kv", "kivi", "xquant", "xquant_cl", "xquant_gqa"]
+
+
+def tiny_llama(hidden=64, layers=3, heads=4, kv_heads=4, seed=0, bias=False):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                      attention_bias=bias, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).eval()
+
+
+def ids(batch, length, seed=1):
+    return torch.randint(0, 101, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def decode_logits(model, cache, tokens, prefill):
+    """Logits of every position: a prefill of `prefill` tokens, then one token per step."""
+    with torch.no_grad():
+        out = [model(tokens[:, :prefill], cache=cache, use_cache=True).logits]
+        for t in range(prefill, tokens.shape[1]):
+            out.append(model(tokens[:, t:t + 1], cache=cache, use_cache=True).logits)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kv_heads, bias", [(4, False), (2, True)])
+def test_16_bits_equals_the_plain_model(mode, kv_heads, bias):
+    model = tiny_llama(kv_heads=kv_heads, bias=bias)
+    tokens = ids(2, 40)
+    with torch.no_grad():
+        want = model(tokens).logits
+    options = dict(group_size=16, residual_length=8)
+    got = decode_logits(model, XQuantCache(model, mode=mode, bits=16, **options), tokens, prefill=17)
+    assert (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["xquant", "xquant_cl"])
+def test_options_at_16_bits(mode):
+    # The documented variants: per-channel X groups, the pre-norm residual as CL's delta input.
+    model = tiny_llama()
+    tokens = ids(1, 30)
+    with torch.no_grad():
+        want = model(tokens).logits
+    option = dict(axis="channel") if mode == "xquant" else dict(cl_input="pre_norm", cl_base_layers=2)
+    got = decode_logits(model, XQuantCache(model, mode=mode, bits=16, group_size=8, **option), tokens, prefill=5)
+    assert (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_generate_matches(mode):
+    model = tiny_llama(kv_heads=2)
+    prompt = ids(1, 12)
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=10, do_sample=False)
+        got = model.generate(prompt, max_new_tokens=10, do_sample=False,
+                             cache=enable_xquant(model, mode, bits=16, group_size=8))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("mode", ["xquant", "xquant_cl", "xquant_gqa"])
+def test_left_padded_batch_keeps_positions(mode):
+    # Rows of different lengths, left padded: positions are not 0..L-1, so the cache stores them.
+    model = tiny_llama(kv_heads=2)
+    tokens = ids(2, 14)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        want = model.generate(tokens, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        cache = XQuantCache(model, mode=mode, bits=16, group_size=8)
+        got = model.generate(tokens, attention_mask=mask, max_new_tokens=6, do_sample=False, cache=cache)
+    assert torch.equal(got, want)
+    assert cache.memory_report()["positions_bytes"] > 0
+
+
+def test_memory_report_mha_4_bits_is_7_70x():
+    # hidden 256 = 2 groups of 128: per token per layer 128 bytes of codes + 2 fp16 scales + 2 4-bit
+    # zero points (1 byte) = 133 bytes against fp16 K + V = 2 x 256 x 2 = 1024 bytes.
+    model = tiny_llama(hidden=256, layers=2, heads=4, kv_heads=4)
+    cache = XQuantCache(model, mode="xquant", bits=4, group_size=128)
+    decode_logits(model, cache, ids(1, 20), prefill=16)
+    report = cache.memory_report()
+    assert report["tokens"] == 20 and report["positions_bytes"] == 0
+    assert report["bytes"] == 2 * 20 * 133
+    assert round(report["ratio"], 2) == 7.70
+    assert all(layer["bytes_per_token"] == 133 for layer in report["layers"])
+
+
+@pytest.mark.parametrize("mode, bits, limit", [("xquant", 8, 0.02), ("xquant", 4, 0.3), ("kivi", 4, 0.3),
+                                               ("xquant_cl", 4, 0.3), ("xquant_gqa", 4, 0.3)])
+def test_quantized_modes_stay_close(mode, bits, limit):
+    model = tiny_llama(kv_heads=2)
+    tokens = ids(1, 60)
+    with torch.no_grad():
+        want = model(tokens).logits
+    got = decode_logits(model, XQuantCache(model, mode=mode, bits=bits, group_size=16, residual_length=16), tokens,
+                        prefill=20)
+    err = ((got - want).norm() / want.norm()).item()
+    assert math.isfinite(err) and err < limit, err
+    assert err > 0  # quantization happened
+
+
+def test_svd_factors_are_exact_and_reload(tmp_path):
+    model = tiny_llama(kv_heads=2)
+    path = str(tmp_path / "svd.safetensors")
+    first = XQuantCache(model, mode="xquant_gqa", bits=16, svd_path=path)
+    again = XQuantCache(model, mode="xquant_gqa", bits=16, svd_path=path)
+    for f, g, layer in zip(first.svd, again.svd, model.model.layers):
+        for name in f:
+            assert torch.equal(f[name], g[name])
+        w = layer.self_attn.k_proj.weight
+        x = torch.randn(7, w.shape[1])
+        assert torch.allclose((x @ f["k_u"]) @ f["k_w"].T, x @ w.T, atol=1e-5)
+
+
+def test_bad_options_are_refused():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="mode"):
+        XQuantCache(model, mode="kv8")
+    with pytest.raises(ValueError, match="bits"):
+        XQuantCache(model, bits=5)
+    with pytest.raises(ValueError, match="bits must be 16"):
+        XQuantCache(model, mode="fp16_kv", bits=4)
+    with pytest.raises(ValueError, match="group_size"):
+        XQuantCache(model, group_size=12)
+    with pytest.raises(ValueError, match="axis"):
+        XQuantCache(model, axis="rows")
+    with pytest.raises(ValueError, match="decoder layers"):
+        XQuantCache(torch.nn.Linear(2, 2))
+
+
+def test_other_caches_are_untouched():
+    # The hooks act only for an XQuantCache: a DynamicCache run on a hooked model is the plain one.
+    model = tiny_llama()
+    XQuantCache(model)
+    tokens = ids(1, 20)
+    with torch.no_grad():
+        want = model(tokens).logits
+    got = decode_logits(model, DynamicCache(config=model.config), tokens, prefill=10)
+    assert (got - want).abs().max() < 1e-4
