@@ -65,3 +65,12 @@ def refuse_double_backward(backward_op: str, forward_op: str) -> None:
 
     torch.library.register_autograd(f"genaccel::{backward_op}", backward,
                                     setup_context=lambda ctx, inputs, output: None)
+
+
+def cache_dir() -> "Path":
+    """Where genaccel keeps what it builds or trains locally (never committed): $GENACCEL_CACHE, else
+    ~/.cache/genaccel."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("GENACCEL_CACHE") or Path.home() / ".cache" / "genaccel")

@@ -20,7 +20,12 @@ def tiny_llama(hidden=64, layers=3, heads=4, kv_heads=4, seed=0, bias=False):
     cfg = LlamaConfig(vocab_size=101, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
                       attention_bias=bias, attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # transformers initialises biases to 0, which would hide a dropped bias term
+        for layer in model.model.layers if bias else []:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    return model
 
 
 def ids(batch, length, seed=1):
@@ -151,3 +156,48 @@ def test_other_caches_are_untouched():
         want = model(tokens).logits
     got = decode_logits(model, DynamicCache(config=model.config), tokens, prefill=10)
     assert (got - want).abs().max() < 1e-4
+
+
+def test_float16_storage_of_a_float32_model():
+    # dtype=float16: the fp16 KV baseline stores exactly the fp16 K / V bytes (ratio 1), and the logits
+    # move only by float16 rounding.
+    model = tiny_llama(kv_heads=2)
+    tokens = ids(1, 30)
+    with torch.no_grad():
+        want = model(tokens).logits
+    for mode in MODES:
+        cache = XQuantCache(model, mode=mode, bits=16, group_size=8, dtype=torch.float16)
+        got = decode_logits(model, cache, tokens, prefill=10)
+        assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-2, mode
+        if mode == "fp16_kv":
+            assert cache.memory_report()["ratio"] == 1.0
+
+
+@pytest.mark.parametrize("mode, kv_heads, bias", [("xquant", 4, False), ("xquant", 2, True), ("xquant_gqa", 2, True)])
+def test_absorbed_values_equal_rematerialised_values(mode, kv_heads, bias):
+    # At 16 bits the absorbed path is the plain model; at 4 bits it equals the rematerialising cache
+    # (the same stored bytes: only the order of the products differs).
+    model = tiny_llama(kv_heads=kv_heads, bias=bias)
+    tokens = ids(2, 36)
+    with torch.no_grad():
+        want = model(tokens).logits
+    got = decode_logits(model, XQuantCache(model, mode=mode, bits=16, absorbed_values=True), tokens, prefill=9)
+    assert (got - want).abs().max() < 1e-4
+    remat = decode_logits(model, XQuantCache(model, mode=mode, bits=4, group_size=16), tokens, prefill=9)
+    absorbed = decode_logits(model, XQuantCache(model, mode=mode, bits=4, group_size=16, absorbed_values=True),
+                             tokens, prefill=9)
+    assert (absorbed - remat).abs().max() < 1e-4 and (absorbed - want).abs().max() > 1e-3
+
+
+def test_absorbed_values_with_left_padding_and_generate():
+    model = tiny_llama(kv_heads=2)
+    tokens = ids(2, 14)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        want = model.generate(tokens, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        cache = XQuantCache(model, mode="xquant", bits=16, group_size=8, absorbed_values=True)
+        got = model.generate(tokens, attention_mask=mask, max_new_tokens=6, do_sample=False, cache=cache)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="absorbed_values"):
+        XQuantCache(model, mode="kivi", absorbed_values=True)

@@ -27,6 +27,7 @@ model's (the test of RoPE order, layouts and plumbing).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -46,12 +47,17 @@ CL_INPUTS = ("post_norm", "pre_norm")
 
 
 class TokenStore:
-    """A growing (B, ..., tokens, channels) store: unquantized (bits=16, in the values' dtype) or a
-    QuantizedTensor grouped along channels (axis -1) or tokens (axis -2, trailing tokens unquantized)."""
+    """A growing (B, ..., tokens, channels) store: unquantized (bits=16) or a QuantizedTensor grouped
+    along channels (axis -1) or tokens (axis -2, trailing tokens unquantized). Values are stored as
+    `dtype` (None: as they come), the unquantized ones and the quantizer's input alike."""
 
-    def __init__(self, bits: int, group_size: int, axis: int, zero: str = "int"):
-        self.bits, self.group_size, self.axis, self.zero = bits, group_size, axis, zero
+    def __init__(self, bits: int, group_size: int = 8, axis: int = -1, zero: str = "int",
+                 dtype: Optional[torch.dtype] = None):
+        self.bits, self.group_size, self.axis, self.zero, self.dtype = bits, group_size, axis, zero, dtype
         self.data = None  # tensor (bits=16) or QuantizedTensor
+
+    def empty_like(self) -> "TokenStore":
+        return TokenStore(self.bits, self.group_size, self.axis, self.zero, self.dtype)
 
     @property
     def tokens(self) -> int:
@@ -64,6 +70,7 @@ class TokenStore:
         return self.data.nbytes if isinstance(self.data, QuantizedTensor) else self.data.numel() * self.data.element_size()
 
     def append(self, x: torch.Tensor) -> None:
+        x = x if self.dtype is None else x.to(self.dtype)
         if self.bits == 16:
             self.data = x.clone() if self.data is None else torch.cat([self.data, x], dim=-2)
             return
@@ -72,14 +79,30 @@ class TokenStore:
             self.data = QuantizedTensor.empty(shape, self.bits, self.group_size, self.axis, self.zero, x.dtype, x.device)
         self.data.append(x)
 
-    def values(self) -> torch.Tensor:
-        return self.data if self.bits == 16 else dequantize(self.data)
+    def values(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.data if self.bits == 16 else dequantize(self.data)).to(dtype)
 
     def matmul(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """values() @ weight.T + bias, fused for quantized stores."""
+        """values() @ weight.T + bias in weight's dtype, fused for quantized stores."""
         if self.bits == 16:
-            return F.linear(self.data, weight, bias)
+            return F.linear(self.data.to(weight.dtype), weight, bias)
         return xquant_matmul(self.data, weight, bias)
+
+    def append_per_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Appends x (axis -1 stores) and returns what the store now holds for it, in x's dtype."""
+        stored = x if self.dtype is None else x.to(self.dtype)
+        if self.bits == 16:
+            self.append(stored)
+            return stored.to(x.dtype)
+        qt = quantize(stored, self.bits, self.group_size, -1, self.zero)
+        if self.data is None:
+            self.data = qt
+        else:  # per-token groups: the new rows' codes follow the old ones
+            d = self.data
+            d.codes, d.scales, d.zeros = (torch.cat([a, b], dim=-2) for a, b in
+                                          ((d.codes, qt.codes), (d.scales, qt.scales), (d.zeros, qt.zeros)))
+            d.shape = (*d.shape[:-2], d.shape[-2] + qt.shape[-2], d.shape[-1])
+        return dequantize(qt, x.dtype)
 
     def select(self, index: torch.Tensor) -> None:
         """Keeps batch rows `index` (dim 0), for beam search and batch selection."""
@@ -92,14 +115,6 @@ class TokenStore:
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
         self.data = QuantizedTensor(pick(d.codes), pick(d.scales), pick(d.zeros), (len(index), *d.shape[1:]), d.bits,
                                     d.group_size, d.axis, d.dtype, pick(d.residual))
-
-
-def quantize_tokens(x: torch.Tensor, bits: int, group_size: int):
-    """x (..., t, d) per-token quantized and its reconstruction (bits=16: x itself)."""
-    if bits == 16:
-        return x, x
-    qt = quantize(x, bits, group_size, -1)
-    return qt, dequantize(qt)
 
 
 class _AttentionParts:
@@ -144,6 +159,7 @@ class XQuantLayer(CacheLayerMixin):
         self.index = index
         self.cumulative_length = 0
         self.pending: Optional[Dict[str, torch.Tensor]] = None
+        self.absorbed: Optional[Dict[str, object]] = None  # the absorbed attention's past part, this call
         self.stores: Dict[str, TokenStore] = {}
 
     @property
@@ -168,7 +184,7 @@ class XQuantLayer(CacheLayerMixin):
         return sum(s.nbytes for s in self.stores.values())
 
     def reset(self) -> None:
-        self.stores = {name: TokenStore(s.bits, s.group_size, s.axis, s.zero) for name, s in self.stores.items()}
+        self.stores = {name: s.empty_like() for name, s in self.stores.items()}
         self.cumulative_length, self.pending, self.is_initialized = 0, None, False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -194,6 +210,10 @@ class XQuantLayer(CacheLayerMixin):
         pending, self.pending = self.pending, None
         return pending
 
+    def take_absorbed(self) -> Optional[Dict[str, object]]:
+        state, self.absorbed = self.absorbed, None
+        return state
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -214,23 +234,23 @@ class KVLayer(XQuantLayer):
 
     def __init__(self, cache, index):
         super().__init__(cache, index)
-        c = cache
-        if c.mode == "fp16_kv":
-            self.stores = {"k": TokenStore(16, 8, -1), "v": TokenStore(16, 8, -1)}
+        if cache.mode == "fp16_kv":
+            self.stores = {"k": cache.store(16, -1), "v": cache.store(16, -1)}
         else:  # keys per-channel (groups along tokens), values per-token behind a full-precision window
-            self.stores = {"k": TokenStore(c.bits, c.group_size, -2, c.zero), "v": TokenStore(c.bits, c.group_size, -1, c.zero),
-                           "v_recent": TokenStore(16, 8, -1)}
+            self.stores = {"k": cache.store(cache.bits, -2), "v": cache.store(cache.bits, -1),
+                           "v_recent": cache.store(16, -1)}
 
     def rematerialise(self, pending, key_states, value_states):
         k, v = self.stores["k"], self.stores["v"]
         recent = self.stores.get("v_recent")
         past = k.tokens > 0
-        past_k = k.values() if past else None
+        dtype = key_states.dtype
+        past_k = k.values(dtype) if past else None
         if recent is None:
-            past_v = v.values() if past else None
+            past_v = v.values(dtype) if past else None
             v.append(value_states)
         else:
-            parts = ([v.values()] if v.tokens else []) + ([recent.data] if recent.tokens else [])
+            parts = ([v.values(dtype)] if v.tokens else []) + ([recent.values(dtype)] if recent.tokens else [])
             past_v = torch.cat(parts, dim=-2) if parts else None
             recent.append(value_states)
             spill = recent.tokens - self.cache.residual_length
@@ -246,29 +266,30 @@ class XLayer(XQuantLayer):
 
     def __init__(self, cache, index):
         super().__init__(cache, index)
-        c = cache
-        if c.mode == "xquant":
-            self.stores = {"x": TokenStore(c.bits, c.group_size, AXES[c.axis], c.zero)}
+        if cache.mode == "xquant":
+            self.stores = {"x": cache.store(cache.bits, AXES[cache.axis])}
         else:  # KIVI's choice for the latents: per-channel for keys, per-token for values
-            self.stores = {"xk": TokenStore(c.bits, c.group_size, -2, c.zero),
-                           "xv": TokenStore(c.bits, c.group_size, -1, c.zero)}
+            self.stores = {"xk": cache.store(cache.bits, -2), "xv": cache.store(cache.bits, -1)}
 
     def rematerialise(self, pending, key_states, value_states):
         cache, parts = self.cache, self.cache.parts[self.index]
         x = pending["x"]
         past = self.cumulative_length > 0
+        past_k = past_v = None
         if past:
             cos, sin = cache.past_rope(self, x)
-            if cache.mode == "xquant":
-                k = self.stores["x"].matmul(parts.k_proj.weight, parts.k_proj.bias)
-                v = self.stores["x"].matmul(parts.v_proj.weight, parts.v_proj.bias)
+            k_store, v_store = (self.stores["x"],) * 2 if cache.mode == "xquant" else (self.stores["xk"], self.stores["xv"])
+            svd = cache.svd[self.index] if cache.mode == "xquant_gqa" else None
+            w_k, w_v = (parts.k_proj.weight, parts.v_proj.weight) if svd is None else (svd["k_w"], svd["v_w"])
+            past_k = parts.keys(k_store.matmul(w_k, parts.k_proj.bias), cos, sin)
+            if cache.absorbed_values:  # the attention function takes V from the rows (attention.py)
+                rows = v_store.data
+                if isinstance(rows, QuantizedTensor):  # a snapshot: append() below rebinds the fields
+                    rows = dataclasses.replace(rows)
+                self.absorbed = dict(k_past=past_k, x_past=rows, w_v=w_v, b_v=parts.v_proj.bias)
+                past_k = None
             else:
-                svd = cache.svd[self.index]
-                k = self.stores["xk"].matmul(svd["k_w"], parts.k_proj.bias)
-                v = self.stores["xv"].matmul(svd["v_w"], parts.v_proj.bias)
-            past_k, past_v = parts.keys(k, cos, sin), parts.heads(v)
-        else:
-            past_k = past_v = None
+                past_v = parts.heads(v_store.matmul(w_v, parts.v_proj.bias))
         if cache.mode == "xquant":
             self.stores["x"].append(x)
         else:
@@ -287,7 +308,7 @@ class CLLayer(XQuantLayer):
         base = index < cache.cl_base_layers
         self.bits = cache.cl_base_bits if base else cache.bits
         self.base = base
-        self.stores = {"d": TokenStore(self.bits, cache.group_size, -1, cache.zero)}
+        self.stores = {"d": cache.store(self.bits, -1)}
 
     def rematerialise(self, pending, key_states, value_states):
         cache, parts = self.cache, self.cache.parts[self.index]
@@ -296,12 +317,11 @@ class CLLayer(XQuantLayer):
         store = self.stores["d"]
         past = store.tokens > 0
         if past:  # the past tokens' accumulator, rebuilt layer by layer in this step
-            deq = store.values()
+            deq = store.values(x.dtype)
             step["past"] = deq if self.base or step.get("past") is None else step["past"] + deq
         target = x if self.base or step.get("new") is None else x - step["new"]
-        q, recon = quantize_tokens(target, self.bits, cache.group_size)
+        recon = store.append_per_token(target)
         step["new"] = recon if self.base or step.get("new") is None else step["new"] + recon
-        store.data = q if store.data is None else _cat_tokens(store.data, q)
         if not past:
             cache.keep_positions(self, pending["position_ids"], x)
             return None, None
@@ -313,16 +333,6 @@ class CLLayer(XQuantLayer):
         k = F.linear(x_hat, parts.k_proj.weight, parts.k_proj.bias)
         v = F.linear(x_hat, parts.v_proj.weight, parts.v_proj.bias)
         return parts.keys(k, cos, sin), parts.heads(v)
-
-
-def _cat_tokens(a, b):
-    """Two per-token stores joined along tokens (tensors or QuantizedTensors of axis -1)."""
-    if isinstance(a, torch.Tensor):
-        return torch.cat([a, b], dim=-2)
-    a.codes, a.scales, a.zeros = (torch.cat([s, t], dim=-2) for s, t in
-                                  ((a.codes, b.codes), (a.scales, b.scales), (a.zeros, b.zeros)))
-    a.shape = (*a.shape[:-2], a.shape[-2] + b.shape[-2], a.shape[-1])
-    return a
 
 
 def decoder_layers(model: torch.nn.Module) -> List[torch.nn.Module]:
@@ -347,6 +357,9 @@ def _attention_hook(module, args, kwargs):
     if isinstance(cache, XQuantCache):
         x = args[0] if args else kwargs["hidden_states"]
         cache.stash(module.layer_idx, x=x, position_ids=kwargs.get("position_ids"))
+        module._genaccel_xquant_layer = weakref.ref(cache.layers[module.layer_idx])  # for attention.py
+    else:
+        module._genaccel_xquant_layer = None
 
 
 def _decoder_hook(module, args, kwargs):
@@ -364,6 +377,19 @@ def install_hooks(model: torch.nn.Module) -> None:
         handles.append(layer.self_attn.register_forward_pre_hook(_attention_hook, with_kwargs=True))
         handles.append(layer.register_forward_pre_hook(_decoder_hook, with_kwargs=True))
     model._genaccel_xquant_hooks = handles
+
+
+def use_absorbed_attention(model: torch.nn.Module) -> None:
+    """Switches the model's attention implementation to "genaccel_xquant" (attention.py): torch SDPA, except
+    in the decode steps of an XQuantCache with absorbed_values, where V is absorbed."""
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from .attention import ATTENTION_NAME, register_attention
+
+    register_attention()
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    if model.config._attn_implementation != ATTENTION_NAME:
+        model.set_attn_implementation(ATTENTION_NAME)
 
 
 def remove_hooks(model: torch.nn.Module) -> None:
@@ -408,11 +434,16 @@ class XQuantCache(Cache):
     of 8); zero: "int" (b-bit zero point, XQuant's accounting) or "fp16" (KIVI's offset); axis: "token"
     or "channel", X's groups in mode xquant; residual_length: kivi's full-precision value window;
     cl_base_layers / cl_base_bits / cl_input: xquant_cl's directly stored layers, their bits (default
-    `bits`) and which input is delta-coded; svd_path: xquant_gqa's factor file (safetensors)."""
+    `bits`) and which input is delta-coded; svd_path: xquant_gqa's factor file (safetensors);
+    absorbed_values: decode with XQuant's absorbed value path (attention.py; modes xquant / xquant_gqa;
+    switches the model's attention implementation to "genaccel_xquant", SDPA elsewhere); dtype: what
+    stored values are cast to before they are stored or quantized (None: the model's; torch.float16
+    makes a float32 model's cache what a float16 deployment stores)."""
 
     def __init__(self, model: torch.nn.Module, mode: str = "xquant", bits: int = 4, group_size: int = 128,
                  zero: str = "int", axis: str = "token", residual_length: int = 128, cl_base_layers: int = 1,
-                 cl_base_bits: Optional[int] = None, cl_input: str = "post_norm", svd_path: Optional[str] = None):
+                 cl_base_bits: Optional[int] = None, cl_input: str = "post_norm", svd_path: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None, absorbed_values: bool = False):
         self.mode = check_choice("mode", mode, MODES)
         if isinstance(bits, bool) or bits not in BITS + (16,):
             raise ValueError(f"bits must be one of {BITS + (16,)}, got {bits!r}")
@@ -430,6 +461,12 @@ class XQuantCache(Cache):
         if isinstance(self.cl_base_bits, bool) or self.cl_base_bits not in BITS + (16,):
             raise ValueError(f"cl_base_bits must be one of {BITS + (16,)}, got {cl_base_bits!r}")
         self.cl_input = check_choice("cl_input", cl_input, CL_INPUTS)
+        if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"dtype must be None, float16, bfloat16 or float32, got {dtype}")
+        self.dtype = dtype
+        if absorbed_values and mode not in ("xquant", "xquant_gqa"):
+            raise ValueError(f"absorbed_values needs mode 'xquant' or 'xquant_gqa' (rows to weight), got {mode!r}")
+        self.absorbed_values = bool(absorbed_values)
         layers = decoder_layers(model)
         self.parts = [_AttentionParts(layer) for layer in layers]
         self.rotary = rotary_embedding(model)
@@ -440,12 +477,17 @@ class XQuantCache(Cache):
                         for f in svd_factors(model, svd_path)]
         self.n_kv_elements = [p.k_proj.weight.shape[0] + p.v_proj.weight.shape[0] for p in self.parts]
         install_hooks(model)
+        if self.absorbed_values:
+            use_absorbed_attention(model)
         layer_class = {"fp16_kv": KVLayer, "kivi": KVLayer, "xquant": XLayer, "xquant_gqa": XLayer,
                        "xquant_cl": CLLayer}[mode]
         super().__init__(layers=[layer_class(self, i) for i in range(len(layers))])
         self.cl_step: Dict[str, torch.Tensor] = {}  # xquant_cl's accumulators of this forward pass
         self._rope = None  # (cos, sin) of the past tokens in this forward pass, shared by the layers
-        self.positions = TokenStore(16, 8, -1)  # (B, L, 1) int32, only for positions other than 0..L-1
+        self.positions = TokenStore(16)  # (B, L, 1) int32, only for positions other than 0..L-1
+
+    def store(self, bits: int, axis: int) -> TokenStore:
+        return TokenStore(bits, self.group_size, axis, self.zero, self.dtype)
 
     def stash(self, layer_idx: int, **inputs) -> None:
         layer = self.layers[layer_idx]
@@ -509,7 +551,7 @@ class XQuantCache(Cache):
         for layer in self.layers:
             layer.reset()
         self.cl_step, self._rope = {}, None
-        self.positions = TokenStore(16, 8, -1)
+        self.positions = TokenStore(16)
 
 
 def enable_xquant(model: torch.nn.Module, mode: str = "xquant", bits: int = 4, group_size: int = 128,
