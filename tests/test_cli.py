@@ -106,11 +106,12 @@ def test_bench_list_names_every_family(capsys):
     assert main(["bench", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant"} <= set(names)
+    assert {"attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant", "xquant-minilm", "xquant-ppl", "xquant-speed"} <= set(names)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # name, then its description
 
 
-@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant"])
+@pytest.mark.parametrize("family", ["attention", "attention-quality", "radial", "sla", "sla-finetune", "svg2", "video-dit", "xquant",
+                                    "xquant-minilm", "xquant-ppl", "xquant-speed"])
 def test_bench_unknown_override_is_refused_in_every_family(family, capsys):
     assert main(["bench", "--family", family, "--quick", "--no-progress", "--set", "no_such_key=1"]) == 2
     err = capsys.readouterr().err
