@@ -113,7 +113,9 @@ def small_llama(hidden: int, layers: int, heads: int, kv_heads: int, context: in
 def trained_model(cfg: PplConfig, kv_heads: int, train: torch.Tensor, status) -> torch.nn.Module:
     """The cached model for (cfg's architecture and training fields, kv_heads), trained when missing."""
     from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its loading / shard-writing bars would break our progress line
     key_fields = dict(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, kv_heads=kv_heads,
                       steps=cfg.train_steps, context=cfg.train_context, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
                       data=len(train))
@@ -139,9 +141,6 @@ def trained_model(cfg: PplConfig, kv_heads: int, train: torch.Tensor, status) ->
             status(f"training the {'MHA' if kv_heads == cfg.heads else 'GQA'} LM (cached after): step {step + 1}/"
                    f"{cfg.train_steps}, loss {loss.item():.3f}, {time.time() - start:.0f} s")
     folder.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # its shard-writing bar would break our progress line
     model.save_pretrained(str(folder))
     (folder / "training.json").write_text(json.dumps({**key_fields, "final_loss": loss.item(),
                                                       "seconds": time.time() - start}))

@@ -5,7 +5,9 @@
   dequantized inside the GEMM), dequantize-then-matmul (the dequantized X materialised, then torch's
   matmul), and reading an fp16 K cache of the same tokens into float32 (what the KV-cache baseline does
   instead of recomputing). dequantized_x_bytes: the float32 X that dequantize-then-matmul materialises
-  and the fused op does not (it dequantizes tile by tile into per-thread scratch).
+  and the fused op does not (it dequantizes tile by tile into per-thread scratch). <name>_peak_bytes:
+  how far the process's resident memory rose above its level before one call (Linux: the peak is
+  reset through /proc/self/clear_refs after glibc's malloc_trim), everything the call touched, output and scratch included.
 - decode rows: one decode step (one new token, batch 1) of the small Llama of the xquant-ppl benchmark
   (random weights: speed does not depend on them) with `context` tokens already cached, per mode;
   xquant_abs / xquant_gqa_abs: the same caches with absorbed_values=True (V never rematerialised).
@@ -14,7 +16,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+import ctypes
+import re
+from typing import List, Optional
 
 import torch
 
@@ -51,6 +55,26 @@ def default_configs(device: str, quick: bool) -> List[SpeedConfig]:
     return remat + [SpeedConfig(kind="decode", context=8192, channels=256)]
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def peak_bytes(fn) -> Optional[int]:
+    """The rise of resident memory during fn() above the level before it (None off Linux)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: freed memory goes back, so a new allocation shows
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set, to the current one
+        before = _status_bytes("VmRSS")
+    except (OSError, AttributeError):
+        return None
+    out = fn()
+    peak = _status_bytes("VmHWM") - before
+    del out
+    return peak
+
+
 def remat_rows(cfg: SpeedConfig, run):
     import genaccel
 
@@ -70,8 +94,13 @@ def remat_rows(cfg: SpeedConfig, run):
                rel_diff_fused_vs_dequant=err / (genaccel.dequantize(qt) @ w.T).norm().item(),
                cached_bytes_x=qt.nbytes, cached_bytes_fp16_k=k_fp16.numel() * 2,
                dequantized_x_bytes=cfg.context * cfg.channels * 4)
+    for name, fn in candidates.items():
+        row[f"{name}_peak_bytes"] = peak_bytes(fn)
     run.status(cfg.label())
     run.time(row, candidates)
+    for name in candidates:
+        peak = row[f"{name}_peak_bytes"]
+        row[f"{name}_peak_mb"] = None if peak is None else peak / 2 ** 20
     row["fused_vs_dequant"] = row["dequant_matmul_ms"] / row["genaccel_ms"]
     row["fused_vs_fp16_read"] = row["fp16_kv_read_ms"] / row["genaccel_ms"]
     yield row
@@ -128,6 +157,8 @@ BENCHMARK = register(Benchmark(
         column("deq+mm ms", 9, "dequant_matmul_ms", ".1f"),
         column("fp16 rd", 8, "fp16_kv_read_ms", ".1f"),
         column("vs deq", 6, "fused_vs_dequant", ".2f", "x"),
+        column("fused MB", 8, "genaccel_peak_mb", ".0f"),
+        column("deq+mm MB", 9, "dequant_matmul_peak_mb", ".0f"),
         column("fp16kv", 7, "step_fp16_kv_ms", ".1f"),
         column("kivi", 6, "step_kivi_ms", ".1f"),
         column("xquant", 7, "step_xquant_ms", ".1f"),
