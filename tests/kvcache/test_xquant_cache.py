@@ -201,3 +201,39 @@ def test_absorbed_values_with_left_padding_and_generate():
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="absorbed_values"):
         XQuantCache(model, mode="kivi", absorbed_values=True)
+
+
+@pytest.mark.parametrize("cl_input", ["post_norm", "pre_norm"])
+def test_cl_deltas_are_closed_loop_no_error_growth_with_depth(cl_input):
+    # Brief A8.3: the accumulator A_i = A_{i-1} + deq(Q(X_i - A_{i-1})) is within half a scale of the
+    # layer's own delta groups at every depth; open-loop deltas Q(X_i - X_{i-1}) add their errors up.
+    import genaccel
+
+    model = tiny_llama(layers=8)
+    seen = {}
+
+    def grab(i):
+        return lambda _m, args, kwargs: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).detach())
+
+    handles = [(layer.self_attn if cl_input == "post_norm" else layer).register_forward_pre_hook(grab(i), with_kwargs=True)
+               for i, layer in enumerate(model.model.layers)]
+    cache = XQuantCache(model, mode="xquant_cl", bits=2, group_size=16, cl_input=cl_input)
+    with torch.no_grad():
+        model(ids(2, 24), cache=cache, use_cache=True)
+    for h in handles:
+        h.remove()
+    xs = [seen[i] for i in range(8)]
+    acc, closed = None, []
+    for i, layer in enumerate(cache.layers):
+        store = layer.stores["d"]
+        acc = store.values(torch.float32) if acc is None else acc + store.values(torch.float32)
+        err = (acc - xs[i]).abs().unflatten(-1, (-1, 16))
+        half = store.data.scales.float().unsqueeze(-1) / 2
+        assert (err <= half * (1 + 1e-3) + 1e-5).all(), f"layer {i}: beyond half its delta's scale"
+        closed.append((acc - xs[i]).pow(2).mean().sqrt().item())
+    deq = lambda t: genaccel.dequantize(genaccel.quantize(t, 2, 16))  # noqa: E731
+    opened = deq(xs[0])
+    for i in range(1, 8):
+        opened = opened + deq(xs[i] - xs[i - 1])
+    open_last = (opened - xs[7]).pow(2).mean().sqrt().item()
+    assert open_last > 1.5 * closed[7], (open_last, closed)

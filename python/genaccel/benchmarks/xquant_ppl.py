@@ -13,7 +13,9 @@ over the decoded bytes (the prefill's own predictions see no cached token and ar
 past token's K / V then comes from the cache, so the numbers measure the cache's loss. The memory
 ratio is fp16 K + V bytes over the bytes the cache stores at the end of a window (memory_report: the
 full-precision residual tokens of KIVI count). Modes: fp16_kv (the baseline), kivi, xquant,
-xquant_cl on the MHA model and kivi, xquant_gqa on a GQA variant (trained alike), at 4, 3, 2 bits.
+xquant_cl (post-norm X deltas) and xquant_cl_pre (XQuantCache's xquant_cl with cl_input="pre_norm":
+residual-stream deltas) on the MHA model and kivi, xquant_gqa on a GQA variant (trained alike), at 4,
+3, 2 bits.
 Each model's first row, mode "none", is the same bytes predicted by one float32 forward over the whole
 window without a cache: fp16_kv must match it to within fp16 rounding (FP16_TOL), which checks the
 decode loop itself.
@@ -37,6 +39,8 @@ from .._utils import cache_dir
 from . import plotting
 from .registry import Benchmark, BenchError, column, register
 
+# Row names that are an XQuantCache mode with options; every other name is the mode itself.
+VARIANTS = {"xquant_cl_pre": dict(mode="xquant_cl", cl_input="pre_norm")}
 FP16_TOL = 2e-3  # relative perplexity gap allowed between the fp16 K / V cache and no cache
 
 
@@ -191,7 +195,7 @@ def rows(cfg: PplConfig, run):
     run.status("reading the standard library's sources")
     train, held = corpus()
     tokens = windows(held, cfg)
-    models = {"MHA": (cfg.kv_heads, ["fp16_kv", "kivi", "xquant", "xquant_cl"]),
+    models = {"MHA": (cfg.kv_heads, ["fp16_kv", "kivi", "xquant", "xquant_cl", "xquant_cl_pre"]),
               "GQA": (cfg.gqa_kv_heads, ["fp16_kv", "kivi", "xquant_gqa"])}
     for arch, (kv_heads, modes) in models.items():
         model = trained_model(cfg, kv_heads, train, run.status)
@@ -204,6 +208,7 @@ def rows(cfg: PplConfig, run):
                 run.status(f"{cfg.label()} {arch} {mode} {bits}-bit")
                 opts = dict(mode=mode, bits=bits, group_size=cfg.group_size, residual_length=cfg.residual_length,
                             dtype=torch.float16)  # what a float16 deployment stores
+                opts.update(VARIANTS.get(mode, {}))
                 start = time.time()
                 result = evaluate(model, tokens, cfg, lambda: XQuantCache(model, **opts))
                 yield dict(base, mode=mode, bits=bits, eval_s=time.time() - start, **result, settings=asdict(cfg))
@@ -247,11 +252,11 @@ BENCHMARK = register(Benchmark(
     config=PplConfig,
     configs=default_configs,
     rows=rows,
-    count=lambda cfg: 4 + len(cfg.bits) * 5,
+    count=lambda cfg: 4 + len(cfg.bits) * 6,
     where=lambda r: f"{r['arch']} {r['mode']} {r['bits']}-bit",
     columns=[
         column("model", 4, "arch"),
-        column("mode", 10, "mode"),
+        column("mode", 13, "mode"),
         column("bits", 4, "bits"),
         column("ppl", 7, "ppl", ".3f"),
         column("memory x", 8, "ratio_vs_fp16_kv", ".2f", "x"),
