@@ -28,8 +28,8 @@ setup:
 	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 
 # The main job (block-sparse attention vs SDPA), then the SLA, Radial and SVG2 benchmarks, the sparse
-# attention quality comparison, the SLA fine-tuning demo, the Wan video demo (diffusers) and XQuant's
-# quantizer.
+# attention quality comparison, the SLA fine-tuning demo, the Wan video demo (diffusers), XQuant's
+# quantizer and its caches' perplexity vs memory on a tiny LM (trained once, cached) and on MiniLM.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
@@ -39,6 +39,8 @@ demo: setup
 	$(PY) bench/sla_finetune.py --quick
 	$(VENV)/bin/genaccel video-demo --method sla --steps 4
 	$(VENV)/bin/genaccel bench --family xquant --quick
+	$(VENV)/bin/genaccel bench --family xquant-ppl --quick
+	$(VENV)/bin/genaccel bench --family xquant-minilm --quick
 
 test: setup
 	$(PY) -m pytest -q

@@ -52,7 +52,10 @@ def default_configs(device: str, quick: bool) -> List[SpeedConfig]:
                             target_s=0.5)]
     remat = [SpeedConfig(context=c, channels=d) for d, cs in ((1024, (4096, 16384, 32768)), (4096, (4096, 16384)))
              for c in cs]
-    return remat + [SpeedConfig(kind="decode", context=8192, channels=256)]
+    decode = SpeedConfig(kind="decode", context=8192, channels=256)
+    if device == "cuda":  # bench/gpu_check.sh's short step: the shapes, fewer rounds
+        return [SpeedConfig(**{**vars(c), "target_s": 0.5}) for c in remat + [decode]]
+    return remat + [decode]
 
 
 def _status_bytes(field: str) -> int:
@@ -60,8 +63,17 @@ def _status_bytes(field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
 
-def peak_bytes(fn) -> Optional[int]:
-    """The rise of resident memory during fn() above the level before it (None off Linux)."""
+def peak_bytes(fn, device: torch.device) -> Optional[int]:
+    """The rise of resident memory (CUDA: of torch's allocated memory) during fn() above the level
+    before it (None off Linux on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        del out
+        return torch.cuda.max_memory_allocated(device) - before
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc: freed memory goes back, so a new allocation shows
         with open("/proc/self/clear_refs", "w") as f:
@@ -95,7 +107,7 @@ def remat_rows(cfg: SpeedConfig, run):
                cached_bytes_x=qt.nbytes, cached_bytes_fp16_k=k_fp16.numel() * 2,
                dequantized_x_bytes=cfg.context * cfg.channels * 4)
     for name, fn in candidates.items():
-        row[f"{name}_peak_bytes"] = peak_bytes(fn)
+        row[f"{name}_peak_bytes"] = peak_bytes(fn, torch.device(run.device))
     run.status(cfg.label())
     run.time(row, candidates)
     for name in candidates:
@@ -112,9 +124,10 @@ def decode_rows(cfg: SpeedConfig, run):
     torch.manual_seed(cfg.seed)
     archs = {"MHA": (cfg.heads, ["fp16_kv", "kivi", "xquant", "xquant_abs", "xquant_cl"]),
              "GQA": (1, ["fp16_kv", "xquant_gqa", "xquant_gqa_abs"])}
-    prompt = torch.randint(0, 256, (1, cfg.context), generator=torch.Generator().manual_seed(cfg.seed))
+    prompt = torch.randint(0, 256, (1, cfg.context), generator=torch.Generator().manual_seed(cfg.seed)).to(run.device)
     for arch, (kv_heads, modes) in archs.items():
-        model = small_llama(cfg.channels, cfg.layers, cfg.heads, kv_heads, cfg.context + 64, cfg.seed).eval()
+        model = small_llama(cfg.channels, cfg.layers, cfg.heads, kv_heads, cfg.context + 64, cfg.seed)
+        model = model.to(run.device).eval()
         steps = {}
         for mode in modes:
             run.status(f"{cfg.label()} {arch} {mode}: prefill")
