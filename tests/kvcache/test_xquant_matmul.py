@@ -50,6 +50,23 @@ def test_matmul_per_token_matches_reference(device, zero, bits, shape, group, n,
     assert rel_err(out.cpu(), ref) < 1e-5
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows, k, n", [(1601, 300, 300), (200, 40, 530), (7, 3000, 20)])
+def test_matmul_work_split_matches_reference(threads, rows, k, n):
+    # The CPU kernel cuts rows into balanced groups (several 192-row sub-tiles each, fewer rows when k
+    # is large) and splits columns when there are fewer groups than threads: every split must cover
+    # each output once.
+    qt = cached_x((rows, k), 3, 64, -1, "int", seed=rows, device="cpu")
+    w = torch.randn(n, k, generator=gen(k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = genaccel.xquant_matmul(qt, w)
+    finally:
+        torch.set_num_threads(before)
+    assert rel_err(out, reference_x(qt) @ w.double().T) < 1e-5
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("zero", ["int", "fp16"])
 @pytest.mark.parametrize("bits", [2, 4])
@@ -125,8 +142,8 @@ def test_empty_reduction_gives_bias(device):
 
 def test_matmul_keeps_no_full_size_temporary():
     # The dequantized X (rows x k float32 = 64 MB here) is never allocated through torch: all the op
-    # allocates is its 4 MB output (the kernel's tiles are per-thread scratch of 256 KB, outside torch's
-    # allocator). A dequantize-then-matmul would show the 64 MB here.
+    # allocates is its 4 MB output (the kernel's dequantized row groups are per-thread scratch of at most
+    # 12 MB, outside torch's allocator). A dequantize-then-matmul would show the 64 MB here.
     rows, k, n = 16384, 1024, 64
     qt = genaccel.quantize(quantizer_input(gen(0), rows, k), 4, 128)
     w = torch.randn(n, k, generator=gen(1))

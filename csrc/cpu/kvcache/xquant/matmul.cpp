@@ -1,11 +1,13 @@
-// XQuant's fused products on the CPU. X is dequantized one tile at a time into a thread's scratch and
-// multiplied there with the register-blocked micro-kernel (cpu/common/microgemm.h), so the dequantized
-// X never exists whole: the peak temporary is a tile per thread, not rows x k.
-// - xquant_matmul: a work item is (a tile of kRowTile rows, a share of the output columns). Its rows are
-//   dequantized once; then per block of kColBlock columns and kDepth-deep slice of k, the weight slice
-//   is packed transposed in strips of kNR columns (as the micro-kernel streams B) and accumulated into
-//   a C block that stays in cache. Columns are split across items only when there are too few row tiles to
-//   keep every thread busy.
+// XQuant's fused products on the CPU. X is dequantized a group of rows at a time into a thread's
+// scratch and multiplied there with the register-blocked micro-kernel (cpu/common/microgemm.h), so the
+// dequantized X never exists whole: the peak temporary is a row group per thread (at most 12 MB), not
+// rows x k.
+// - xquant_matmul: a work item is (a group of up to kRowGroup rows, a share of the output columns). Its
+//   rows are dequantized once; then per block of kColBlock columns and kDepth-deep slice of k, the weight
+//   slice is packed transposed in strips of kNR columns (as the micro-kernel streams B) and accumulated,
+//   one kRowTile sub-tile at a time, into a C block. Large groups read the weight from memory fewer
+//   times (at d = 4096 it is 64 MB, past the L3); groups are balanced over the threads, and columns are
+//   split across items only when there are too few groups to keep every thread busy.
 // - xquant_weighted_sum: a work item is (batch, a block of kColBlock columns of X); it walks the tokens
 //   in tiles of kTokenTile, dequantizing each tile's columns straight into the micro-kernel's B layout
 //   and accumulating a[:, tile] @ tile.
@@ -21,7 +23,9 @@
 
 namespace genaccel::cpu {
 namespace {
-constexpr int64_t kRowTile = 192;    // rows of X per matmul item (32 micro-tiles): a packed weight slice serves them all
+constexpr int64_t kRowGroup = 768;   // rows of X per matmul item at most: the weight is read once per group
+constexpr int64_t kGroupFloats = int64_t{3} << 20;  // and a thread's dequantized group at most 12 MB
+constexpr int64_t kRowTile = 192;    // rows per sub-tile (32 micro-tiles): its A slice, 192 KB, stays in L2
 constexpr int64_t kColBlock = 256;   // output columns per C block (a multiple of kNR)
 constexpr int64_t kDepth = 256;      // k per packed weight slice: 256 x 256 floats = 256 KB
 constexpr int64_t kTokenTile = 128;  // tokens per weighted-sum tile
@@ -51,34 +55,46 @@ void xquant_matmul(const XquantMatmulParams& p) {
   const float* w = static_cast<const float*>(p.weight);
   const float* bias = static_cast<const float*>(p.bias);
   float* out = static_cast<float*>(p.out);
-  const int64_t row_tiles = ceil_div(rows, kRowTile), col_blocks = ceil_div(n, kColBlock);
-  const int64_t splits = std::clamp<int64_t>(ceil_div(at::get_num_threads(), row_tiles), 1, col_blocks);
+  const int64_t threads = at::get_num_threads(), col_blocks = ceil_div(n, kColBlock);
+  const int64_t k_pad = ceil_div(k, kDepth) * kDepth;
+  // Balanced row groups: a multiple of the thread count when there are at least as many, so no thread
+  // idles on a short last group; with fewer, the columns are split instead.
+  int64_t groups = ceil_div(rows, std::max<int64_t>(kMR, std::min(kRowGroup, kGroupFloats / k_pad)));
+  if (groups > threads) groups = ceil_div(groups, threads) * threads;
+  const int64_t group_rows = std::min(rows, ceil_div(ceil_div(rows, groups), kMR) * kMR);
+  groups = ceil_div(rows, group_rows);
+  const int64_t splits = std::clamp<int64_t>(ceil_div(threads, groups), 1, col_blocks);
   const int64_t blocks_per_split = ceil_div(col_blocks, splits);
-  at::parallel_for(0, row_tiles * splits, 1, [&](int64_t i0, int64_t i1) {
-    Scratch tile = scratch(static_cast<size_t>(kRowTile * ceil_div(k, kDepth) * kDepth));
+  at::parallel_for(0, groups * splits, 1, [&](int64_t i0, int64_t i1) {
+    Scratch tile = scratch(static_cast<size_t>(group_rows * k_pad));
     Scratch packed = scratch(static_cast<size_t>(kDepth * kColBlock));
-    Scratch c = scratch(static_cast<size_t>(kRowTile * kColBlock));
+    Scratch c = scratch(static_cast<size_t>(group_rows * kColBlock));
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t r0 = item / splits * kRowTile, m = std::min(kRowTile, rows - r0);
+      const int64_t r0 = item / splits * group_rows, m = std::min(group_rows, rows - r0);
       const int64_t b0 = item % splits * blocks_per_split, b1 = std::min(col_blocks, b0 + blocks_per_split);
       if (b0 >= b1) continue;
-      // The tile as k-slices of (m x kDepth): a slice's rows are 1 KB apart, not k floats.
+      // The group as k-slices of (m x kDepth): a slice's rows are 1 KB apart, not k floats.
       for (int64_t k0 = 0; k0 < k; k0 += kDepth)
         for (int64_t r = 0; r < m; ++r)
-          dequantize_span(p.x, r0 + r, k0, std::min(k, k0 + kDepth), tile.get() + k0 * kRowTile + r * kDepth);
+          dequantize_span(p.x, r0 + r, k0, std::min(k, k0 + kDepth), tile.get() + k0 * m + r * kDepth);
       for (int64_t cb = b0; cb < b1; ++cb) {
         const int64_t c0 = cb * kColBlock, width = std::min(kColBlock, n - c0);
         const int width_pad = round_up(static_cast<int>(width), kNR);
         for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
           const int depth = static_cast<int>(std::min(kDepth, k - k0));
           pack_weight(w, k, c0, width, k0, depth, packed.get());
-          const float* a = tile.get() + k0 * kRowTile;
-          for (int s0 = 0; s0 < width_pad; s0 += kNR) {
-            const float* b = packed.get() + s0 * depth;
-            if (k0 == 0) {
-              micro_gemm<false>(static_cast<int>(m), kNR, depth, a, kDepth, 1, b, kNR, c.get() + s0, width_pad);
-            } else {
-              micro_gemm<true>(static_cast<int>(m), kNR, depth, a, kDepth, 1, b, kNR, c.get() + s0, width_pad);
+          // One packed slice serves the whole group, in sub-tiles whose A slice stays in L2 over all strips.
+          for (int64_t s = 0; s < m; s += kRowTile) {
+            const int ms = static_cast<int>(std::min(kRowTile, m - s));
+            const float* a = tile.get() + k0 * m + s * kDepth;
+            float* cs = c.get() + s * width_pad;
+            for (int s0 = 0; s0 < width_pad; s0 += kNR) {
+              const float* b = packed.get() + s0 * depth;
+              if (k0 == 0) {
+                micro_gemm<false>(ms, kNR, depth, a, kDepth, 1, b, kNR, cs + s0, width_pad);
+              } else {
+                micro_gemm<true>(ms, kNR, depth, a, kDepth, 1, b, kNR, cs + s0, width_pad);
+              }
             }
           }
         }
