@@ -491,6 +491,45 @@ def run_xquant_matmul_case(case, gen) -> str:
     return f"ok rel err {err:.2e}" if err < limit else f"FAIL rel err {err:.2e} >= {limit:.0e}"
 
 
+# DC-AE's ops on CUDA against their float64 references: (name, op, x shape, args, dtype). conv args:
+# (Cout, (kt, kh, kw), chunk, with a cache); shuffle args: (r, rt, out_channels). Edges: Cout and
+# positions not multiples of the 64-tiles, Cin 3 (K much below one K step), kt 1 and 5, a 1-frame chunk.
+DCAE_CASES = [
+    ("dcae conv bf16 chunk 4 + cache", "conv", (1, 16, 8, 10, 12), (24, (3, 3, 3), 4, True), torch.bfloat16),
+    ("dcae conv fp16 Cin 3, chunk 2", "conv", (2, 3, 4, 9, 7), (70, (3, 3, 3), 2, False), torch.float16),
+    ("dcae conv fp32 (SIMT) kt 5", "conv", (1, 5, 10, 6, 6), (9, (5, 3, 1), 5, True), torch.float32),
+    ("dcae conv bf16 kt 1, chunk 1", "conv", (1, 40, 3, 5, 70), (33, (1, 3, 3), 1, False), torch.bfloat16),
+    ("dcae space_to_channel bf16 3-D", "s2c", (1, 8, 8, 6, 10), (2, 4, 16), torch.bfloat16),
+    ("dcae space_to_channel fp32 2-D r 4", "s2c", (2, 3, 8, 12), (4, 1, 24), torch.float32),
+    ("dcae channel_to_space fp16 3-D", "c2s", (1, 16, 2, 3, 5), (2, 4, 8), torch.float16),
+    ("dcae channel_to_space fp32 2-D", "c2s", (1, 6, 5, 7), (2, 1, 12), torch.float32),
+]
+
+
+def run_dcae_case(case, gen) -> str:
+    from genaccel.autoencoder.dcae import reference as R
+
+    name, op, shape, args, dtype = case
+    x = torch.randn(*shape, generator=gen).to(dtype)
+    if op == "conv":
+        cout, kernel, chunk, with_cache = args
+        w = (torch.randn(cout, shape[1], *kernel, generator=gen) / (shape[1] * kernel[0] * kernel[1] * kernel[2]) ** 0.5).to(dtype)
+        b = torch.randn(cout, generator=gen).to(dtype)
+        cache = torch.randn(shape[0], shape[1], (kernel[0] - 1) // 2, *shape[3:], generator=gen).to(dtype) if with_cache else None
+        got = torch.ops.genaccel.dcae_chunk_causal_conv3d(x.cuda(), w.cuda(), b.cuda(), chunk,
+                                                          None if cache is None else cache.cuda()).cpu()
+        want = R.chunk_causal_conv3d(x, w, b, chunk, cache)
+    else:
+        fn = torch.ops.genaccel.dcae_space_to_channel if op == "s2c" else torch.ops.genaccel.dcae_channel_to_space
+        got = fn(x.cuda(), *args).cpu()
+        want = (R.space_to_channel if op == "s2c" else R.channel_to_space)(x, *args)
+    if got.dtype != dtype or got.shape != want.shape:
+        return f"FAIL dtype/shape {got.dtype} {tuple(got.shape)}"
+    err = rel_err(got, want)
+    limit = 1e-5 if dtype == torch.float32 else RTOL[dtype]
+    return f"ok rel err {err:.2e}" if err < limit else f"FAIL rel err {err:.2e} >= {limit:.0e}"
+
+
 def run_xquant_case(case, gen) -> str:
     from genaccel.kvcache.xquant import reference as R
 
@@ -602,7 +641,8 @@ def main() -> int:
             + [(case[0], run_trusted_offsets_case, case, True) for case in TRUSTED_OFFSETS_CASES]
             + [(case[0], run_svg2_case, case, True) for case in SVG2_CASES]
             + [(case[0], run_xquant_case, case, True) for case in XQUANT_CASES]
-            + [(case[0], run_xquant_matmul_case, case, True) for case in XQUANT_MATMUL_CASES])
+            + [(case[0], run_xquant_matmul_case, case, True) for case in XQUANT_MATMUL_CASES]
+            + [(case[0], run_dcae_case, case, True) for case in DCAE_CASES])
     if torch.cuda.get_device_capability() == (9, 0) and os.environ.get("GENACCEL_SKIP_WGMMA") != "1":
         runs += [(f"wgmma {case[0]}", run_case_wgmma, case, case[-1]) for case in CASES]
         runs += [(f"wgmma {case[0]}", with_wgmma(run_trusted_plan_case), case, True) for case in TRUSTED_PLAN_CASES]

@@ -9,6 +9,7 @@ from .attention import block_mask_to_indices, block_sparse_attention, mask_densi
 from .attention.radial import radial_block_mask
 from .attention.sla import sla_block_map, sparse_linear_attention
 from .attention.svg2 import cluster_permute, cluster_unpermute, kmeans, svg2_attention
+from .autoencoder import channel_to_space, chunk_causal_conv3d, space_to_channel
 from .kvcache import QuantizedTensor, dequantize, quantize, xquant_matmul, xquant_weighted_sum
 
 __version__ = build_info()["version"]
@@ -19,6 +20,8 @@ __all__ = [
     "block_mask_to_indices",
     "block_sparse_attention",
     "build_info",
+    "channel_to_space",
+    "chunk_causal_conv3d",
     "cluster_permute",
     "cluster_unpermute",
     "dequantize",
@@ -28,6 +31,7 @@ __all__ = [
     "quantize",
     "radial_block_mask",
     "sla_block_map",
+    "space_to_channel",
     "sparse_linear_attention",
     "svg2_attention",
     "xquant_matmul",

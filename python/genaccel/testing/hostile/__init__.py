@@ -42,7 +42,7 @@ import torch
 from .. import RTOL
 
 FAMILIES = ("genaccel.testing.hostile.block_sparse", "genaccel.testing.hostile.sla", "genaccel.testing.hostile.radial",
-            "genaccel.testing.hostile.svg2", "genaccel.testing.hostile.xquant")
+            "genaccel.testing.hostile.svg2", "genaccel.testing.hostile.xquant", "genaccel.testing.hostile.dcae")
 
 ERROR, RESULT, EITHER, SHAPES = "error", "result", "either", "shapes"
 PASSING = {ERROR: {"refused"}, RESULT: {"computed"}, EITHER: {"refused", "computed"}, SHAPES: {"computed"}}
