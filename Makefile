@@ -41,6 +41,7 @@ demo: setup
 	$(VENV)/bin/genaccel bench --family xquant --quick
 	$(VENV)/bin/genaccel bench --family xquant-ppl --quick
 	$(VENV)/bin/genaccel bench --family xquant-minilm --quick
+	$(VENV)/bin/genaccel bench --family dcae --quick
 
 test: setup
 	$(PY) -m pytest -q

@@ -8,7 +8,8 @@
 # pytest_cuda.log (CUDA tests, then the hypothesis fuzz alone, printing each case), hostile_cuda.json,
 # memcheck.log, bench.log (benchmarks and the SLA stage profile), bench_attention.json, bench_sla.json,
 # bench_sla_wgmma.json (on sm_90: SLA forward and backward at topk 0.05 on the opt-in wgmma kernels,
-# --set backend=sm90), bench_radial.json, bench_svg2.json, bench_xquant-speed.json (XQuant's fused
+# --set backend=sm90), bench_radial.json, bench_svg2.json, bench_dcae.json (DC-AE-V's chunk-causal conv
+# vs cuDNN on the padded chunks, bf16), bench_xquant-speed.json (XQuant's fused
 # rematerialisation vs dequantize+matmul, peak memory, decode steps),
 # summary.json (exit code, seconds and log of every step). A failing step does not stop the next.
 # Exit code: 0 when every step passed, else 1.
@@ -205,6 +206,8 @@ step bench_svg2 90 bench.log "$PY" -m genaccel bench --family svg2 --device cuda
   --set top_ps=0.8,0.9 --json "$OUT/bench_svg2.json"
 step bench_xquant 90 bench.log "$PY" -m genaccel bench --family xquant-speed --device cuda --no-progress \
   --json "$OUT/bench_xquant-speed.json"
+step bench_dcae 60 bench.log "$PY" -m genaccel bench --family dcae --device cuda --no-progress \
+  --json "$OUT/bench_dcae.json"
 step bench 300 bench.log --last "$PY" -m genaccel bench --device cuda --no-progress \
   --json "$OUT/bench_attention.json"
 

@@ -7,10 +7,12 @@ comparing medians taken minutes apart on a shared machine would mostly measure t
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -161,6 +163,35 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def peak_bytes(fn, device: torch.device) -> Optional[int]:
+    """The rise of resident memory (CUDA: of torch's allocated memory) during fn() above the level
+    before it (None off Linux on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        del out
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: freed memory goes back, so a new allocation shows
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set, to the current one
+        before = _status_bytes("VmRSS")
+    except (OSError, AttributeError):
+        return None
+    out = fn()
+    peak = _status_bytes("VmHWM") - before
+    del out
+    return peak
 
 
 def _git_commit() -> Optional[dict]:

@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-import ctypes
-import re
 from typing import List, Optional
 
 import torch
 
 from .registry import Benchmark, column, register
+from .timing import peak_bytes
 from .xquant_ppl import small_llama
 
 
@@ -56,35 +55,6 @@ def default_configs(device: str, quick: bool) -> List[SpeedConfig]:
     if device == "cuda":  # bench/gpu_check.sh's short step: the shapes, fewer rounds
         return [SpeedConfig(**{**vars(c), "target_s": 0.5}) for c in remat + [decode]]
     return remat + [decode]
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
-
-
-def peak_bytes(fn, device: torch.device) -> Optional[int]:
-    """The rise of resident memory (CUDA: of torch's allocated memory) during fn() above the level
-    before it (None off Linux on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        del out
-        return torch.cuda.max_memory_allocated(device) - before
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # glibc: freed memory goes back, so a new allocation shows
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM, the peak resident set, to the current one
-        before = _status_bytes("VmRSS")
-    except (OSError, AttributeError):
-        return None
-    out = fn()
-    peak = _status_bytes("VmHWM") - before
-    del out
-    return peak
 
 
 def remat_rows(cfg: SpeedConfig, run):
