@@ -45,7 +45,8 @@ void dcae_chunk_causal_conv3d(const DcaeChunkConvParams& p) {
   });
 
   const int64_t tw = std::min(W, kTileWidth), wp = tw + kw - 1;
-  const int64_t th = std::clamp<int64_t>(kTilePositions / wp, 1, H);
+  // Row tiles of equal height, so the last one is not mostly empty.
+  const int64_t th = ceil_div(H, ceil_div(H, std::clamp<int64_t>(kTilePositions / wp, 1, H)));
   const int64_t positions = th * wp, positions_pad = ceil_div(positions, kNR) * kNR;
   // A plane: the halo rows, then slack that the last padded strip may read (zeros).
   const int64_t plane = (th + kh - 1) * wp + (positions_pad - positions) + kw;
@@ -67,6 +68,7 @@ void dcae_chunk_causal_conv3d(const DcaeChunkConvParams& p) {
       const int64_t co0 = cb * kCoutBlock, mc = std::min(kCoutBlock, cout - co0);
       const int64_t h0 = ht * th, w0 = wt * tw, rows = std::min(th, H - h0), cols = std::min(tw, W - w0);
       const int64_t chunk_end = (t / p.chunk + 1) * p.chunk;
+      const int64_t used = ceil_div(rows * wp, kNR) * kNR;  // the positions this tile computes
 
       for (int64_t r = 0; r < mc; ++r)
         std::fill(c.get() + r * positions_pad, c.get() + (r + 1) * positions_pad, bias ? bias[co0 + r] : 0.f);
@@ -97,7 +99,7 @@ void dcae_chunk_causal_conv3d(const DcaeChunkConvParams& p) {
         for (int64_t dh = 0; dh < kh; ++dh)
           for (int64_t dw = 0; dw < kw; ++dw) {
             const float* a = packed.get() + ((dt * kh + dh) * kw + dw) * cout * cin + co0 * cin;
-            micro_gemm<true>(static_cast<int>(mc), static_cast<int>(positions_pad), static_cast<int>(cin), a, cin, 1,
+            micro_gemm<true>(static_cast<int>(mc), static_cast<int>(used), static_cast<int>(cin), a, cin, 1,
                              tile + dh * wp + dw, plane, c.get(), positions_pad);
           }
       }
