@@ -492,8 +492,9 @@ def run_xquant_matmul_case(case, gen) -> str:
 
 
 # DC-AE's ops on CUDA against their float64 references: (name, op, x shape, args, dtype). conv args:
-# (Cout, (kt, kh, kw), chunk, with a cache); shuffle args: (r, rt, out_channels). Edges: Cout and
-# positions not multiples of the 64-tiles, Cin 3 (K much below one K step), kt 1 and 5, a 1-frame chunk.
+# (Cout, (kt, kh, kw), chunk, with a cache); shuffle args: (r, rt, out_channels); lite_mla args:
+# (head_dim,). Edges: Cout and positions not multiples of the 64-tiles, Cin 3 (K much below one K step),
+# kt 1 and 5, a 1-frame chunk; a head whose ReLU(k) is all zero (float16: eps underflows).
 DCAE_CASES = [
     ("dcae conv bf16 chunk 4 + cache", "conv", (1, 16, 8, 10, 12), (24, (3, 3, 3), 4, True), torch.bfloat16),
     ("dcae conv fp16 Cin 3, chunk 2", "conv", (2, 3, 4, 9, 7), (70, (3, 3, 3), 2, False), torch.float16),
@@ -503,6 +504,10 @@ DCAE_CASES = [
     ("dcae space_to_channel fp32 2-D r 4", "s2c", (2, 3, 8, 12), (4, 1, 24), torch.float32),
     ("dcae channel_to_space fp16 3-D", "c2s", (1, 16, 2, 3, 5), (2, 4, 8), torch.float16),
     ("dcae channel_to_space fp32 2-D", "c2s", (1, 6, 5, 7), (2, 1, 12), torch.float32),
+    ("dcae lite_mla bf16 d32", "mla", (2, 4 * 96, 16, 20), (32,), torch.bfloat16),
+    ("dcae lite_mla fp16 d32 dead head", "mla", (1, 2 * 96, 8, 8), (32,), torch.float16),
+    ("dcae lite_mla fp32 d17 odd map", "mla", (1, 3 * 51, 7, 300), (17,), torch.float32),
+    ("dcae lite_mla fp32 d256 one position", "mla", (1, 768, 1, 1), (256,), torch.float32),
 ]
 
 
@@ -519,6 +524,13 @@ def run_dcae_case(case, gen) -> str:
         got = torch.ops.genaccel.dcae_chunk_causal_conv3d(x.cuda(), w.cuda(), b.cuda(), chunk,
                                                           None if cache is None else cache.cuda()).cpu()
         want = R.chunk_causal_conv3d(x, w, b, chunk, cache)
+    elif op == "mla":
+        if "dead head" in name:
+            x[:, 32:64] = -x[:, 32:64].abs()
+        got = torch.ops.genaccel.dcae_lite_mla(x.cuda(), *args).cpu()
+        want = R.lite_mla(x, *args)
+        if not torch.isfinite(got).all():
+            return "FAIL non-finite output"
     else:
         fn = torch.ops.genaccel.dcae_space_to_channel if op == "s2c" else torch.ops.genaccel.dcae_channel_to_space
         got = fn(x.cuda(), *args).cpu()

@@ -1,12 +1,16 @@
-// genaccel DC-AE ops: the chunk-causal 3-D convolution of DC-AE-V and the parameter-free space <-> channel
-// shortcuts of every DC-AE; schema, input checks (shared by CPU, CUDA and Meta), CPU and Meta
-// registrations. Kernels: csrc/cpu/autoencoder/dcae/conv.cpp, shuffle.cpp.
+// genaccel DC-AE ops: the chunk-causal 3-D convolution of DC-AE-V, the parameter-free space <-> channel
+// shortcuts of every DC-AE and LiteMLA's linear attention; schema, input checks (shared by CPU, CUDA and
+// Meta), CPU and Meta registrations. Kernels: csrc/cpu/autoencoder/dcae/conv.cpp, shuffle.cpp,
+// lite_mla.cpp.
 #include "ops/autoencoder/dcae.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "cpu/autoencoder/dcae/conv.h"
+#include "cpu/autoencoder/dcae/lite_mla.h"
 #include "cpu/autoencoder/dcae/shuffle.h"
 #include "cpu/common/capability.h"
 
@@ -15,6 +19,8 @@ namespace {
 constexpr const char* kConvOp = "dcae_chunk_causal_conv3d";
 constexpr const char* kToChannelOp = "dcae_space_to_channel";
 constexpr const char* kToSpaceOp = "dcae_channel_to_space";
+constexpr const char* kLiteMlaOp = "dcae_lite_mla";
+constexpr int64_t kMaxHeadDim = 256;
 
 bool float_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
 
@@ -138,6 +144,29 @@ DcaeShuffleParams dcae_shuffle_params(const at::Tensor& x, at::Tensor& y, int64_
   return p;
 }
 
+void check_dcae_lite_mla_op(const at::Tensor& qkv, int64_t head_dim, double eps) {
+  constexpr const char* op = kLiteMlaOp;
+  TORCH_CHECK(qkv.dim() == 4 && float_dtype(qkv.scalar_type()), op,
+              ": qkv must be a 4-D (B, 3 heads head_dim, H, W) float32, bfloat16 or float16 tensor, got ",
+              qkv.scalar_type(), " of shape ", qkv.sym_sizes());
+  TORCH_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, op, ": head_dim must be in [1, ", kMaxHeadDim, "], got ",
+              head_dim);
+  TORCH_CHECK(qkv.sym_size(1) % (3 * head_dim) == 0, op, ": qkv's channel count must be a multiple of 3 head_dim = ",
+              3 * head_dim, " (q, k, v per head), got ", qkv.sym_size(1));
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0 && eps <= 1e30, op, ": eps must be finite and >= 0, got ", eps);
+}
+
+DcaeLiteMlaParams dcae_lite_mla_params(const at::Tensor& qkv, int64_t head_dim, double eps, at::Tensor& out) {
+  DcaeLiteMlaParams p{};
+  p.qkv = qkv.const_data_ptr();
+  p.out = out.mutable_data_ptr();
+  p.dtype = to_dtype_enum(qkv.scalar_type());
+  p.batch = qkv.size(0), p.heads = qkv.size(1) / (3 * head_dim), p.head_dim = head_dim;
+  p.n = qkv.size(2) * qkv.size(3);
+  p.eps = static_cast<float>(eps);
+  return p;
+}
+
 namespace {
 
 // 16-bit tensors are converted to float32 around the float32 kernels (the CPU has no 16-bit FMA).
@@ -175,6 +204,20 @@ at::Tensor dcae_channel_to_space_cpu(const at::Tensor& x, int64_t r, int64_t rt,
   return dcae_shuffle_cpu(kToSpaceOp, x, r, rt, out_channels, false);
 }
 
+at::Tensor dcae_lite_mla_cpu(const at::Tensor& qkv_in, int64_t head_dim, double eps) {
+  check_dcae_lite_mla_op(qkv_in, head_dim, eps);
+  cpu::check_capability(kLiteMlaOp);
+  auto qkv = as_float(qkv_in);
+  auto out = at::empty({qkv.size(0), qkv.size(1) / 3, qkv.size(2), qkv.size(3)}, qkv.options());
+  if (out.numel() > 0) cpu::dcae_lite_mla(dcae_lite_mla_params(qkv, head_dim, eps, out));
+  return out.to(qkv_in.scalar_type());
+}
+
+at::Tensor dcae_lite_mla_meta(const at::Tensor& qkv, int64_t head_dim, double eps) {
+  check_dcae_lite_mla_op(qkv, head_dim, eps);
+  return at::empty_symint({qkv.sym_size(0), qkv.sym_size(1) / 3, qkv.sym_size(2), qkv.sym_size(3)}, qkv.options());
+}
+
 at::Tensor dcae_chunk_causal_conv3d_meta(const at::Tensor& x, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias, int64_t chunk_size,
                                          const std::optional<at::Tensor>& cache) {
@@ -207,16 +250,21 @@ TORCH_LIBRARY_FRAGMENT(genaccel, m) {
   m.def("dcae_space_to_channel(Tensor x, int r, int rt, int out_channels) -> Tensor");
   // repeat_interleave of the channels to out_channels * rt * r * r, then pixel_shuffle by (rt, r, r).
   m.def("dcae_channel_to_space(Tensor x, int r, int rt, int out_channels) -> Tensor");
+  // LiteMLA's ReLU linear attention on per-head grouped qkv (B, heads * [q | k | v] of head_dim, H, W)
+  // -> (B, heads * head_dim, H, W): (sum_m v_m k'_m . q'_n) / (sum_m k'_m . q'_n + eps), float32 inside.
+  m.def("dcae_lite_mla(Tensor qkv, int head_dim=32, float eps=1e-15) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(genaccel, CPU, m) {
   m.impl("dcae_chunk_causal_conv3d", &genaccel::ops::dcae_chunk_causal_conv3d_cpu);
   m.impl("dcae_space_to_channel", &genaccel::ops::dcae_space_to_channel_cpu);
   m.impl("dcae_channel_to_space", &genaccel::ops::dcae_channel_to_space_cpu);
+  m.impl("dcae_lite_mla", &genaccel::ops::dcae_lite_mla_cpu);
 }
 
 TORCH_LIBRARY_IMPL(genaccel, Meta, m) {
   m.impl("dcae_chunk_causal_conv3d", &genaccel::ops::dcae_chunk_causal_conv3d_meta);
   m.impl("dcae_space_to_channel", &genaccel::ops::dcae_space_to_channel_meta);
   m.impl("dcae_channel_to_space", &genaccel::ops::dcae_channel_to_space_meta);
+  m.impl("dcae_lite_mla", &genaccel::ops::dcae_lite_mla_meta);
 }

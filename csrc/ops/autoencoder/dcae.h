@@ -38,4 +38,12 @@ std::vector<c10::SymInt> dcae_shuffle_out_shape(const at::Tensor& x, int64_t r, 
 // The kernels' params for a checked contiguous x and y of dcae_shuffle_out_shape.
 DcaeShuffleParams dcae_shuffle_params(const at::Tensor& x, at::Tensor& y, int64_t r, int64_t rt, bool to_channel);
 
+// Every check of op dcae_lite_mla: qkv 4-D (B, 3 heads head_dim, H, W) float32 / bfloat16 / float16,
+// head_dim in [1, 256] dividing its channels by 3 head_dim, eps finite and >= 0. Raises naming
+// dcae_lite_mla and the argument.
+void check_dcae_lite_mla_op(const at::Tensor& qkv, int64_t head_dim, double eps);
+
+// The kernels' params for a checked contiguous qkv and out (B, heads head_dim, H, W).
+DcaeLiteMlaParams dcae_lite_mla_params(const at::Tensor& qkv, int64_t head_dim, double eps, at::Tensor& out);
+
 }  // namespace genaccel::ops

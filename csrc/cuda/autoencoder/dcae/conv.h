@@ -14,4 +14,8 @@ int dcae_chunk_causal_conv3d_cuda(const DcaeChunkConvParams& p, void* stream);
 // space_to_channel (to_channel) or channel_to_space: one thread per output element, float32 sums.
 int dcae_shuffle_cuda(const DcaeShuffleParams& p, bool to_channel, void* stream);
 
+// LiteMLA: per (batch, head) the (d + 1) x d state [V; 1] K'^T reduced over the positions in float32,
+// then every position's output from it; float32 throughout, out in p.dtype.
+int dcae_lite_mla_cuda(const DcaeLiteMlaParams& p, void* stream);
+
 }  // namespace genaccel::cuda

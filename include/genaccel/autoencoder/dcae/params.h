@@ -40,4 +40,17 @@ struct DcaeShuffleParams {
   int64_t batch, c_fine, c_coarse, frames, height, width, r, rt;  // frames, height, width: the fine grid's
 };
 
+// LiteMLA, the ReLU linear attention of DC-AE's EfficientViT blocks, on qkv (batch, heads * 3 * d, N),
+// N = H W positions, channels grouped per head: head h owns [3 d h, 3 d h + 3 d) = q (d), k (d), v (d).
+// out (batch, heads * d, N): with q' = ReLU(q), k' = ReLU(k), per head and position n
+//   out[:, n] = (sum_m v_m k'_m . q'_n) / (sum_m k'_m . q'_n + eps),
+// the linear form V [1] K'^T Q' of the original, in float32 (eps = 1e-15 underflows in float16).
+struct DcaeLiteMlaParams {
+  const void* qkv;      // (batch, heads * 3 * head_dim, n), dtype
+  void* out;            // (batch, heads * head_dim, n), dtype
+  DType dtype;
+  int64_t batch, heads, head_dim, n;
+  float eps;
+};
+
 }  // namespace genaccel

@@ -7,6 +7,11 @@
 - `space_to_channel(x, r, rt=1, *, out_channels)` / `channel_to_space(x, r, rt=1, *, out_channels)`:
   the parameter-free shortcuts of DC-AE's resolution-changing blocks, images (B, C, H, W) and videos
   (B, C, T, H, W).
+- `lite_mla(qkv, head_dim=32, eps=1e-15)`: the ReLU linear attention of DC-AE's EfficientViT blocks on
+  qkv grouped per head ([q | k | v] of head_dim channels each, head after head, as the original's qkv
+  conv lays them out), (sum_m v_m k'_m . q'_n) / (sum_m k'_m . q'_n + eps) in float32 whatever the
+  input dtype (eps 1e-15 underflows in float16). The original's quadratic form for small maps is the
+  same function, so there is one op.
 
 The conv's backward runs torch's convolution backward on the chunk-padded copy (spec.pad_chunks): it
 is exact, and it holds that copy, (1 + 2p / chunk_size) times x, while it runs.
@@ -124,3 +129,45 @@ torch.library.register_autograd("genaccel::dcae_space_to_channel", _space_to_cha
                                 setup_context=_space_to_channel_setup_context)
 torch.library.register_autograd("genaccel::dcae_channel_to_space", _channel_to_space_backward,
                                 setup_context=_channel_to_space_setup_context)
+
+
+def lite_mla(qkv: torch.Tensor, head_dim: int = 32, eps: float = 1e-15) -> torch.Tensor:
+    """qkv (B, heads * 3 * head_dim, H, W) -> (B, heads * head_dim, H, W) of qkv's dtype (module docstring)."""
+    check_int("head_dim", head_dim, 1)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ValueError(f"eps must be a real number, got {eps!r}")
+    return torch.ops.genaccel.dcae_lite_mla(qkv, head_dim, float(eps))
+
+
+def _lite_mla_setup_context(ctx, inputs, output):
+    qkv, head_dim, eps = inputs
+    ctx.save_for_backward(qkv)
+    ctx.head_dim, ctx.eps = head_dim, eps
+
+
+def _lite_mla_backward(ctx, grad):
+    # The linear form's gradient, O(N d^2) like the forward, in float32: out_n = S q'_n / (z . q'_n + eps)
+    # with S = V K'^T and z = sum_m k'_m.
+    (qkv,) = ctx.saved_tensors
+    b, c, h, w = qkv.shape
+    d, heads = ctx.head_dim, c // (3 * ctx.head_dim)
+    x = qkv.float().reshape(b, heads, 3, d, h * w)
+    q, k, v = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    qr, kr = q.relu(), k.relu()
+    g = grad.float().reshape(b, heads, d, h * w)
+    s = v @ kr.transpose(-1, -2)                    # (B, heads, d, d)
+    z = kr.sum(dim=-1)                              # (B, heads, d)
+    den = torch.einsum("bhj,bhjn->bhn", z, qr) + ctx.eps
+    out = (s @ qr) / den.unsqueeze(-2)
+    g_num = g / den.unsqueeze(-2)
+    g_den = -(g * out).sum(dim=-2) / den            # (B, heads, N)
+    g_qr = s.transpose(-1, -2) @ g_num + z.unsqueeze(-1) * g_den.unsqueeze(-2)
+    g_s = g_num @ qr.transpose(-1, -2)              # (B, heads, d, d)
+    g_z = torch.einsum("bhn,bhjn->bhj", g_den, qr)
+    g_v = g_s @ kr
+    g_kr = g_s.transpose(-1, -2) @ v + g_z.unsqueeze(-1)
+    gx = torch.stack([g_qr * (q > 0), g_kr * (k > 0), g_v], dim=2)
+    return gx.reshape(b, c, h, w).to(qkv.dtype), None, None
+
+
+torch.library.register_autograd("genaccel::dcae_lite_mla", _lite_mla_backward, setup_context=_lite_mla_setup_context)

@@ -61,3 +61,16 @@ def channel_to_space(x: torch.Tensor, r: int, rt: int, out_channels: int) -> tor
     """repeat_interleave of the channels, then shuffle (DC-AE's upsampling shortcut)."""
     repeats = out_channels * rt * r * r // x.shape[1]
     return shuffle(x.double().repeat_interleave(repeats, dim=1), r, rt)
+
+
+def lite_mla(qkv: torch.Tensor, head_dim: int = 32, eps: float = 1e-15) -> torch.Tensor:
+    """LiteMLA's attention in its quadratic form: per head A = ReLU(K)^T ReLU(Q) (keys x queries), each
+    query's column divided by its sum + eps, out = V A. qkv (B, heads * [q | k | v], H, W) -> (B, heads
+    head_dim, H, W) float64."""
+    b, c, h, w = qkv.shape
+    heads = c // (3 * head_dim)
+    x = qkv.double().reshape(b, heads, 3, head_dim, h * w)
+    q, k, v = x[:, :, 0].relu(), x[:, :, 1].relu(), x[:, :, 2]
+    a = k.transpose(-1, -2) @ q                      # (B, heads, keys, queries)
+    a = a / (a.sum(dim=-2, keepdim=True) + eps)
+    return (v @ a).reshape(b, heads * head_dim, h, w)

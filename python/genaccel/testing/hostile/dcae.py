@@ -1,8 +1,10 @@
-"""The DC-AE ops in the hostile-input battery: dcae_chunk_causal_conv3d, dcae_space_to_channel and
-dcae_channel_to_space, each checked against its float64 reference (autoencoder/dcae/reference.py)."""
+"""The DC-AE ops in the hostile-input battery: dcae_chunk_causal_conv3d, dcae_space_to_channel,
+dcae_channel_to_space and (through its wrapper) dcae_lite_mla, each checked against its float64
+reference (autoencoder/dcae/reference.py)."""
 
 import torch
 
+from genaccel.autoencoder import lite_mla
 from genaccel.autoencoder.dcae import reference as R
 
 from . import ERROR, RESULT, Case, OpSpec, register
@@ -109,3 +111,40 @@ def shuffle_spec(name, reference, to_channel):
 
 shuffle_spec("genaccel::dcae_space_to_channel", R.space_to_channel, True)
 shuffle_spec("genaccel::dcae_channel_to_space", R.channel_to_space, False)
+
+
+# -- op dcae_lite_mla -------------------------------------------------------------------------------------
+
+
+def lite_mla_extra(spec):
+    def dead_head(a):  # head 0's keys all negative: ReLU(k) = 0, the denominator is eps alone
+        qkv = a["qkv"].clone()
+        qkv[:, 8:16] = -qkv[:, 8:16].abs()
+        return {**a, "qkv": qkv}
+
+    return [
+        Case(spec.name, "dead_head", "family", dead_head, RESULT),
+        Case(spec.name, "dead_head_fp16", "family", lambda a: {**dead_head(a), "qkv": dead_head(a)["qkv"].half()},
+             RESULT),
+        Case(spec.name, "one_position", "family", lambda a: {**a, "qkv": a["qkv"][..., :1, :1]}, RESULT),
+        Case(spec.name, "channels_not_3_head_dim", "family", lambda a: {**a, "qkv": a["qkv"][:, :40]}, ERROR,
+             r"head_dim"),
+        Case(spec.name, "eps_zero", "family", lambda a: {**a, "eps": 0.0}, RESULT),
+        Case(spec.name, "eps_negative", "family", lambda a: {**a, "eps": -1.0}, ERROR, r"\beps\b"),
+        Case(spec.name, "head_dim_huge", "family", lambda a: {**a, "head_dim": 1 << 20}, ERROR, r"head_dim"),
+    ]
+
+
+# The wrapper, whose eps check refuses what the raw op's float argument cannot tell apart (True is 1.0).
+register(OpSpec(
+    name="genaccel.autoencoder.lite_mla",
+    call=lite_mla,
+    base=lambda gen, device: dict(qkv=torch.randn(1, 2 * 3 * 8, 4, 5, generator=gen).to(device), head_dim=8,
+                                  eps=1e-15),
+    reference=lambda a: (R.lite_mla(a["qkv"].cpu(), a["head_dim"], a["eps"]),),
+    tensors=dict(qkv="data"),
+    scalars=dict(head_dim="int", eps="nonnegative_float"),
+    nonfinite=("qkv",),
+    ok_dtypes=dict(qkv=(torch.bfloat16, torch.float16)),
+    extra=lite_mla_extra,
+))
