@@ -56,8 +56,8 @@ def test_cpu_kernel_is_registered():
 
 def test_public_api():
     assert sorted(genaccel.__all__) == sorted(
-        ["QuantizedTensor", "__version__", "block_mask_to_indices", "block_sparse_attention", "build_info", "cluster_permute",
-         "cluster_unpermute", "dequantize", "has_cuda_kernels", "kmeans", "mask_density", "quantize", "radial_block_mask", "sla_block_map",
+        ["QuantizedTensor", "__version__", "block_mask_to_indices", "block_sparse_attention", "build_info", "channel_to_space", "chunk_causal_conv3d", "cluster_permute",
+         "cluster_unpermute", "dequantize", "has_cuda_kernels", "kmeans", "mask_density", "quantize", "radial_block_mask", "sla_block_map", "space_to_channel",
          "sparse_linear_attention", "svg2_attention", "xquant_matmul", "xquant_weighted_sum"]
     )
     for name in genaccel.__all__:
