@@ -79,3 +79,15 @@ def test_bad_inputs():
         model.decode(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="config must be"):
         DCAE("dc-ae-nope")
+
+
+def test_spatial_tiling():
+    # The EfficientViT stages' linear attention is global, so tiles never match exactly; one tile does.
+    model = randomize(DCAE(TINY["sana-style"]), 2).eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x)
+        assert torch.equal(model.encode_tiled(x, tile=64, overlap=0), z)
+        assert model.encode_tiled(x, tile=32, overlap=16).shape == z.shape
+        assert torch.equal(model.decode_tiled(z, tile=64, overlap=0), model.decode(z))
+        assert model.decode_tiled(z, tile=32, overlap=8).shape == x.shape

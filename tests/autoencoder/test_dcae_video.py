@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genaccel.autoencoder import DCAEV, DCAEVConfig
+from genaccel.testing import rel_err
 
 TINY = DCAEVConfig(latent_channels=4, block_out_channels=(4, 8, 16, 16), layers_per_block=(0, 1, 1, 1),
                    temporal_down_stage=2, chunk=8, latent_chunk=2)
@@ -77,3 +78,21 @@ def test_bad_inputs():
         model.decode(torch.zeros(1, 4, 3, 4, 4))
     with pytest.raises(ValueError, match="chunk"):
         DCAEV(DCAEVConfig(chunk=30, latent_chunk=10))
+
+
+def test_spatial_tiling():
+    # One tile covering the frame is the plain call; otherwise the error shrinks as the overlap grows
+    # past the (finite) receptive field: only the blend ramp's error is left.
+    model, x = tiny_model(), video(frames=8, size=128)
+    with torch.no_grad():
+        z = model.encode(x)
+        assert torch.equal(model.encode_tiled(x, tile=128, overlap=0), z)
+        errs = [rel_err(model.encode_tiled(x, tile=t, overlap=o), z) for t, o in ((64, 16), (64, 32), (96, 48))]
+        assert errs[0] > errs[1] > errs[2] and errs[2] < 0.1, errs
+        y = model.decode(z)
+        assert torch.equal(model.decode_tiled(z, tile=128, overlap=0), y)
+        assert rel_err(model.decode_tiled(z, tile=96, overlap=48), y) < 0.1
+    with pytest.raises(ValueError, match="tile must be"):
+        model.encode_tiled(x, tile=30)
+    with pytest.raises(ValueError, match="overlap must be"):
+        model.encode_tiled(x, tile=64, overlap=64)

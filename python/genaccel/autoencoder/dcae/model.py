@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import channel_to_space, lite_mla, space_to_channel
+from .tiling import check_tiling, run_tiled
 
 
 @dataclass
@@ -323,6 +324,19 @@ class DCAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def encode_tiled(self, x: torch.Tensor, tile: int = 512, overlap: int = 64) -> torch.Tensor:
+        """encode() over overlapping tile x tile pixel crops, latents blended (tiling.py: not identical
+        to encode(); the EfficientViT stages see only their tile)."""
+        f = self.spatial_compression
+        check_tiling(tile, overlap, f)
+        return run_tiled(self.encode, x, tile, overlap, 1, f)
+
+    def decode_tiled(self, z: torch.Tensor, tile: int = 512, overlap: int = 64) -> torch.Tensor:
+        """decode() over overlapping latent crops of tile x tile output pixels, blended in pixel space."""
+        f = self.spatial_compression
+        check_tiling(tile, overlap, f)
+        return run_tiled(self.decode, z, tile // f, overlap // f, f, 1)
 
     @classmethod
     def from_diffusers(cls, path: str, dtype: Optional[torch.dtype] = None) -> "DCAE":

@@ -6,7 +6,9 @@ chunks before it only.
 `DCAEV.encode(video)` / `decode(latent)` run the whole sequence; `encode_stream(frames)` /
 `decode_stream(latents)` take iterables of tiles (whole chunks: 40 frames / 10 latent frames for the
 released config) and carry each convolution's halo from tile to tile, so memory is constant in the
-video's length and the result equals the full pass exactly.
+video's length and the result equals the full pass exactly. `encode_tiled` / `decode_tiled` cut large
+frames into overlapping spatial tiles (tiling.py); they do not combine with streaming yet (each spatial
+tile would need its own halo caches).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .ops import channel_to_space, chunk_causal_conv3d, space_to_channel
+from .tiling import check_tiling, run_tiled
 
 
 @dataclass
@@ -220,6 +223,19 @@ class DCAEV(nn.Module):
     def decode_stream(self, tiles: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Video tiles of latent tiles (each a whole number of latent chunks), equal to decode() of the whole."""
         return self._stream(self.decoder, tiles, self.decode)
+
+    def encode_tiled(self, video: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
+        """encode() over overlapping tile x tile pixel crops of every frame, latents blended (tiling.py).
+        DC-AE-V's receptive field is finite, so a wide overlap leaves only the blend ramp's error."""
+        f = self.config.spatial_compression
+        check_tiling(tile, overlap, f)
+        return run_tiled(self.encode, video, tile, overlap, 1, f)
+
+    def decode_tiled(self, latent: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
+        """decode() over overlapping latent crops of tile x tile output pixels, blended in pixel space."""
+        f = self.config.spatial_compression
+        check_tiling(tile, overlap, f)
+        return run_tiled(self.decode, latent, tile // f, overlap // f, f, 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(video))
