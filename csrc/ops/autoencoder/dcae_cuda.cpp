@@ -1,6 +1,6 @@
-// CUDA registration of the DC-AE ops (kernels: csrc/cuda/autoencoder/dcae/conv.cu, shuffle.cu; schema,
-// checks and the CPU / Meta registrations: csrc/ops/autoencoder/dcae.cpp). No op syncs with the host
-// (the checks read shapes only).
+// CUDA registration of the DC-AE ops (kernels: csrc/cuda/autoencoder/dcae/conv.cu, shuffle.cu,
+// lite_mla.cu; schema, checks and the CPU / Meta registrations: csrc/ops/autoencoder/dcae.cpp). No op
+// syncs with the host (the checks read shapes only).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -15,6 +15,7 @@ namespace {
 constexpr const char* kConvOp = "dcae_chunk_causal_conv3d";
 constexpr const char* kToChannelOp = "dcae_space_to_channel";
 constexpr const char* kToSpaceOp = "dcae_channel_to_space";
+constexpr const char* kLiteMlaOp = "dcae_lite_mla";
 
 at::Tensor dcae_chunk_causal_conv3d_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
                                          const std::optional<at::Tensor>& bias_in, int64_t chunk_size,
@@ -54,6 +55,17 @@ at::Tensor dcae_channel_to_space_cuda(const at::Tensor& x, int64_t r, int64_t rt
   return dcae_shuffle_cuda(kToSpaceOp, x, r, rt, out_channels, false);
 }
 
+at::Tensor dcae_lite_mla_cuda(const at::Tensor& qkv_in, int64_t head_dim, double eps) {
+  check_dcae_lite_mla_op(qkv_in, head_dim, eps);
+  c10::cuda::CUDAGuard guard(qkv_in.device());
+  auto qkv = qkv_in.contiguous();
+  auto out = at::empty({qkv.size(0), qkv.size(1) / 3, qkv.size(2), qkv.size(3)}, qkv.options());
+  if (out.numel() == 0) return out;
+  const auto p = dcae_lite_mla_params(qkv, head_dim, eps, out);
+  check_launch(cuda::dcae_lite_mla_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), "lite_mla", kLiteMlaOp);
+  return out;
+}
+
 }  // namespace
 }  // namespace genaccel::ops
 
@@ -61,4 +73,5 @@ TORCH_LIBRARY_IMPL(genaccel, CUDA, m) {
   m.impl("dcae_chunk_causal_conv3d", &genaccel::ops::dcae_chunk_causal_conv3d_cuda);
   m.impl("dcae_space_to_channel", &genaccel::ops::dcae_space_to_channel_cuda);
   m.impl("dcae_channel_to_space", &genaccel::ops::dcae_channel_to_space_cuda);
+  m.impl("dcae_lite_mla", &genaccel::ops::dcae_lite_mla_cuda);
 }
