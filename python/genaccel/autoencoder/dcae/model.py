@@ -348,5 +348,22 @@ class DCAE(nn.Module):
         model.load_state_dict(load_file(os.path.join(path, "diffusion_pytorch_model.safetensors")))
         return model.to(dtype) if dtype is not None else model
 
+    @classmethod
+    def from_original(cls, path: str, config: DCAEConfig | str | None = None,
+                      dtype: Optional[torch.dtype] = None) -> "DCAE":
+        """An original DC-AE checkpoint (efficientvit / DC-Gen names: a model.safetensors folder with
+        config.json {"model_name": ...}, or a .pt/.safetensors file with `config` given; checkpoint.py)."""
+        from .checkpoint import from_original, read_state_dict, resolve_config
+
+        model = cls(resolve_config(path, config))
+        model.load_state_dict(from_original(model, read_state_dict(path)))
+        return model.to(dtype) if dtype is not None else model
+
+    def original_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The weights in the original checkpoint layout (from_original reads them back)."""
+        from .checkpoint import to_original
+
+        return to_original(self)
+
     def diffusers_config(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}

@@ -239,3 +239,20 @@ class DCAEV(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(video))
+
+    @classmethod
+    def from_original(cls, path: str, config: DCAEVConfig | str | None = None,
+                      dtype: Optional[torch.dtype] = None) -> "DCAEV":
+        """An original DC-AE-V checkpoint (DC-Gen's FSDP .pt, EMA weights preferred, or a safetensors
+        file; checkpoint.py). `config` defaults to the folder's config.json model_name."""
+        from .checkpoint import from_original, read_state_dict, resolve_config
+
+        model = cls(resolve_config(path, config))
+        model.load_state_dict(from_original(model, read_state_dict(path)))
+        return model.to(dtype) if dtype is not None else model
+
+    def original_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The weights in the original checkpoint layout (from_original reads them back)."""
+        from .checkpoint import to_original
+
+        return to_original(self)
