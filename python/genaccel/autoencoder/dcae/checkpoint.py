@@ -198,3 +198,43 @@ def resolve_config(path: str, config):
     if config is None:
         raise ValueError(f"config is needed: {path!r} has no config.json with a model_name")
     return config.removesuffix("-bf16") if isinstance(config, str) else config
+
+
+def save(model: nn.Module, folder: str) -> None:
+    """Our own layout: config.json {"genaccel_model": "DCAE" | "DCAEV", "config": {...}} and
+    model.safetensors (our key names); `load` reads it back."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    if not isinstance(model, (image.DCAE, video.DCAEV)):
+        raise TypeError(f"model must be a DCAE or a DCAEV, got {type(model).__name__}")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"genaccel_model": type(model).__name__, "config": asdict(model.config)}, f, indent=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, "model.safetensors"))
+
+
+def load(path: str, config=None) -> nn.Module:
+    """A DCAE or DCAEV from any layout: a folder saved by `save`, a diffusers AutoencoderDC folder, an
+    original folder (config.json with model_name), or an original checkpoint file with `config` (a
+    registered name or a config object)."""
+    cfg_file = os.path.join(path, "config.json")
+    if os.path.isdir(path) and os.path.isfile(cfg_file):
+        with open(cfg_file) as f:
+            meta = json.load(f)
+        if "genaccel_model" in meta:
+            kind = {"DCAE": (image.DCAE, image.DCAEConfig), "DCAEV": (video.DCAEV, video.DCAEVConfig)}
+            if meta["genaccel_model"] not in kind:
+                raise ValueError(f"{cfg_file}: genaccel_model must be DCAE or DCAEV, got {meta['genaccel_model']!r}")
+            cls, cfg_cls = kind[meta["genaccel_model"]]
+            model = cls(cfg_cls(**meta["config"]))
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))
+            return model
+        if meta.get("_class_name") == "AutoencoderDC":
+            return image.DCAE.from_diffusers(path)
+    config = resolve_config(path, config)
+    is_video = isinstance(config, video.DCAEVConfig) or (isinstance(config, str) and config.startswith("dc-ae-v-"))
+    return (video.DCAEV if is_video else image.DCAE).from_original(path, config)
