@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "genaccel/common/float_convert.cuh"
+
 namespace genaccel::cuda {
 namespace {
 
@@ -20,10 +22,6 @@ constexpr int kThreads = 256;
 constexpr int kLanesPerRow = 8;
 constexpr int kRowsPerWarp = 32 / kLanesPerRow;
 constexpr int64_t kMaxBlocks = 65536;  // the loop below strides over the rest
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // Sum of the products of the 16 bytes at a and b (kPerVec elements).
 template <class T>

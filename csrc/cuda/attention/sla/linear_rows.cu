@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "genaccel/common/dispatch.h"
+#include "genaccel/common/float_convert.cuh"
 
 namespace genaccel::cuda {
 namespace {
@@ -95,22 +96,6 @@ __global__ void normalize_kernel(const float4* __restrict__ num, uint2* __restri
 // ---- Per-token rows: one warp per row, each lane holding E = D / 32 consecutive features. ----
 
 constexpr int kRowWarps = 8;
-
-template <class T>
-__device__ float to_float(T x);
-template <>
-__device__ float to_float(float x) { return x; }
-template <>
-__device__ float to_float(__half x) { return __half2float(x); }
-template <>
-__device__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <class T>
-__device__ T from_float(float x);
-template <>
-__device__ __half from_float(float x) { return __float2half_rn(x); }
-template <>
-__device__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 
 __device__ float warp_sum(float x) {
 #pragma unroll

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "genaccel/common/float_convert.cuh"
+
 namespace genaccel::cuda {
 namespace {
 
@@ -26,10 +28,6 @@ constexpr int kTileCentroids = 16;   // centroids per shared-memory tile
 constexpr int kAccumTokens = 32;     // tokens per accumulate block
 constexpr int kThreads = 256;
 constexpr unsigned kMaxGridY = 65535;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 struct State {
   int32_t* poisoned;

@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "genaccel/common/float_convert.cuh"
+
 namespace genaccel::cuda {
 namespace {
 
@@ -52,25 +54,6 @@ struct Smem {
   static_assert(kFloats * 4 <= 48 * 1024, "static shared memory is capped at 48 KB");
   static_assert(kRegion % 4 == 0 && kQOffset % 4 == 0, "float4-aligned sub-arrays");
 };
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // ReLU that keeps NaN (as torch.relu does): fmaxf(NaN, 0) would return 0.
 __device__ __forceinline__ float relu(float x) { return x < 0.f ? 0.f : x; }

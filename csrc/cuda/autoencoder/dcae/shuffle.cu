@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "genaccel/common/float_convert.cuh"
+
 namespace genaccel::cuda {
 namespace {
 
@@ -24,25 +26,6 @@ constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // the loops are grid-stride: 
 
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks)));
-}
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
 }
 
 // The params with the coarse grid's sizes and the group size, computed once on the host.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "genaccel/common/float_convert.cuh"
 #include "genaccel/kvcache/xquant/params.h"
 
 namespace genaccel::cuda::xquant {
@@ -16,25 +17,6 @@ inline bool valid_layout(int64_t bits, int64_t group_size) {
 }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ float half_value(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...benchmarks.timing import Progress
 from ..metrics import psnr_from_mse, ssim
 from ..video_io import probe, read_frames, write_frames
 from .checkpoint import load
@@ -96,26 +97,6 @@ def to_frames(video: torch.Tensor, frames: int, height: int, width: int) -> Iter
         yield x[:, t].permute(1, 2, 0).contiguous().numpy()
 
 
-class _Progress:
-    def __init__(self, total: Optional[int], enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="frame")
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _first_frame(path: str) -> Tuple[Iterator[np.ndarray], int, int]:
     frames = read_frames(path)
     first = next(frames, None)
@@ -127,7 +108,7 @@ def _first_frame(path: str) -> Tuple[Iterator[np.ndarray], int, int]:
 def encode_file(codec: VideoCodec, path: str, out: str, progress: bool = True) -> dict:
     count, fps = probe(path)
     frames, height, width = _first_frame(path)
-    bar = _Progress(count, progress, "encode")
+    bar = Progress(count, "encode", enabled=None if progress else False)
     latents, n = [], 0
     start = time.perf_counter()
     with torch.inference_mode():
@@ -142,7 +123,7 @@ def encode_file(codec: VideoCodec, path: str, out: str, progress: bool = True) -
         for z in codec.encode(counted()):
             latents.append(z)
             n += sizes[-1]
-            bar.update(sizes[-1])
+            bar.advance(sizes[-1])
     bar.close()
     seconds = time.perf_counter() - start
     latent = torch.cat(latents, dim=2).contiguous()
@@ -171,7 +152,7 @@ def decode_file(codec: VideoCodec, path: str, out: str, progress: bool = True) -
     if latent.dim() != 5 or latent.shape[1] != codec.latent_channels:
         raise ValueError(f"latent in {path!r} is {tuple(latent.shape)}; this model decodes "
                          f"(1, {codec.latent_channels}, t, h, w)")
-    bar = _Progress(meta["frames"], progress, "decode")
+    bar = Progress(meta["frames"], "decode", enabled=None if progress else False)
     start = time.perf_counter()
 
     def frames():
@@ -180,7 +161,7 @@ def decode_file(codec: VideoCodec, path: str, out: str, progress: bool = True) -
             for x in codec.decode(latent.split(codec.latents_per_tile, dim=2)):
                 take = min(left, x.shape[2])
                 yield from to_frames(x, take, meta["height"], meta["width"])
-                bar.update(take)
+                bar.advance(take)
                 left -= take
 
     n = write_frames(out, frames(), meta["fps"])
@@ -193,7 +174,7 @@ def roundtrip_file(codec: VideoCodec, path: str, out: Optional[str] = None, prog
     """Encode and decode tile by tile (each decoded tile right after its latent), comparing 8-bit frames."""
     count, fps = probe(path)
     frames, height, width = _first_frame(path)
-    bar = _Progress(count, progress, "round trip")
+    bar = Progress(count, "round trip", enabled=None if progress else False)
     sq_err, ssim_sum, n = 0.0, 0.0, 0
     start = time.perf_counter()
     tiles_a, tiles_b = itertools.tee(video_tiles(frames, codec.frames_per_tile, codec.f), 2)
@@ -216,7 +197,7 @@ def roundtrip_file(codec: VideoCodec, path: str, out: Optional[str] = None, prog
                 if min(height, width) >= 11:
                     ssim_sum += ssim(a_f, b_f, data_range=255.0).sum().item()
                 n += real
-                bar.update(real)
+                bar.advance(real)
                 yield from b_frames
 
     if out:
