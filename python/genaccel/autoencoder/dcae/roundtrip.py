@@ -234,6 +234,9 @@ def main(args) -> int:
         result = roundtrip_file(codec, args.input, args.output, progress)
     print(json.dumps(result, indent=1))
     if args.json:
+        from ...benchmarks.timing import environment
+
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump({"environment": environment(torch.device("cpu")), "command": args.action,
+                       "input": args.input, "model": args.model, **result}, f, indent=1)
     return 0

@@ -30,6 +30,7 @@ from typing import List, Optional
 import torch
 
 from ..._utils import cache_dir
+from ...benchmarks.timing import environment
 from ..metrics import psnr_from_mse, ssim
 from .checkpoint import load, save
 from .synthetic import moving_shapes
@@ -129,7 +130,8 @@ def train(settings: TrainSettings, log=print) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save(model, str(folder))
     with open(folder / "train_log.json", "w") as f:
-        json.dump({"settings": asdict(settings), "config": asdict(TINY_CONFIG), "steps": step,
+        json.dump({"environment": environment(torch.device("cpu")), "settings": asdict(settings),
+                   "config": asdict(TINY_CONFIG), "steps": step,
                    "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
                    "held_out_at_init": start_eval, "held_out": result, "loss": losses}, f)
     return folder
@@ -157,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(folder / "train_log.json") as f:
         summary = {k: v for k, v in json.load(f).items() if k != "loss"}
     summary["model"] = str(folder)
-    print(json.dumps({k: summary[k] for k in ("steps", "seconds", "held_out_at_init", "held_out", "model")}, indent=1))
+    print(json.dumps({k: summary.get(k) for k in ("steps", "seconds", "held_out_at_init", "held_out", "model")}, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
