@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--config", help="registered config name for an original checkpoint file, e.g. dc-ae-v-f32t4c32-1.0")
     ae.add_argument("--output", metavar="PATH", help="encode: latent file (default latent.safetensors); decode: "
                     "video or folder (default decoded.mp4); roundtrip: optional reconstruction")
-    ae.add_argument("--tile", type=int, default=0, help="DC-AE only: spatial tiles of this many pixels (0: whole frames)")
+    ae.add_argument("--tile", type=int, default=0, help="spatial tiles of this many pixels for large frames "
+                    "(0: whole frames); DC-AE-V crops keep their own halo caches, so streaming still holds")
+    ae.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter of the tile)")
     ae.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ae.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     ae.add_argument("--no-progress", action="store_true", help="no progress bar")

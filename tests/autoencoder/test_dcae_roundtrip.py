@@ -124,6 +124,22 @@ def test_roundtrip_cli_equals_the_full_pass(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_roundtrip_cli_with_spatial_tiles(tmp_path, capsys):
+    """--tile on a DC-AE-V: streamed and tiled, equal to the tiled passes over the whole video."""
+    model, mdir = video_model(tmp_path)
+    frs = frames()
+    write_png_folder(tmp_path / "in", frs)
+    assert cli(["ae", "roundtrip", "--input", str(tmp_path / "in"), "--model", mdir, "--output",
+                str(tmp_path / "rt"), "--tile", "16", "--overlap", "4", "--no-progress"]) == 0
+    x, _ = next(video_tiles(frs, 16, 4))
+    with torch.no_grad():
+        y = model.decode_tiled(model.encode_tiled(x, 16, 4), 16, 4)
+    want = list(to_frames(y, 11, 30, 22))
+    out = read_png_folder(tmp_path / "rt")
+    assert len(out) == 11 and all(np.array_equal(p, q) for p, q in zip(out, want))
+    capsys.readouterr()
+
+
 def test_image_model_frame_by_frame(tmp_path):
     model = randomize(DCAE(TINY["in-style"]).eval(), 3)
     checkpoint.save(model, str(tmp_path / "img"))
@@ -191,8 +207,9 @@ def test_cli_errors(tmp_path, capsys):
               metadata={"frames": "8", "height": "16", "width": "16"})
     assert cli(["ae", "decode", "--input", str(tmp_path / "z.safetensors"), "--model", mdir]) == 2
     assert "this model decodes (1, 4, t, h, w)" in capsys.readouterr().err
-    assert cli(["ae", "roundtrip", "--input", str(tmp_path), "--model", mdir, "--tile", "64"]) == 2
-    assert "tile" in capsys.readouterr().err
+    write_png_folder(tmp_path / "in", frames())
+    assert cli(["ae", "roundtrip", "--input", str(tmp_path / "in"), "--model", mdir, "--tile", "6"]) == 2
+    assert "tile must be a positive multiple of 4" in capsys.readouterr().err
 
 
 def test_tiny_trainer(tmp_path, monkeypatch):

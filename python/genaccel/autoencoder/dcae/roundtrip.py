@@ -31,22 +31,21 @@ from .video import DCAEV
 
 class VideoCodec:
     """A DCAEV streamed over temporal tiles of whole chunks, or a DCAE run on batches of frames (each
-    frame is its own latent frame); `tile` > 0 adds spatial tiling (DCAE only; DC-AE-V's tiles would
-    need per-tile halo caches, not built yet)."""
+    frame is its own latent frame); `tile` > 0 adds spatial tiling with `overlap` pixels (default a
+    quarter of the tile), for a DCAEV with per-crop halo caches (still streamed)."""
 
-    def __init__(self, model: nn.Module, tile: int = 0, frames_per_batch: int = 4):
+    def __init__(self, model: nn.Module, tile: int = 0, overlap: Optional[int] = None, frames_per_batch: int = 4):
         self.model, self.tile = model.eval(), tile
         self.video = isinstance(model, DCAEV)
         cfg = model.config
         if self.video:
-            if tile:
-                raise ValueError("tile: spatial tiling does not combine with DC-AE-V streaming yet; use 0")
             self.f, self.frames_per_tile, self.latents_per_tile = cfg.spatial_compression, cfg.chunk, cfg.latent_chunk
         elif isinstance(model, DCAE):
             self.f, self.frames_per_tile = model.spatial_compression, frames_per_batch
             self.latents_per_tile = frames_per_batch
         else:
             raise TypeError(f"model must be a DCAE or a DCAEV, got {type(model).__name__}")
+        self.overlap = overlap if overlap is not None else tile // 4 // self.f * self.f
         self.latent_channels = cfg.latent_channels
         self.dtype = next(model.parameters()).dtype
 
@@ -54,18 +53,18 @@ class VideoCodec:
         """(1, 3, T, H, W) video tiles -> (1, C, t, h, w) latent tiles."""
         tiles = (x.to(self.dtype) for x in tiles)
         if self.video:
-            yield from (z.float() for z in self.model.encode_stream(tiles))
+            yield from (z.float() for z in self.model.encode_stream(tiles, self.tile, self.overlap))
             return
-        enc = (lambda x: self.model.encode_tiled(x, self.tile, self.tile // 8)) if self.tile else self.model.encode
+        enc = (lambda x: self.model.encode_tiled(x, self.tile, self.overlap)) if self.tile else self.model.encode
         for x in tiles:
             yield enc(x[0].transpose(0, 1)).transpose(0, 1)[None].float()
 
     def decode(self, latents: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         latents = (z.to(self.dtype) for z in latents)
         if self.video:
-            yield from (x.float() for x in self.model.decode_stream(latents))
+            yield from (x.float() for x in self.model.decode_stream(latents, self.tile, self.overlap))
             return
-        dec = (lambda z: self.model.decode_tiled(z, self.tile, self.tile // 8)) if self.tile else self.model.decode
+        dec = (lambda z: self.model.decode_tiled(z, self.tile, self.overlap)) if self.tile else self.model.decode
         for z in latents:
             yield dec(z[0].transpose(0, 1)).transpose(0, 1)[None].float()
 
@@ -224,7 +223,7 @@ def main(args) -> int:
     model = load(args.model, args.config)
     if args.dtype != "float32":
         model = model.to(getattr(torch, args.dtype))
-    codec = VideoCodec(model, tile=args.tile)
+    codec = VideoCodec(model, tile=args.tile, overlap=args.overlap)
     progress = not args.no_progress
     if args.action == "encode":
         result = encode_file(codec, args.input, args.output or "latent.safetensors", progress)

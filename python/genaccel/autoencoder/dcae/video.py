@@ -7,8 +7,8 @@ chunks before it only.
 `decode_stream(latents)` take iterables of tiles (whole chunks: 40 frames / 10 latent frames for the
 released config) and carry each convolution's halo from tile to tile, so memory is constant in the
 video's length and the result equals the full pass exactly. `encode_tiled` / `decode_tiled` cut large
-frames into overlapping spatial tiles (tiling.py); they do not combine with streaming yet (each spatial
-tile would need its own halo caches).
+frames into overlapping spatial tiles (tiling.py); `encode_stream(..., tile=N)` combines both, each
+spatial crop carrying its own halo caches.
 """
 
 from __future__ import annotations
@@ -205,37 +205,59 @@ class DCAEV(nn.Module):
         self._check(latent, "latent", c.latent_channels, c.latent_chunk, 1)
         return self.decoder(latent)
 
-    def _stream(self, part: nn.Module, tiles: Iterable[torch.Tensor], step) -> Iterator[torch.Tensor]:
+    def _stream(self, part: nn.Module, tiles: Iterable[torch.Tensor], step, tiling=None) -> Iterator[torch.Tensor]:
+        """step on each tile with every conv's halo carried over. With tiling = (tile, overlap, num,
+        den), each tile is also cut into run_tiled's spatial crops, and crop k of every tile (the same
+        region each time) gets its own set of halos."""
         convs = [m for m in part.modules() if isinstance(m, ChunkCausalConv3d)]
         for m in convs:
             m.streaming, m.cache = True, None
+        halos: Dict[int, list] = {}  # crop index -> the convs' caches after that crop's last tile
+
+        def crop_step(crop: torch.Tensor, k: int) -> torch.Tensor:
+            for m, cache in zip(convs, halos.get(k, [None] * len(convs))):
+                m.cache = cache
+            out = step(crop)
+            halos[k] = [m.cache for m in convs]
+            return out
+
         try:
             for tile in tiles:
-                yield step(tile)
+                if tiling is None:
+                    yield step(tile)
+                else:
+                    count = iter(range(1 << 62))
+                    yield run_tiled(lambda crop: crop_step(crop, next(count)), tile, *tiling)
         finally:
             for m in convs:
                 m.streaming, m.cache = False, None
 
-    def encode_stream(self, tiles: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Latent tiles of video tiles (each a whole number of chunks), equal to encode() of the whole."""
-        return self._stream(self.encoder, tiles, self.encode)
+    def _tiling(self, tile: int, overlap: int, encode: bool):
+        """run_tiled's (tile, overlap, scale) for encode or decode, in that side's units."""
+        f = self.config.spatial_compression
+        check_tiling(tile, overlap, f)
+        return (tile, overlap, 1, f) if encode else (tile // f, overlap // f, f, 1)
 
-    def decode_stream(self, tiles: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Video tiles of latent tiles (each a whole number of latent chunks), equal to decode() of the whole."""
-        return self._stream(self.decoder, tiles, self.decode)
+    def encode_stream(self, tiles: Iterable[torch.Tensor], tile: int = 0, overlap: int = 128) -> Iterator[torch.Tensor]:
+        """Latent tiles of video tiles (each a whole number of chunks), equal to encode() of the whole.
+        tile > 0 also cuts every frame into encode_tiled's crops, each with its own halos: equal to
+        encode_tiled() of the whole, with activations bounded by one crop of one tile (the halos hold
+        one frame of every conv's input at full frame size)."""
+        return self._stream(self.encoder, tiles, self.encode, self._tiling(tile, overlap, True) if tile else None)
+
+    def decode_stream(self, tiles: Iterable[torch.Tensor], tile: int = 0, overlap: int = 128) -> Iterator[torch.Tensor]:
+        """Video tiles of latent tiles (each a whole number of latent chunks), equal to decode() of the
+        whole; tile > 0 as in encode_stream (equal to decode_tiled() of the whole)."""
+        return self._stream(self.decoder, tiles, self.decode, self._tiling(tile, overlap, False) if tile else None)
 
     def encode_tiled(self, video: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
         """encode() over overlapping tile x tile pixel crops of every frame, latents blended (tiling.py).
         DC-AE-V's receptive field is finite, so a wide overlap leaves only the blend ramp's error."""
-        f = self.config.spatial_compression
-        check_tiling(tile, overlap, f)
-        return run_tiled(self.encode, video, tile, overlap, 1, f)
+        return run_tiled(self.encode, video, *self._tiling(tile, overlap, True))
 
     def decode_tiled(self, latent: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
         """decode() over overlapping latent crops of tile x tile output pixels, blended in pixel space."""
-        f = self.config.spatial_compression
-        check_tiling(tile, overlap, f)
-        return run_tiled(self.decode, latent, tile // f, overlap // f, f, 1)
+        return run_tiled(self.decode, latent, *self._tiling(tile, overlap, False))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(video))
