@@ -1,0 +1,2 @@
+"""Pipelines built on genaccel's kernels: dcgen (moving a diffusion transformer into a deep-compression
+latent space)."""
