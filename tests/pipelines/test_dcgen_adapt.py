@@ -32,14 +32,8 @@ def tiny_sana(in_channels=4, seed=0):
                                             caption_channels=32, patch_size=2, sample_size=8).eval()
 
 
-def wan_call(model, latent, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return model(hidden_states=latent, timestep=torch.tensor([500.0]),
-                     encoder_hidden_states=torch.randn(1, 8, 32, generator=g), return_dict=False)[0]
-
-
-def sana_call(model, latent, seed=1):
+def call(model, latent, seed=1):
+    """Both transformers take (hidden_states, timestep, encoder_hidden_states) the same way."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         return model(hidden_states=latent, timestep=torch.tensor([500.0]),
@@ -63,7 +57,7 @@ def test_wan_to_dcae_v_latent():
     assert model.proj_out.weight.shape == (4, 64)
     assert tuple(model.config.patch_size) == (1, 1, 1) and not a.copied
     z = torch.randn(1, 4, 2, 8, 8)
-    assert wan_call(model, z).shape == z.shape
+    assert call(model, z).shape == z.shape
     # 32 frames at 64x64: base f8 t4 with 1x2x2 patches = 8 x 4 x 4 tokens; the tiny f4 target with 1x1x1 = 8 x 16 x 16
     assert a.tokens(32, 64, 64) == (8 * 4 * 4, 8 * 16 * 16)
 
@@ -76,7 +70,7 @@ def test_sana_to_dcae_latent_and_the_token_count():
     assert all(torch.equal(before[k], v) for k, v in others(model, a).items())
     assert model.patch_embed.proj.weight.shape == (32, 4, 1, 1) and model.proj_out.weight.shape == (4, 32)
     z = torch.randn(1, 4, 8, 8)
-    assert sana_call(model, z).shape == z.shape
+    assert call(model, z).shape == z.shape
     # a 64x64 image: base f2 with 2x2 patches = 16^2 tokens, target f8 with 1x1 = 8^2: 4x fewer
     assert a.tokens(1, 64, 64) == (256, 64)
 
@@ -85,9 +79,9 @@ def test_sana_to_dcae_latent_and_the_token_count():
 def test_same_latent_is_the_identity(kind):
     """Target = base and the same patch: the new modules are copies and the model is unchanged."""
     if kind == "wan":
-        model, z, call, patch = tiny_wan(), torch.randn(1, 4, 3, 8, 12), wan_call, (2, 2)
+        model, z, patch = tiny_wan(), torch.randn(1, 4, 3, 8, 12), (2, 2)
     else:
-        model, z, call, patch = tiny_sana(), torch.randn(1, 4, 8, 12), sana_call, 2
+        model, z, patch = tiny_sana(), torch.randn(1, 4, 8, 12), 2
     want = call(model, z)
     a = adapt_to_latent(model, LatentSpace(4, 8, 4), LatentSpace(4, 8, 4), patch_size=patch)
     assert a.copied and torch.equal(call(model, z), want)
