@@ -109,3 +109,37 @@ def test_latent_space_of_diffusers_autoencoders():
                                          temperal_downsample=[False, True, True])
     assert LatentSpace.of(wan_vae) == LatentSpace(4, 8, 4)
     assert LatentSpace.of(DCAEV(TINY_V)) == LatentSpace(4, 4, 4)
+
+
+@pytest.mark.parametrize("kind", ["wan", "sana"])
+def test_alignment_steps_lower_the_embedding_loss(kind):
+    """Stage 1's embedding term on a fixed batch: a few optimiser steps on the new embedder only lower it,
+    and no other weight gets a gradient. The target latent is the base latent pooled 2x (a stand-in
+    for the target AE's encoding of the same images)."""
+    from genaccel.pipelines.dcgen import embedding_alignment_loss
+
+    g = torch.Generator().manual_seed(3)
+    if kind == "wan":
+        model, base = tiny_wan(), torch.randn(2, 4, 2, 16, 16, generator=g)
+        target = torch.nn.functional.avg_pool3d(base, (1, 2, 2)).repeat(1, 2, 1, 1, 1)  # 8 channels
+    else:
+        model, base = tiny_sana(), torch.randn(2, 4, 16, 16, generator=g)
+        target = torch.nn.functional.avg_pool2d(base, 2).repeat(1, 2, 1, 1)
+    a = adapt_to_latent(model, LatentSpace(4, 8, 4), LatentSpace(8, 16, 4))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = a.parameters(model)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = embedding_alignment_loss(a, model, base, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(b < a_ for a_, b in zip(losses, losses[1:])), losses  # every step lowers it
+    assert all(p.grad is None for p in a.old_embedder.parameters())
+    trained = {id(p) for p in params}
+    assert all(p.grad is None for p in model.parameters() if id(p) not in trained)

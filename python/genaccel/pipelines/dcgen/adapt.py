@@ -14,7 +14,7 @@ positional embedding: interpolation_scale None, its default).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -109,6 +109,9 @@ class Adaptation:
     base_patch: Tuple[int, ...]
     target_patch: Tuple[int, ...]
     copied: bool  # the new modules started as copies of the old (same latent and patch)
+    # the replaced modules, frozen, outside the transformer: stage 1 aligns the new ones against them
+    old_embedder: nn.Module = field(repr=False, compare=False, default=None)
+    old_head: nn.Module = field(repr=False, compare=False, default=None)
 
     def tokens(self, frames: int, height: int, width: int) -> Tuple[int, int]:
         """(base, target) token counts for a frames x height x width video (frames = 1: an image)."""
@@ -167,4 +170,20 @@ def adapt_to_latent(transformer: nn.Module, base_ae, target_ae, patch_size: Unio
     for m in transformer.modules():
         if m is not transformer and hasattr(m, "patch_size") and type(m).__name__ in ("WanRotaryPosEmbed", "PatchEmbed"):
             m.patch_size = tuple(new_patch) if a.dims == 3 else new_patch[0]
-    return Adaptation(a.embedder, a.head, base, target, old_patch, tuple(new_patch), same)
+    for m in (old_embed, old_head):
+        m.requires_grad_(False)
+    return Adaptation(a.embedder, a.head, base, target, old_patch, tuple(new_patch), same, old_embed, old_head)
+
+
+def embedding_alignment_loss(adaptation: Adaptation, transformer: nn.Module, base_latent: torch.Tensor,
+                             target_latent: torch.Tensor) -> torch.Tensor:
+    """Stage 1's embedding term: the new embedder's tokens of the target latent against the old (frozen)
+    embedder's tokens of the base latent of the same images / videos, the old token grid average-pooled
+    to the new one (each new token covers the pixels of that many old tokens), mean squared error
+    normalised by the old tokens' mean square, so 1.0 is "as far as zero tokens"."""
+    new = _get(transformer, adaptation.embedder)(target_latent)
+    with torch.no_grad():
+        old = adaptation.old_embedder(base_latent)
+        pool = nn.functional.adaptive_avg_pool3d if old.dim() == 5 else nn.functional.adaptive_avg_pool2d
+        old = pool(old.float(), new.shape[2:])
+    return (new.float() - old).pow(2).mean() / old.pow(2).mean().clamp_min(1e-12)
